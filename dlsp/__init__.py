@@ -1,0 +1,1 @@
+"""dlsp: the command-line entry point (`dlsp <subcommand>`)."""

@@ -1,0 +1,3 @@
+from dlsp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""`Engine`: text in, text out. Turns strings into token ids, clips context to a token budget
+from the cursor outwards, runs `engine.generate`, and turns ids back into text. Knows nothing
+about documents, positions or the protocol."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.checkpoint import load_model, load_tokenizer
+from engine.config import FAMILIES, ModelArgs
+from engine.errors import InvalidRequestError
+from engine.generate import generate
+from engine.model import Transformer
+from engine.samplers import CONFIDENCE
+from engine.tokenizer import Tokenizer
+from engine.types import InfillRequest, InfillResult, SamplingConfig
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+SAMPLERS = ("fast", "naive")
+
+
+def best_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _clean(text: str) -> str:
+    """Lone surrogates (from undecodable bytes) become U+FFFD so the tokenizer never fails."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def split_budget(n_prefix: int, n_suffix: int, budget: int, prefix_share: float = 0.75) -> tuple[int, int]:
+    """Tokens to keep of prefix and suffix: the prefix gets `prefix_share` of the budget,
+    and whatever one side does not need goes to the other."""
+    budget = max(0, budget)
+    p = min(n_prefix, int(budget * prefix_share))
+    s = min(n_suffix, budget - p)
+    p = min(n_prefix, budget - s)
+    return p, s
+
+
+class Engine:
+    """A loaded model plus its tokenizer. `infill` is blocking; call it from one worker thread."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str = "model",
+                 default_sampling: SamplingConfig | None = None) -> None:
+        self.model = model
+        self.args: ModelArgs = model.args
+        self.tokenizer = tokenizer
+        self.name = name
+        self.shifted = FAMILIES[self.args.family].shifted
+        self.default_sampling = default_sampling or SamplingConfig()
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str | None = None,
+                        dtype: torch.dtype | None = None) -> Engine:
+        """Load a checkpoint directory (None = the embedded default model).
+
+        fp32 on CPU (no native bf16 there), the checkpoint's fp16/bf16 weights upcast.
+        """
+        ckpt = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        device = device or best_device()
+        dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
+        model, _ = load_model(ckpt, device=device, dtype=dtype)
+        return cls(model, load_tokenizer(ckpt), name=str(ckpt))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(_clean(text)))
+
+    def info(self) -> dict[str, Any]:
+        a = self.args
+        return {"model": self.name, "family": a.family, "params": self.model.num_params(),
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "max_positions": a.max_positions, "vocab_size": a.vocab_size}
+
+    def _check(self, req: InfillRequest, cfg: SamplingConfig) -> None:
+        if cfg.sampler not in SAMPLERS:
+            raise InvalidRequestError(f"unknown sampler {cfg.sampler!r}; known: {', '.join(SAMPLERS)}")
+        if cfg.confidence not in CONFIDENCE:
+            raise InvalidRequestError(f"unknown confidence {cfg.confidence!r}; known: {', '.join(CONFIDENCE)}")
+        if req.max_new_tokens < 0 or req.hole_tokens < 0:
+            raise InvalidRequestError("hole_tokens and max_new_tokens must be >= 0")
+        if cfg.steps is not None and cfg.steps < 1:
+            raise InvalidRequestError("steps must be >= 1")
+        if cfg.temperature < 0:
+            raise InvalidRequestError("temperature must be >= 0")
+
+    def _segments(self, req: InfillRequest) -> tuple[list[list[int]], int, tuple[int, int]]:
+        """Tokenize and clip: keep the prefix's end and the suffix's start; middles stay whole."""
+        prefix = self.tokenizer.encode(_clean(req.prefix))
+        suffix = self.tokenizer.encode(_clean(req.suffix))
+        middles = [self.tokenizer.encode(_clean(m)) for m in req.middles]
+        max_new = req.max_new_tokens
+        room = self.args.max_positions - 2 - sum(map(len, middles))  # bos + eos
+        if room - req.n_holes * max_new < 0:  # shrink the per-hole budget before failing
+            max_new = max(0, room // req.n_holes - 1)
+        if room - req.n_holes * max(1, max_new) < 0:
+            raise InvalidRequestError(
+                f"the text between holes takes {sum(map(len, middles))} tokens; the model allows {self.args.max_positions}")
+        budget = room - req.n_holes * max_new
+        if req.max_context_tokens is not None:
+            budget = min(budget, req.max_context_tokens)
+        p, s = split_budget(len(prefix), len(suffix), budget)
+        prefix = prefix[len(prefix) - p:]
+        suffix = suffix[:s]
+        return [prefix, *middles, suffix], max_new, (p, s)
+
+    def infill(self, req: InfillRequest) -> InfillResult:
+        """Fill every hole of the request. Raises InvalidRequestError on unusable settings."""
+        cfg = req.sampling or self.default_sampling
+        self._check(req, cfg)
+        t0 = time.perf_counter()
+        segments, max_new, kept = self._segments(req)
+        t1 = time.perf_counter()
+        hole_tokens = min(req.hole_tokens, max_new)
+        out = generate(self.model, segments, cfg, self.shifted, hole_tokens=hole_tokens,
+                       max_new_tokens=max_new, should_stop=req.should_stop)
+        t2 = time.perf_counter()
+        texts = tuple(self.tokenizer.decode(f) for f in out.fills)
+        t3 = time.perf_counter()
+        timings = {"tokenize": (t1 - t0) * 1e3, "prefill": out.prefill_ms, "steps": out.steps_ms,
+                   "detokenize": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
+        return InfillResult(texts=texts, timings_ms=timings, forward_passes=out.forward_passes,
+                            tokens_per_step=tuple(out.tokens_per_step),
+                            generated_tokens=sum(map(len, out.fills)), cancelled=out.cancelled,
+                            context_tokens=kept)
+
+    def with_sampling(self, **changes: Any) -> SamplingConfig:
+        return replace(self.default_sampling, **changes)

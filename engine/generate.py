@@ -1,0 +1,212 @@
+"""The denoising loop. Works on token ids only: no text, no tokenizer.
+
+Canvas: `[bos] prefix [hole 0] middle ... [hole N] suffix [eos]`, holes start fully masked.
+Two samplers share the loop:
+  * naive (reference): a full forward over the canvas at every step, one commit per step;
+  * fast: one prefill that caches keys/values of the whole canvas, then each step runs the
+    transformer on the hole rows only (plus the shift neighbour for shifted families) against
+    the cache, and commits every position whose confidence passes the threshold.
+Both commit at least ceil(remaining / steps_left) per hole (fast) or one per step (naive), so
+every position is committed by the last step. An EOS inside a hole ends that fill; a full hole
+with no EOS grows by `grow_tokens` while the budget allows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.config import ModelArgs
+from engine.model import Transformer
+from engine.samplers import min_commits, propose, select
+from engine.types import SamplingConfig
+
+
+@dataclass
+class GenOutput:
+    fills: list[list[int]]  # per hole, cut at the first EOS/pad
+    forward_passes: int = 0
+    tokens_per_step: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    prefill_ms: float = 0.0
+    steps_ms: float = 0.0
+
+
+@dataclass
+class _Holes:
+    """Per-hole state across growth rounds."""
+
+    fills: list[list[int]]  # committed ids, mask id where not yet committed
+    budget: list[int]  # steps allowed for the current block of each hole
+    used: list[int]  # steps spent on the current block
+
+
+def _canvas(a: ModelArgs, segments: list[list[int]], fills: list[list[int]]) -> tuple[list[int], list[int]]:
+    """Lay out the canvas; return ids and the start position of each hole."""
+    lead = a.bos_id if a.bos_id is not None else a.eos_id
+    ids = [lead, *segments[0]]
+    starts = []
+    for h, fill in enumerate(fills):
+        starts.append(len(ids))
+        ids += fill
+        ids += segments[h + 1]
+    ids.append(a.eos_id)
+    return ids, starts
+
+
+class _Run:
+    """One generation: canvas, cache and counters for a single call of `generate`."""
+
+    def __init__(self, model: Transformer, shifted: bool, cfg: SamplingConfig, holes: _Holes,
+                 segments: list[list[int]], device: torch.device) -> None:
+        self.model, self.a, self.cfg = model, model.args, cfg
+        self.shift = 1 if shifted else 0
+        self.holes, self.segments, self.device = holes, segments, device
+        self.out = GenOutput(fills=[])
+        self.naive = cfg.sampler == "naive"
+        self.full_every_step = self.naive or cfg.refresh_every == 1
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.temperature > 0 else None
+        self.forbid = torch.tensor([i for i in (self.a.mask_id, self.a.bos_id, self.a.expand_id) if i is not None],
+                                   device=device)
+
+    def layout(self) -> None:
+        ids, starts = _canvas(self.a, self.segments, self.holes.fills)
+        self.canvas = torch.tensor([ids], device=self.device)  # (1, L)
+        pos, hole_of, rows = [], [], []
+        for h, (s, fill) in enumerate(zip(starts, self.holes.fills)):
+            pos.append(torch.arange(s, s + len(fill)))
+            hole_of.append(torch.full((len(fill),), h))
+            rows.append(torch.arange(s - self.shift, s + len(fill)))
+        self.pos = torch.cat(pos).to(self.device)  # (P,) canvas positions of hole slots
+        self.hole_of = torch.cat(hole_of).to(self.device)  # (P,)
+        self.rows = torch.unique(torch.cat(rows)).to(self.device)  # (R,) rows a cached step runs
+        self.row_of = torch.full((len(ids),), -1, dtype=torch.long, device=self.device)
+        self.row_of[self.rows] = torch.arange(len(self.rows), device=self.device)
+
+    def full(self) -> None:
+        t0 = time.perf_counter()
+        self.hidden, self.cache = self.model.prefill(self.canvas, keep_cache=not self.full_every_step)
+        self.hidden_is_full = True
+        self.out.forward_passes += 1
+        self.out.prefill_ms += (time.perf_counter() - t0) * 1e3
+
+    def cached_step(self) -> None:
+        self.hidden = self.model.step(self.canvas[:, self.rows], self.rows, self.cache)
+        self.hidden_is_full = False
+        self.out.forward_passes += 1
+
+    def commit_once(self) -> int:
+        """Propose tokens for masked slots and commit by the rule; return tokens committed."""
+        masked = self.canvas[0, self.pos] == self.a.mask_id  # (P,)
+        mpos, mhole = self.pos[masked], self.hole_of[masked]  # (M,)
+        src = mpos - self.shift
+        h = self.hidden[0, src] if self.hidden_is_full else self.hidden[0, self.row_of[src]]  # (M, D)
+        logits = self.model.logits(h)  # (M, V)
+        logits[:, self.forbid] = float("-inf")
+        tokens, conf = propose(logits, self.cfg.confidence, self.cfg.temperature, self.gen)
+        n_holes = len(self.holes.fills)
+        if self.naive:
+            group, thr = torch.zeros_like(mhole), float("inf")
+            n_min = torch.ones(1, dtype=torch.long, device=self.device)
+        else:
+            group, thr = mhole, self.cfg.threshold
+            remaining = torch.bincount(mhole, minlength=n_holes)
+            left = torch.tensor([b - u for b, u in zip(self.holes.budget, self.holes.used)], device=self.device)
+            n_min = min_commits(remaining, left)
+        chosen = select(conf, group, thr, n_min)
+        self.canvas[0, mpos[chosen]] = tokens[chosen]
+        for hh in torch.unique(mhole).tolist():
+            self.holes.used[hh] += 1
+        n = int(chosen.sum())
+        if self.cfg.eos_fill:
+            n += self._eos_fill(mpos[chosen], mhole[chosen], tokens[chosen])
+        return n
+
+    def _eos_fill(self, cpos: torch.Tensor, chole: torch.Tensor, ctok: torch.Tensor) -> int:
+        """After an EOS/pad commit, the rest of that hole is EOS too (the model was trained so)."""
+        ends = (ctok == self.a.eos_id) | (ctok == self.a.pad_id)
+        filled = 0
+        for hh in torch.unique(chole[ends]).tolist():
+            first = int(cpos[ends & (chole == hh)].min())
+            tail = self.pos[(self.hole_of == hh) & (self.pos > first)]
+            tail = tail[self.canvas[0, tail] == self.a.mask_id]
+            self.canvas[0, tail] = self.a.eos_id
+            filled += len(tail)
+        return filled
+
+    def read_fills(self) -> None:
+        for h in range(len(self.holes.fills)):
+            self.holes.fills[h] = self.canvas[0, self.pos[self.hole_of == h]].tolist()
+
+
+def _grow(a: ModelArgs, holes: _Holes, cfg: SamplingConfig, max_new_tokens: int) -> bool:
+    """Append masks to every full hole that has not ended; True if any grew."""
+    grew = False
+    for h, fill in enumerate(holes.fills):
+        ended = a.eos_id in fill or a.pad_id in fill
+        room = max_new_tokens - len(fill)
+        if ended or room <= 0 or cfg.grow_tokens <= 0:
+            continue
+        n = min(cfg.grow_tokens, room)
+        fill.extend([a.mask_id] * n)
+        holes.budget[h], holes.used[h] = cfg.steps or n, 0
+        grew = True
+    return grew
+
+
+def _strip(a: ModelArgs, fill: list[int]) -> list[int]:
+    out = []
+    for t in fill:
+        if t in (a.eos_id, a.pad_id):
+            break
+        if t not in (a.mask_id, a.bos_id, a.expand_id):
+            out.append(t)
+    return out
+
+
+@torch.inference_mode()
+def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig, shifted: bool,
+             hole_tokens: int = 16, max_new_tokens: int = 64,
+             should_stop: Callable[[], bool] | None = None) -> GenOutput:
+    """Fill the holes between `segments` (prefix, middles..., suffix).
+
+    Args:
+        model: the native transformer (eval mode).
+        segments: token ids, len = number of holes + 1.
+        cfg: sampler settings; shifted: the family's logits are shifted (position i-1 -> token i).
+        hole_tokens: initial masks per hole; max_new_tokens: the most a hole may grow to.
+        should_stop: polled before every step; True ends the run with `cancelled`.
+    Returns:
+        GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
+    """
+    a = model.args
+    n0 = max(0, min(hole_tokens, max_new_tokens))
+    n_holes = len(segments) - 1
+    if n0 == 0:
+        return GenOutput(fills=[[] for _ in range(n_holes)])
+    holes = _Holes([[a.mask_id] * n0 for _ in range(n_holes)], [cfg.steps or n0] * n_holes, [0] * n_holes)
+    run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device)
+    while True:
+        run.layout()
+        run.full()
+        t0, step = time.perf_counter(), 0
+        while bool((run.canvas[0, run.pos] == a.mask_id).any()):
+            if should_stop is not None and should_stop():
+                run.out.cancelled = True
+                run.out.steps_ms += (time.perf_counter() - t0) * 1e3
+                run.out.fills = [[] for _ in range(n_holes)]
+                return run.out
+            if step > 0:
+                refresh = run.full_every_step or (cfg.refresh_every > 0 and step % cfg.refresh_every == 0)
+                run.full() if refresh else run.cached_step()
+            run.out.tokens_per_step.append(run.commit_once())
+            step += 1
+        run.out.steps_ms += (time.perf_counter() - t0) * 1e3
+        run.read_fills()
+        if not _grow(a, holes, cfg, max_new_tokens):
+            break
+    run.out.fills = [_strip(a, f) for f in holes.fills]
+    return run.out

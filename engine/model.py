@@ -1,0 +1,126 @@
+"""The native bidirectional transformer shared by every model family.
+
+RMSNorm, RoPE, SwiGLU, grouped-query attention, optional QKV bias, tied or untied embeddings.
+Two entry points serve the samplers:
+  * `prefill(ids)`: full forward over the canvas, returns hidden states and a per-layer cache
+    of keys/values after RoPE;
+  * `step(ids, index, cache)`: forward of a few canvas rows (the masked block) against the
+    cached keys/values of every other row; the rows' own keys/values are written into the cache.
+The LM head is separate (`logits(h)`) so that callers run it on the rows they need only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelArgs
+from kernels.attention import attention
+from kernels.norm import rms_norm
+from kernels.rope import apply_rope, rope_tables
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v (B, Hkv, L, hd), after RoPE
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)[0]
+
+
+class Block(nn.Module):
+    def __init__(self, a: ModelArgs) -> None:
+        super().__init__()
+        hd = a.head_dim
+        self.n_heads, self.n_kv, self.hd = a.n_heads, a.n_kv_heads, hd
+        self.attn_norm = RMSNorm(a.dim, a.norm_eps)
+        self.ffn_norm = RMSNorm(a.dim, a.norm_eps)
+        self.wq = nn.Linear(a.dim, a.n_heads * hd, bias=a.qkv_bias)
+        self.wk = nn.Linear(a.dim, a.n_kv_heads * hd, bias=a.qkv_bias)
+        self.wv = nn.Linear(a.dim, a.n_kv_heads * hd, bias=a.qkv_bias)
+        self.wo = nn.Linear(a.n_heads * hd, a.dim, bias=False)
+        self.w_gate = nn.Linear(a.dim, a.intermediate_size, bias=False)
+        self.w_up = nn.Linear(a.dim, a.intermediate_size, bias=False)
+        self.w_down = nn.Linear(a.intermediate_size, a.dim, bias=False)
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        b, n, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.wq(h).view(b, n, self.n_heads, self.hd).transpose(1, 2)  # (B, H, n, hd)
+        k = self.wk(h).view(b, n, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, n, hd)
+        v = self.wv(h).view(b, n, self.n_kv, self.hd).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def finish(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        b, _, n, _ = o.shape
+        x = x + self.wo(o.transpose(1, 2).reshape(b, n, -1))
+        h = self.ffn_norm(x)
+        return x + self.w_down(F.silu(self.w_gate(h)) * self.w_up(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.tok_emb = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+
+    # ---- full forward ------------------------------------------------------------------
+    def prefill(self, ids: torch.Tensor, keep_cache: bool = True) -> tuple[torch.Tensor, KVCache]:
+        """Full bidirectional forward.
+
+        Args:
+            ids: (B, L) token ids; positions are 0..L-1.
+        Returns:
+            hidden (B, L, D) after the final norm, and the per-layer cache (empty if not kept).
+        """
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        cos, sin = rope_tables(self.args.head_dim, pos, self.args.rope_theta)
+        x = self.tok_emb(ids)
+        cache: KVCache = []
+        for layer in self.layers:
+            q, k, v = layer.qkv(x, cos, sin)
+            if keep_cache:
+                cache.append((k, v))
+            x = layer.finish(x, attention(q, k, v))
+        return self.norm(x), cache
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits for every position: (B, L) -> (B, L, V). Used by tests and the naive sampler."""
+        return self.logits(self.prefill(ids, keep_cache=False)[0])
+
+    # ---- cached step -------------------------------------------------------------------
+    def step(self, ids: torch.Tensor, index: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Forward of selected canvas rows against the cache.
+
+        Args:
+            ids: (B, Q) token ids of the rows; index: (Q,) their canvas positions.
+            cache: per-layer (k, v) of the whole canvas, (B, Hkv, L, hd); rows `index` are
+                overwritten with the fresh keys/values of this step (in place).
+        Returns:
+            hidden (B, Q, D) after the final norm.
+        """
+        cos, sin = rope_tables(self.args.head_dim, index, self.args.rope_theta)
+        x = self.tok_emb(ids)
+        for layer, (kc, vc) in zip(self.layers, cache):
+            q, k, v = layer.qkv(x, cos, sin)
+            kc[:, :, index] = k
+            vc[:, :, index] = v
+            x = layer.finish(x, attention(q, kc, vc))
+        return self.norm(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """LM head: (..., D) -> (..., V) in float32."""
+        return self.lm_head(h).float()
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

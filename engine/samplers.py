@@ -1,0 +1,55 @@
+"""Confidence measures and the per-step commit rule, on token ids and logits only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from kernels.confidence import commit_mask, confidence
+
+# name -> picks one measure out of (token, max_prob, margin, neg_entropy)
+CONFIDENCE: dict[str, Callable[[tuple[torch.Tensor, ...]], torch.Tensor]] = {
+    "max_prob": lambda c: c[1],
+    "margin": lambda c: c[2],
+    "neg_entropy": lambda c: c[3],
+}
+
+
+def propose(logits: torch.Tensor, measure: str, temperature: float,
+            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A token and its confidence for each masked row.
+
+    Args:
+        logits: (N, V) float32, forbidden ids already set to -inf.
+    Returns:
+        tokens (N,) int64, conf (N,) float32.
+    """
+    stats = confidence(logits, temperature)
+    conf = CONFIDENCE[measure](stats)
+    if temperature <= 0:
+        return stats[0], conf
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (N, V)
+    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if measure == "max_prob":  # confidence of what was actually drawn
+        conf = probs.gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, conf
+
+
+def min_commits(remaining: torch.Tensor, steps_left: torch.Tensor) -> torch.Tensor:
+    """Integer schedule: commit at least ceil(remaining / steps_left) per hole, so that every
+    position is committed by the last step; at least one while anything is masked.
+
+    Args:
+        remaining: (H,) masked positions per hole; steps_left: (H,) steps left including this one.
+    Returns:
+        (H,) int64.
+    """
+    need = (remaining + steps_left.clamp(min=1) - 1) // steps_left.clamp(min=1)
+    return torch.where(remaining > 0, need.clamp(min=1), torch.zeros_like(need))
+
+
+def select(conf: torch.Tensor, hole: torch.Tensor, threshold: float, n_min: torch.Tensor) -> torch.Tensor:
+    """Rows (all masked) to commit: confidence >= threshold, or among the n_min[h] best of hole h."""
+    masked = torch.ones_like(hole, dtype=torch.bool)
+    return commit_mask(conf, masked, hole, threshold, n_min)

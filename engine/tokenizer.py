@@ -1,0 +1,42 @@
+"""Text <-> token ids through a `tokenizer.json` (Hugging Face `tokenizers`), nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HFTokenizer
+
+from engine.errors import CheckpointError
+
+
+class Tokenizer:
+    """A loaded `tokenizer.json`. Special ids come from the model config, not from here."""
+
+    def __init__(self, tok: _HFTokenizer, path: str = "<memory>") -> None:
+        self._tok = tok
+        self.path = path
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(path, "tokenizer.json is missing")
+        try:
+            return cls(_HFTokenizer.from_file(str(path)), str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise CheckpointError(path, f"cannot parse tokenizer: {exc}") from exc
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=False) if ids else ""
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)

@@ -1,0 +1,107 @@
+"""The masked-diffusion training objective, on token ids.
+
+Two corruptions are mixed per sequence:
+  * MDLM/MD4 ELBO: t ~ U(eps, 1), every token masked with probability t, cross-entropy on the
+    masked positions weighted by 1/t (the linear-schedule weight, Sahoo et al. 2024, Shi et al. 2024);
+  * FIM-shaped: a contiguous middle (a whole line, 2-8 lines, or a random span) followed by a
+    random number of EOS pads forms the region; the region is masked with probability t while
+    prefix and suffix stay visible, so the model learns to fill holes and to end a fill early.
+The LM head runs only on masked rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelArgs
+from engine.model import Transformer
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    fim_rate: float = 0.6  # share of sequences with FIM-shaped corruption
+    max_pad: int = 24  # EOS pads after the middle: uniform in [0, max_pad]
+    span_max: int = 48  # longest random-span middle, tokens
+    t_eps: float = 1e-3
+
+
+def _newline_positions(seq: torch.Tensor, is_nl: torch.Tensor) -> list[int]:
+    return torch.nonzero(is_nl[seq], as_tuple=False).flatten().tolist()
+
+
+def fim_example(seq: torch.Tensor, a: ModelArgs, is_nl: torch.Tensor, cfg: ObjectiveConfig,
+                g: torch.Generator) -> tuple[torch.Tensor, int, int]:
+    """Rearrange one sequence into prefix | middle + EOS pads | suffix, same length.
+
+    Args:
+        seq: (T,) ids, seq[0] is bos; is_nl: (V,) bool, tokens that contain a newline.
+    Returns:
+        (T,) ids, region start, region end (exclusive).
+    """
+    T = seq.shape[0]
+    r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
+    nls = [p for p in _newline_positions(seq, is_nl) if 1 <= p < T - 2]
+    kind = r(0, 2)
+    if kind < 2 and len(nls) >= 3:
+        i = r(0, len(nls) - 2)
+        j = min(len(nls) - 1, i + (1 if kind == 0 else r(2, 8)))
+        start, end = nls[i] + 1, nls[j] + (0 if kind == 0 else 1)
+    else:
+        start = r(1, T - 3)
+        end = min(T - 1, start + r(1, cfg.span_max))
+    end = max(end, start + 1)
+    pad = r(0, cfg.max_pad)
+    middle = seq[start:end]
+    pads = torch.full((pad,), a.eos_id, dtype=seq.dtype)
+    out = torch.cat([seq[:start], middle, pads, seq[end:]])[:T]
+    return out, start, min(T, end + pad)
+
+
+def corrupt(batch: torch.Tensor, a: ModelArgs, is_nl: torch.Tensor, cfg: ObjectiveConfig,
+            g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Corrupt a batch.
+
+    Args:
+        batch: (B, T) clean ids with bos at column 0.
+    Returns:
+        noisy (B, T), targets (B, T) clean ids, mask (B, T) bool, weight (B, T) float32
+        (1/t on masked positions normalised by the region size of the row, 0 elsewhere).
+    """
+    B, T = batch.shape
+    clean = batch.clone()
+    region = torch.zeros(B, T, dtype=torch.bool)
+    for b in range(B):
+        if float(torch.rand((), generator=g)) < cfg.fim_rate:
+            clean[b], s, e = fim_example(batch[b], a, is_nl, cfg, g)
+            region[b, s:e] = True
+        else:
+            region[b, 1:] = True
+    t = cfg.t_eps + (1 - cfg.t_eps) * torch.rand(B, 1, generator=g)  # (B, 1)
+    mask = region & (torch.rand(B, T, generator=g) < t)
+    # at least one masked position per row so every row teaches something
+    first = region.float().argmax(1)
+    empty = ~mask.any(1)
+    mask[empty, first[empty]] = True
+    weight = mask.float() / t / region.sum(1, keepdim=True).clamp(min=1)
+    noisy = torch.where(mask, torch.full_like(clean, a.mask_id), clean)
+    return noisy, clean, mask, weight
+
+
+class DiffusionLoss(nn.Module):
+    """Wraps the model so that DDP sees one forward: returns the weighted masked CE."""
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, noisy: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor,
+                weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, _ = self.model.prefill(noisy, keep_cache=False)  # (B, T, D)
+        logits = self.model.logits(hidden[mask])  # (M, V): LM head on masked rows only
+        ce = F.cross_entropy(logits, clean[mask], reduction="none")  # (M,)
+        loss = (ce * weight[mask]).sum() / noisy.shape[0]
+        return loss, ce.detach().mean()

@@ -1,0 +1,233 @@
+"""`dlsp train`: masked-diffusion training, single process or under torchrun (DDP).
+
+AdamW, warmup + cosine, gradient clipping, a tqdm bar with loss and tokens/s, checkpoints every
+few minutes that resume exactly (model, optimizer, RNG, data position = sampler RNG state),
+a loss curve PNG, and export of the best model (by validation loss) as a shippable checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from engine.checkpoint import save_checkpoint
+from engine.config import CONFIGS, ModelArgs
+from engine.model import Transformer
+from engine.tokenizer import Tokenizer
+from engine.training.data import PackedTokens
+from engine.training.objective import DiffusionLoss, ObjectiveConfig, corrupt
+from engine.training.plot import plot_curve
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dlsp train", description=__doc__)
+    p.add_argument("--data", default="data/tokens", help="folder with train.bin, val.bin")
+    p.add_argument("--tokenizer", default="data/tokenizer/tokenizer.json")
+    p.add_argument("--out", default="runs/default", help="run folder (checkpoints, logs, curve)")
+    p.add_argument("--export", default=None, help="write the best model here as a checkpoint dir")
+    p.add_argument("--size", default="small", choices=sorted(CONFIGS))
+    p.add_argument("--family", default="llada", choices=["llada", "dream"])
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--max-steps", type=int, default=20000)
+    p.add_argument("--time-budget-min", type=float, default=None, help="stop (and save) after this many minutes")
+    p.add_argument("--ckpt-every-min", type=float, default=5.0)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-batches", type=int, default=8)
+    p.add_argument("--fim-rate", type=float, default=0.6)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def lr_at(step: int, a: argparse.Namespace) -> float:
+    if step < a.warmup:
+        return a.lr * (step + 1) / a.warmup
+    prog = min(1.0, (step - a.warmup) / max(1, a.max_steps - a.warmup))
+    return a.lr * (a.min_lr_ratio + (1 - a.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
+
+
+def newline_table(tok: Tokenizer, vocab: int) -> torch.Tensor:
+    """(V,) bool: tokens whose text contains a newline (line boundaries for FIM middles)."""
+    return torch.tensor([("\n" in tok.decode([i])) for i in range(vocab)], dtype=torch.bool)
+
+
+def model_args(a: argparse.Namespace, tok: Tokenizer) -> ModelArgs:
+    ids = {name: tok.token_to_id(t) for name, t in (("mask", "<|mask|>"), ("eos", "<|eos|>"), ("bos", "<|bos|>"))}
+    if None in ids.values():
+        raise SystemExit(f"tokenizer {a.tokenizer} lacks the special tokens <|mask|>, <|eos|>, <|bos|>")
+    return ModelArgs(family=a.family, vocab_size=tok.vocab_size, mask_id=ids["mask"], eos_id=ids["eos"],
+                     pad_id=ids["eos"], bos_id=ids["bos"], qkv_bias=a.family == "dream",
+                     **{**CONFIGS[a.size], "max_positions": max(CONFIGS[a.size]["max_positions"], a.seq_len)})
+
+
+class Trainer:
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.ddp:
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.ddp else 0
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        self.tok = Tokenizer.from_file(a.tokenizer)
+        self.args = model_args(a, self.tok)
+        torch.manual_seed(a.seed)
+        self.model = Transformer(self.args).to(self.device)
+        self._init_weights()
+        self.loss_mod = DiffusionLoss(self.model)
+        self.loss_ddp = torch.nn.parallel.DistributedDataParallel(self.loss_mod) if self.ddp else self.loss_mod
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.95))
+        self.train_data = PackedTokens(Path(a.data) / "train.bin")
+        self.val = PackedTokens(Path(a.data) / "val.bin").fixed_batches(a.eval_batches, a.batch_size, a.seq_len,
+                                                                      self.args.bos_id)
+        self.is_nl = newline_table(self.tok, self.args.vocab_size)
+        self.obj = ObjectiveConfig(fim_rate=a.fim_rate)
+        self.g = torch.Generator().manual_seed(a.seed * 1000 + self.rank)
+        self.step, self.best_val, self.tokens_seen, self.train_seconds = 0, float("inf"), 0, 0.0
+        self.out = Path(a.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._resume()
+
+    def _init_weights(self) -> None:
+        for name, p in self.model.named_parameters():
+            if p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * self.args.n_layers) if name.endswith(("wo.weight", "w_down.weight")) else 0.02
+                torch.nn.init.normal_(p, 0.0, std)
+            elif "norm" not in name:
+                torch.nn.init.zeros_(p)
+
+    def _state(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
+                "best_val": self.best_val, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
+                "data_rng": self.g.get_state(), "torch_rng": torch.get_rng_state(),
+                "model_args": json.dumps(asdict(self.args))}
+
+    def _resume(self) -> None:
+        path = self.out / "last.pt"
+        if not path.is_file():
+            return
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        if json.loads(st["model_args"]) != asdict(self.args):
+            raise SystemExit(f"{path}: the run was started with another model shape; use a new --out")
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.step, self.best_val = int(st["step"]), float(st["best_val"])
+        self.tokens_seen, self.train_seconds = int(st["tokens_seen"]), float(st["train_seconds"])
+        self.g.set_state(st["data_rng"])
+        torch.set_rng_state(st["torch_rng"])
+        if self.rank == 0:
+            print(f"resumed from {path} at step {self.step}", flush=True)
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        tmp = self.out / "last.pt.tmp"
+        torch.save(self._state(), tmp)
+        os.replace(tmp, self.out / "last.pt")
+        plot_curve(self.out / "log.jsonl", self.out / "loss_curve.png")
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        g = torch.Generator().manual_seed(4321)  # the same corruption every evaluation
+        total = 0.0
+        for batch in self.val:
+            noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.obj, g)
+            total += float(self.loss_mod(noisy.to(self.device), clean.to(self.device), mask.to(self.device),
+                                         w.to(self.device))[0])
+        self.model.train()
+        return total / len(self.val)
+
+    def export(self, val: float) -> None:
+        if self.rank != 0 or not self.a.export:
+            return
+        meta = {"dlsp_training": {"step": self.step, "tokens_seen": self.tokens_seen, "val_loss": round(val, 4),
+                                  "train_hours": round(self.train_seconds / 3600, 3), "seq_len": self.a.seq_len,
+                                  "size": self.a.size}}
+        save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta)
+
+    def log(self, rec: dict) -> None:
+        if self.rank == 0:
+            with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def train_step(self) -> tuple[float, float]:
+        a = self.a
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step, a)
+        batch = self.train_data.batch(a.batch_size, a.seq_len, self.args.bos_id, self.g)
+        noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.obj, self.g)
+        loss, ce = self.loss_ddp(noisy.to(self.device), clean.to(self.device), mask.to(self.device), w.to(self.device))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        self.tokens_seen += batch.numel() * (dist.get_world_size() if self.ddp else 1)
+        return float(loss.detach()), float(ce)
+
+    def run(self) -> None:
+        a = self.a
+        start, last_ckpt = time.time(), time.time()
+        bar = tqdm(total=a.max_steps, initial=self.step, disable=self.rank != 0, dynamic_ncols=True)
+        tok_window, t_window = 0, time.time()
+        while self.step < a.max_steps:
+            t0 = time.time()
+            loss, ce = self.train_step()
+            self.train_seconds += time.time() - t0
+            tok_window += a.batch_size * a.seq_len
+            if self.step % 10 == 0:
+                tps = tok_window / max(1e-6, time.time() - t_window)
+                tok_window, t_window = 0, time.time()
+                bar.set_postfix(loss=f"{loss:.3f}", ce=f"{ce:.3f}", tok_s=f"{tps:.0f}")
+                self.log({"step": self.step, "loss": loss, "ce": ce, "lr": lr_at(self.step, a), "tok_s": tps,
+                          "tokens": self.tokens_seen, "hours": self.train_seconds / 3600})
+            bar.update(1)
+            if self.step % a.eval_every == 0 or self.step == a.max_steps:
+                val = self.evaluate()
+                self.log({"step": self.step, "val_loss": val, "tokens": self.tokens_seen,
+                          "hours": self.train_seconds / 3600})
+                if val < self.best_val:
+                    self.best_val = val
+                    self.export(val)
+                bar.write(f"step {self.step} val {val:.4f} best {self.best_val:.4f}")
+            out_of_time = a.time_budget_min is not None and time.time() - start > a.time_budget_min * 60
+            if time.time() - last_ckpt > a.ckpt_every_min * 60 or out_of_time:
+                self.save()
+                last_ckpt = time.time()
+            if out_of_time:
+                break
+        self.save()
+        bar.close()
+        if self.ddp:
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv or [])
+    Trainer(a).run()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,97 @@
+"""Plain types of the engine's public API: requests, results, sampling settings.
+
+Text-level (`InfillRequest`, `InfillResult`) types are what `engine.Engine` speaks; the
+sampler in `engine.generate` works on token ids and uses only `SamplingConfig`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How holes are denoised.
+
+    Attributes:
+        sampler: "fast" (cached, parallel commits) or "naive" (full recompute, one commit per step).
+        steps: maximum denoising steps per block of `hole_tokens`; None = one step per token
+            (the worst case of the commit rule; the threshold usually finishes far sooner).
+        threshold: commit every masked position whose confidence passes this (fast sampler).
+        confidence: name in `engine.samplers.CONFIDENCE` ("max_prob", "margin", "neg_entropy").
+        temperature: 0 = greedy and deterministic; > 0 samples with a generator seeded by `seed`.
+        seed: seed of the explicit `torch.Generator` used when temperature > 0.
+        refresh_every: recompute the cached keys/values of the context every R steps (0 = never).
+        grow_tokens: tokens added to a hole when it is full, not finished and the budget allows.
+        eos_fill: once EOS is committed in a hole, fill the rest of that hole with EOS at once.
+    """
+
+    sampler: str = "fast"
+    steps: int | None = None
+    threshold: float = 0.9
+    confidence: str = "max_prob"
+    temperature: float = 0.0
+    seed: int = 0
+    refresh_every: int = 0
+    grow_tokens: int = 8
+    eos_fill: bool = True
+
+
+@dataclass(frozen=True)
+class InfillRequest:
+    """Fill one or more holes between pieces of text.
+
+    The document reads `prefix, hole 0, middles[0], hole 1, ..., middles[-1], hole N, suffix`,
+    so a single-hole request has `middles == ()`.
+
+    Attributes:
+        prefix: text before the first hole.
+        suffix: text after the last hole.
+        middles: text between consecutive holes (len = number of holes - 1).
+        hole_tokens: initial size of each hole in tokens (one int for all holes).
+        max_new_tokens: budget per hole: a hole grows up to this many tokens.
+        max_context_tokens: token budget for prefix + suffix (None = what the model allows).
+        sampling: sampler settings (None = the engine's default).
+        should_stop: polled between denoising steps; True cancels the run.
+    """
+
+    prefix: str
+    suffix: str = ""
+    middles: tuple[str, ...] = ()
+    hole_tokens: int = 16
+    max_new_tokens: int = 64
+    max_context_tokens: int | None = None
+    sampling: SamplingConfig | None = None
+    should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def n_holes(self) -> int:
+        return len(self.middles) + 1
+
+
+@dataclass(frozen=True)
+class InfillResult:
+    """What the engine produced.
+
+    Attributes:
+        texts: the fill of each hole, special tokens stripped.
+        timings_ms: wall time per stage: tokenize, prefill, steps, detokenize, total.
+        forward_passes: transformer calls (prefill and refreshes count as one each).
+        tokens_per_step: tokens committed at each denoising step.
+        generated_tokens: non-special tokens in the fills.
+        cancelled: True when `should_stop()` ended the run (texts are then empty).
+        context_tokens: (prefix, suffix) tokens kept after clipping.
+    """
+
+    texts: tuple[str, ...]
+    timings_ms: dict[str, float]
+    forward_passes: int
+    tokens_per_step: tuple[int, ...]
+    generated_tokens: int
+    cancelled: bool = False
+    context_tokens: tuple[int, int] = (0, 0)
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""

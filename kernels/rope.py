@@ -1,0 +1,44 @@
+"""Rotary position embeddings (rotate-half convention of Llama/Qwen2/LLaDA): reference and dispatcher."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.capabilities import use_triton
+
+
+def rope_tables(head_dim: int, positions: torch.Tensor, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables for integer positions.
+
+    Args:
+        positions: (L,) int64.
+    Returns:
+        cos, sin: (L, head_dim) float32.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (L, hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (L, hd)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x by the angles in cos/sin.
+
+    Args:
+        x: (B, H, L, hd); cos, sin: (L, hd).
+    Returns:
+        (B, H, L, hd) in x.dtype.
+    """
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rot = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
+    return (xf * cos + rot * sin).to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Dispatcher: Triton on CUDA, reference elsewhere. Same contract as `apply_rope_ref`."""
+    if use_triton(x):
+        from kernels.rope_triton import apply_rope_triton
+
+        return apply_rope_triton(x, cos, sin)
+    return apply_rope_ref(x, cos, sin)

@@ -1,0 +1,154 @@
+"""Text-level Engine API: bad input is handled, clipping keeps the cursor's neighbourhood."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from engine import CheckpointError, Engine, InfillRequest, InvalidRequestError, SamplingConfig
+from engine.engine import split_budget
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_ckpt):
+    return Engine.from_pretrained(tiny_ckpt, device="cpu")
+
+
+def test_infill_reports_timings_and_counts(engine):
+    res = engine.infill(InfillRequest(prefix="def f(x):\n    ", suffix="\n", hole_tokens=6, max_new_tokens=6))
+    assert set(res.timings_ms) == {"tokenize", "prefill", "steps", "detokenize", "total"}
+    assert res.forward_passes >= 1 and sum(res.tokens_per_step) >= 1
+    assert isinstance(res.text, str) and not res.cancelled
+
+
+@pytest.mark.parametrize("prefix,suffix", [("", "x = 1\n"), ("x = ", ""), ("", "")])
+def test_empty_prefix_or_suffix(engine, prefix, suffix):
+    res = engine.infill(InfillRequest(prefix=prefix, suffix=suffix, hole_tokens=4, max_new_tokens=4))
+    assert res.forward_passes >= 1
+
+
+def test_long_context_is_clipped_from_the_cursor_outwards(engine):
+    prefix = "".join(f"a{i} = {i}\n" for i in range(2000))
+    suffix = "".join(f"b{i} = {i}\n" for i in range(2000))
+    res = engine.infill(InfillRequest(prefix=prefix, suffix=suffix, hole_tokens=4, max_new_tokens=8))
+    p, s = res.context_tokens
+    assert p + s + 8 + 2 <= engine.args.max_positions
+    assert p > s > 0  # the prefix gets the larger share
+
+
+def test_max_context_tokens_is_respected(engine):
+    res = engine.infill(InfillRequest(prefix="x = 1\n" * 200, suffix="y\n" * 200, hole_tokens=4,
+                                      max_new_tokens=4, max_context_tokens=40))
+    assert sum(res.context_tokens) <= 40
+
+
+def test_non_utf8_text_is_accepted(engine):
+    bad = b"x = '\xff\xfe'\n".decode("utf-8", "surrogateescape")
+    res = engine.infill(InfillRequest(prefix=bad, suffix="\ud800", hole_tokens=4, max_new_tokens=4))
+    assert res.forward_passes >= 1
+
+
+def test_zero_budget_returns_empty(engine):
+    res = engine.infill(InfillRequest(prefix="x", suffix="y", hole_tokens=0, max_new_tokens=0))
+    assert res.texts == ("",) and res.forward_passes == 0
+
+
+def test_invalid_settings_raise_clear_errors(engine):
+    with pytest.raises(InvalidRequestError, match="sampler"):
+        engine.infill(InfillRequest(prefix="x", sampling=SamplingConfig(sampler="magic")))
+    with pytest.raises(InvalidRequestError, match="confidence"):
+        engine.infill(InfillRequest(prefix="x", sampling=SamplingConfig(confidence="vibes")))
+    with pytest.raises(InvalidRequestError, match=">= 0"):
+        engine.infill(InfillRequest(prefix="x", max_new_tokens=-1))
+
+
+def test_several_holes(engine):
+    res = engine.infill(InfillRequest(prefix="def f():\n    ", middles=("\n\ndef g():\n    ",), suffix="\n",
+                                      hole_tokens=4, max_new_tokens=4))
+    assert len(res.texts) == 2
+
+
+def test_split_budget():
+    assert split_budget(100, 100, 40) == (30, 10)
+    assert split_budget(5, 100, 40) == (5, 35)
+    assert split_budget(100, 2, 40) == (38, 2)
+    assert split_budget(10, 10, -3) == (0, 0)
+
+
+# ---- checkpoint errors name the file and what is wrong
+
+def _copy(tiny_ckpt, tmp_path):
+    d = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, d)
+    return d
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Engine.from_pretrained(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name,match", [("config.json", "config.json is missing"),
+                                        ("tokenizer.json", "tokenizer.json is missing"),
+                                        ("model.safetensors", "no model.safetensors")])
+def test_missing_files(tiny_ckpt, tmp_path, name, match):
+    d = _copy(tiny_ckpt, tmp_path)
+    (d / name).unlink()
+    with pytest.raises(CheckpointError, match=match) as err:
+        Engine.from_pretrained(d)
+    assert str(d) in str(err.value)
+
+
+def test_corrupt_safetensors_header(tiny_ckpt, tmp_path):
+    d = _copy(tiny_ckpt, tmp_path)
+    (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError, match="corrupt safetensors") as err:
+        Engine.from_pretrained(d)
+    assert "model.safetensors" in str(err.value)
+
+
+def test_wrong_shapes(tiny_ckpt, tmp_path):
+    d = _copy(tiny_ckpt, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["mlp_hidden_size"] += 8
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="has shape"):
+        Engine.from_pretrained(d)
+
+
+def test_unknown_family(tiny_ckpt, tmp_path):
+    d = _copy(tiny_ckpt, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unknown model family"):
+        Engine.from_pretrained(d)
+
+
+def test_bad_json_config(tiny_ckpt, tmp_path):
+    d = _copy(tiny_ckpt, tmp_path)
+    (d / "config.json").write_text("{")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        Engine.from_pretrained(d)
+
+
+def test_sharded_checkpoint_with_index(tiny_ckpt, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = _copy(tiny_ckpt, tmp_path)
+    tensors = load_file(str(d / "model.safetensors"))
+    names = sorted(tensors)
+    half = len(names) // 2
+    save_file({n: tensors[n] for n in names[:half]}, str(d / "model-00001-of-00002.safetensors"))
+    save_file({n: tensors[n] for n in names[half:]}, str(d / "model-00002-of-00002.safetensors"))
+    (d / "model.safetensors").unlink()
+    wm = {n: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
+          for i, n in enumerate(names)}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    eng = Engine.from_pretrained(d)
+    assert eng.info()["params"] > 0
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        Engine.from_pretrained(d)

@@ -1,0 +1,137 @@
+"""The denoising loop: naive/fast agreement, commit rule, length handling, holes, cancellation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from engine.checkpoint import load_model, load_tokenizer
+from engine.config import ModelArgs
+from engine.generate import generate
+from engine.samplers import min_commits
+from engine.types import SamplingConfig
+
+A = ModelArgs(vocab_size=16, dim=2, mask_id=0, eos_id=1, pad_id=1, bos_id=2)
+
+
+class ScriptedModel(torch.nn.Module):
+    """Hidden state = canvas position; logits = a scripted token per position (confidence 1)."""
+
+    def __init__(self, script, args: ModelArgs = A) -> None:
+        super().__init__()
+        self.args = args
+        self.script = script
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    def prefill(self, ids, keep_cache=True):
+        self.calls += 1
+        pos = torch.arange(ids.shape[1], dtype=torch.float32)
+        return torch.stack([pos, torch.ones_like(pos)], -1)[None], [] if not keep_cache else [None]
+
+    def step(self, ids, index, cache):
+        self.calls += 1
+        return torch.stack([index.float(), torch.ones(len(index))], -1)[None]
+
+    def logits(self, h):
+        out = torch.full((h.shape[0], self.args.vocab_size), -20.0)
+        for i, p in enumerate(h[:, 0].long().tolist()):
+            out[i, self.script(p)] = 20.0
+        return out
+
+
+def _run(model, segments, cfg=SamplingConfig(), **kw):
+    return generate(model, segments, cfg, shifted=False, **kw)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_cached_sampler_equals_naive_when_refreshing_every_step(family, request):
+    ckpt = request.getfixturevalue("tiny_ckpt" if family == "llada" else "tiny_dream_ckpt")
+    model, a = load_model(ckpt)
+    tok = load_tokenizer(ckpt)
+    shifted = family == "dream"
+    segs = [tok.encode("def add(a, b):\n    return "), tok.encode("\n\nclass Point:\n")]
+    naive = generate(model, segs, SamplingConfig(sampler="naive"), shifted, hole_tokens=10, max_new_tokens=10)
+    fast = generate(model, segs, SamplingConfig(refresh_every=1, threshold=2.0), shifted, hole_tokens=10,
+                    max_new_tokens=10)
+    assert naive.fills == fast.fills
+    assert naive.tokens_per_step == fast.tokens_per_step == [1] * 10
+
+
+def test_fast_sampler_runs_cached_steps_on_a_real_model(tiny_ckpt):
+    model, _ = load_model(tiny_ckpt)
+    tok = load_tokenizer(tiny_ckpt)
+    segs = [tok.encode("for i in range(10):\n    "), tok.encode("\n")]
+    out = generate(model, segs, SamplingConfig(steps=4, eos_fill=False), False, hole_tokens=12, max_new_tokens=12)
+    assert len(out.tokens_per_step) == 4  # all committed by the last step
+    assert sum(out.tokens_per_step) == 12
+    assert out.forward_passes == 4  # one prefill + three cached steps
+
+
+def test_threshold_commits_many_per_step_and_eos_shortens():
+    script = lambda p: 5 if p < 4 else 1  # noqa: E731  positions 1..3 (after bos) get 5, then EOS
+    model = ScriptedModel(script)
+    out = _run(model, [[], [7, 7]], hole_tokens=8, max_new_tokens=32)
+    assert out.fills == [[5, 5, 5]]
+    assert out.forward_passes == 1 and out.tokens_per_step == [8]  # every slot confident: one step
+
+
+def test_hole_grows_until_eos_or_budget():
+    model = ScriptedModel(lambda p: 5)
+    out = _run(model, [[3], [7]], SamplingConfig(grow_tokens=4), hole_tokens=4, max_new_tokens=12)
+    assert out.fills == [[5] * 12]
+    assert model.calls == 3  # one prefill per block: 4 -> 8 -> 12
+
+    model = ScriptedModel(lambda p: 5 if p < 8 else 1)
+    out = _run(model, [[3], [7]], SamplingConfig(grow_tokens=4), hole_tokens=4, max_new_tokens=40)
+    assert out.fills == [[5] * 6]  # canvas: bos, 3, then slots 2..7 -> six 5s before the EOS
+
+
+def test_several_holes_are_denoised_jointly():
+    model = ScriptedModel(lambda p: 5 if p < 5 else (6 if 7 <= p < 9 else 1))
+    out = _run(model, [[3], [9], [8]], hole_tokens=4, max_new_tokens=4)
+    # canvas: bos 3 [2..5] 9 [7..10] 8 eos
+    assert out.fills == [[5, 5, 5], [6, 6]]
+    assert out.forward_passes == 1
+
+
+def test_min_one_commit_per_step_when_nothing_is_confident(tiny_ckpt):
+    model, _ = load_model(tiny_ckpt)
+    out = generate(model, [[5, 6, 7], [8]], SamplingConfig(threshold=2.0, eos_fill=False), False,
+                   hole_tokens=6, max_new_tokens=6)
+    assert out.tokens_per_step == [1] * 6
+
+
+def test_min_commits_schedule():
+    got = min_commits(torch.tensor([10, 3, 0, 5]), torch.tensor([4, 5, 2, 1]))
+    assert got.tolist() == [3, 1, 0, 5]
+
+
+def test_cancellation_between_steps(tiny_ckpt):
+    model, _ = load_model(tiny_ckpt)
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 2
+
+    out = generate(model, [[5, 6], [8]], SamplingConfig(threshold=2.0), False, hole_tokens=8,
+                   max_new_tokens=8, should_stop=stop)
+    assert out.cancelled and out.fills == [[]]
+    assert len(out.tokens_per_step) == 2
+
+
+def test_temperature_sampling_is_seeded(tiny_ckpt):
+    model, _ = load_model(tiny_ckpt)
+    cfg = SamplingConfig(temperature=1.0, seed=7, threshold=2.0)
+    run = lambda c: generate(model, [[5, 6], [8]], c, False, hole_tokens=8, max_new_tokens=8).fills  # noqa: E731
+    assert run(cfg) == run(cfg)
+    assert any(run(replace(cfg, seed=s)) != run(cfg) for s in range(8, 12))
+
+
+def test_zero_budget_makes_no_forward_pass():
+    model = ScriptedModel(lambda p: 5)
+    out = _run(model, [[3], [4]], hole_tokens=8, max_new_tokens=0)
+    assert out.fills == [[]] and out.forward_passes == 0 and model.calls == 0
