@@ -1,0 +1,97 @@
+"""Training recipe: objective shapes, exact resume, and a 2-process DDP run on CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import ModelArgs
+from engine.testing import byte_bpe_tokenizer
+from engine.training.objective import ObjectiveConfig, corrupt, fim_example
+from engine.training.train import Trainer, parse
+
+A = ModelArgs(vocab_size=50, mask_id=0, eos_id=1, pad_id=1, bos_id=2)
+
+
+def test_fim_example_keeps_length_and_pads_the_middle_with_eos():
+    g = torch.Generator().manual_seed(0)
+    is_nl = torch.zeros(50, dtype=torch.bool)
+    is_nl[10] = True
+    seq = torch.tensor([2] + [5, 6, 10, 7, 8, 10, 9, 9, 10, 11, 12, 10, 13] * 3)
+    for _ in range(50):
+        out, s, e = fim_example(seq, A, is_nl, ObjectiveConfig(), g)
+        assert out.shape == seq.shape and 1 <= s < e <= len(seq)
+        assert torch.equal(out[:s], seq[:s])
+        region = out[s:e].tolist()
+        n_mid = len(region) - region[::-1].index(next(t for t in region[::-1] if t != 1)) if any(
+            t != 1 for t in region) else 0
+        assert all(t == 1 for t in region[n_mid:])  # EOS pads close the middle
+
+
+def test_corrupt_masks_only_the_region_and_weights_by_inverse_t():
+    g = torch.Generator().manual_seed(1)
+    is_nl = torch.zeros(50, dtype=torch.bool)
+    batch = torch.randint(3, 50, (8, 32), generator=g)
+    batch[:, 0] = 2
+    noisy, clean, mask, w = corrupt(batch, A, is_nl, ObjectiveConfig(fim_rate=0.5), g)
+    assert mask.any(1).all()
+    assert (noisy[mask] == 0).all() and torch.equal(noisy[~mask], clean[~mask])
+    assert not mask[:, 0].any()  # bos is never masked
+    assert (w[~mask] == 0).all() and (w[mask] > 0).all()
+
+
+def _data(tmp_path):
+    tok = byte_bpe_tokenizer()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    text = "def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 40
+    ids = np.array(tok.encode(text).ids + [1], dtype=np.uint16)
+    (tmp_path / "tokens").mkdir()
+    ids.tofile(tmp_path / "tokens" / "train.bin")
+    ids.tofile(tmp_path / "tokens" / "val.bin")
+    return ["--data", str(tmp_path / "tokens"), "--tokenizer", str(tmp_path / "tokenizer.json"), "--size", "tiny",
+            "--seq-len", "32", "--batch-size", "4", "--warmup", "2", "--eval-every", "3", "--eval-batches", "1"]
+
+
+def test_resume_is_exact(tmp_path):
+    base = _data(tmp_path)
+    straight = Trainer(parse(base + ["--out", str(tmp_path / "a"), "--max-steps", "6"]))
+    straight.run()
+    first = Trainer(parse(base + ["--out", str(tmp_path / "b"), "--max-steps", "6"]))
+    for _ in range(3):
+        first.train_step()
+    first.save()
+    resumed = Trainer(parse(base + ["--out", str(tmp_path / "b"), "--max-steps", "6"]))
+    assert resumed.step == 3
+    resumed.run()
+    for (n, p), (_, q) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(p, q), n
+    assert (tmp_path / "a" / "loss_curve.png").is_file()
+
+
+def test_export_writes_a_loadable_checkpoint(tmp_path):
+    base = _data(tmp_path)
+    Trainer(parse(base + ["--out", str(tmp_path / "r"), "--max-steps", "3", "--export", str(tmp_path / "ex")])).run()
+    from engine import Engine, InfillRequest
+
+    eng = Engine.from_pretrained(tmp_path / "ex")
+    cfg = json.loads((tmp_path / "ex" / "config.json").read_text())
+    assert cfg["model_type"] == "llada" and cfg["dlsp_training"]["step"] == 3
+    assert eng.infill(InfillRequest(prefix="def f(x):\n", hole_tokens=4, max_new_tokens=4)).forward_passes >= 1
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path):
+    base = _data(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "engine.training.train", *base, "--out", str(tmp_path / "ddp"), "--max-steps", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    st = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    assert st["step"] == 4 and st["tokens_seen"] == 4 * 4 * 32 * 2  # both ranks counted
