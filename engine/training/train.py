@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -44,6 +44,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--max-steps", type=int, default=20000)
     p.add_argument("--time-budget-min", type=float, default=None, help="stop (and save) after this many minutes")
+    p.add_argument("--schedule", default="steps", choices=["steps", "time"])
     p.add_argument("--ckpt-every-min", type=float, default=5.0)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-batches", type=int, default=8)
@@ -53,10 +54,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def lr_at(step: int, a: argparse.Namespace) -> float:
+def lr_at(step: int, a: argparse.Namespace, seconds: float = 0.0) -> float:
+    """Linear warmup, then cosine to `min_lr_ratio`; over steps, or over the time budget when
+    `--schedule time` (so a run cut by wall time still ends with a decayed learning rate)."""
     if step < a.warmup:
         return a.lr * (step + 1) / a.warmup
-    prog = min(1.0, (step - a.warmup) / max(1, a.max_steps - a.warmup))
+    if a.schedule == "time" and a.time_budget_min:
+        prog = min(1.0, seconds / (a.time_budget_min * 60))
+    else:
+        prog = min(1.0, (step - a.warmup) / max(1, a.max_steps - a.warmup))
     return a.lr * (a.min_lr_ratio + (1 - a.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
 
 
@@ -172,7 +178,7 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         a = self.a
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step, a)
+            group["lr"] = lr_at(self.step, a, self.train_seconds)
         batch = self.train_data.batch(a.batch_size, a.seq_len, self.args.bos_id, self.g)
         noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.obj, self.g)
         loss, ce = self.loss_ddp(noisy.to(self.device), clean.to(self.device), mask.to(self.device), w.to(self.device))
@@ -186,7 +192,7 @@ class Trainer:
 
     def run(self) -> None:
         a = self.a
-        start, last_ckpt = time.time(), time.time()
+        last_ckpt = time.time()
         bar = tqdm(total=a.max_steps, initial=self.step, disable=self.rank != 0, dynamic_ncols=True)
         tok_window, t_window = 0, time.time()
         while self.step < a.max_steps:
@@ -198,7 +204,7 @@ class Trainer:
                 tps = tok_window / max(1e-6, time.time() - t_window)
                 tok_window, t_window = 0, time.time()
                 bar.set_postfix(loss=f"{loss:.3f}", ce=f"{ce:.3f}", tok_s=f"{tps:.0f}")
-                self.log({"step": self.step, "loss": loss, "ce": ce, "lr": lr_at(self.step, a), "tok_s": tps,
+                self.log({"step": self.step, "loss": loss, "ce": ce, "lr": lr_at(self.step, a, self.train_seconds), "tok_s": tps,
                           "tokens": self.tokens_seen, "hours": self.train_seconds / 3600})
             bar.update(1)
             if self.step % a.eval_every == 0 or self.step == a.max_steps:
@@ -209,7 +215,7 @@ class Trainer:
                     self.best_val = val
                     self.export(val)
                 bar.write(f"step {self.step} val {val:.4f} best {self.best_val:.4f}")
-            out_of_time = a.time_budget_min is not None and time.time() - start > a.time_budget_min * 60
+            out_of_time = a.time_budget_min is not None and self.train_seconds > a.time_budget_min * 60
             if time.time() - last_ckpt > a.ckpt_every_min * 60 or out_of_time:
                 self.save()
                 last_ckpt = time.time()
