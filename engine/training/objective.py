@@ -27,6 +27,10 @@ class ObjectiveConfig:
     max_pad: int = 24  # EOS pads after the middle: uniform in [0, max_pad]
     span_max: int = 48  # longest random-span middle, tokens
     t_eps: float = 1e-3
+    # "elbo": 1/t on masked positions (the MDLM/MD4 bound); "flat": the mean cross-entropy over
+    # every masked token of the batch. Measured here (5M params, 2 CPU cores): "elbo" stayed on the
+    # unigram plateau for 4k steps, "flat" leaves it in a few hundred (see MODEL_CARD.md).
+    weighting: str = "flat"
 
 
 def _newline_positions(seq: torch.Tensor, is_nl: torch.Tensor) -> list[int]:
@@ -69,7 +73,8 @@ def corrupt(batch: torch.Tensor, a: ModelArgs, is_nl: torch.Tensor, cfg: Objecti
         batch: (B, T) clean ids with bos at column 0.
     Returns:
         noisy (B, T), targets (B, T) clean ids, mask (B, T) bool, weight (B, T) float32
-        (1/t on masked positions normalised by the region size of the row, 0 elsewhere).
+        (per masked position, 0 elsewhere; the loss is sum(ce * weight) / B). "elbo": 1/t
+        normalised by the region size of the row; "flat": B / (masked tokens in the batch).
     """
     B, T = batch.shape
     clean = batch.clone()
@@ -86,7 +91,12 @@ def corrupt(batch: torch.Tensor, a: ModelArgs, is_nl: torch.Tensor, cfg: Objecti
     first = region.float().argmax(1)
     empty = ~mask.any(1)
     mask[empty, first[empty]] = True
-    weight = mask.float() / t / region.sum(1, keepdim=True).clamp(min=1)
+    if cfg.weighting == "elbo":
+        weight = mask.float() / t / region.sum(1, keepdim=True).clamp(min=1)
+    elif cfg.weighting == "flat":
+        weight = mask.float() * (B / mask.sum())
+    else:
+        raise ValueError(f"unknown loss weighting {cfg.weighting!r} (elbo, flat)")
     noisy = torch.where(mask, torch.full_like(clean, a.mask_id), clean)
     return noisy, clean, mask, weight
 

@@ -49,6 +49,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--fim-rate", type=float, default=0.6)
+    p.add_argument("--loss-weighting", default="flat", choices=["flat", "elbo"],
+                   help="flat: mean CE over masked tokens; elbo: the 1/t-weighted bound (see objective.py)")
+    p.add_argument("--init-from", default=None,
+                   help="warm start: model weights (and their training hours) from another run's last.pt")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -105,12 +109,14 @@ class Trainer:
         self.val = PackedTokens(Path(a.data) / "val.bin").fixed_batches(a.eval_batches, a.batch_size, a.seq_len,
                                                                       self.args.bos_id)
         self.is_nl = newline_table(self.tok, self.args.vocab_size)
-        self.obj = ObjectiveConfig(fim_rate=a.fim_rate)
+        self.obj = ObjectiveConfig(fim_rate=a.fim_rate, weighting=a.loss_weighting)
         self.g = torch.Generator().manual_seed(a.seed * 1000 + self.rank)
         self.step, self.best_val, self.tokens_seen, self.train_seconds = 0, float("inf"), 0, 0.0
+        self.prior = {"seconds": 0.0, "tokens": 0}  # training the warm start had before this run
         self.out = Path(a.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self._resume()
+        if not self._resume() and a.init_from:
+            self._warm_start(Path(a.init_from))
 
     def _init_weights(self) -> None:
         for name, p in self.model.named_parameters():
@@ -124,12 +130,23 @@ class Trainer:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
                 "best_val": self.best_val, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
                 "data_rng": self.g.get_state(), "torch_rng": torch.get_rng_state(),
-                "model_args": json.dumps(asdict(self.args))}
+                "model_args": json.dumps(asdict(self.args)), "prior": json.dumps(self.prior)}
 
-    def _resume(self) -> None:
+    def _warm_start(self, path: Path) -> None:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        if json.loads(st["model_args"]) != asdict(self.args):
+            raise SystemExit(f"{path}: another model shape; cannot warm start from it")
+        self.model.load_state_dict(st["model"])
+        prior = json.loads(st.get("prior", "{}")) or {"seconds": 0.0, "tokens": 0}
+        self.prior = {"seconds": prior["seconds"] + float(st["train_seconds"]),
+                      "tokens": prior["tokens"] + int(st["tokens_seen"])}
+        if self.rank == 0:
+            print(f"warm start from {path} ({self.prior['seconds'] / 3600:.2f} h of earlier training)", flush=True)
+
+    def _resume(self) -> bool:
         path = self.out / "last.pt"
         if not path.is_file():
-            return
+            return False
         st = torch.load(path, map_location="cpu", weights_only=True)
         if json.loads(st["model_args"]) != asdict(self.args):
             raise SystemExit(f"{path}: the run was started with another model shape; use a new --out")
@@ -139,8 +156,10 @@ class Trainer:
         self.tokens_seen, self.train_seconds = int(st["tokens_seen"]), float(st["train_seconds"])
         self.g.set_state(st["data_rng"])
         torch.set_rng_state(st["torch_rng"])
+        self.prior = json.loads(st.get("prior", "{}")) or self.prior
         if self.rank == 0:
             print(f"resumed from {path} at step {self.step}", flush=True)
+        return True
 
     def save(self) -> None:
         if self.rank != 0:
@@ -151,23 +170,32 @@ class Trainer:
         plot_curve(self.out / "log.jsonl", self.out / "loss_curve.png")
 
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def evaluate(self) -> dict[str, float]:
+        """Validation on fixed batches and a fixed corruption: the objective being trained, and the
+        masked-token CE with 15% of tokens masked (how much the model uses its context)."""
         self.model.eval()
         g = torch.Generator().manual_seed(4321)  # the same corruption every evaluation
-        total = 0.0
+        total, ce15 = 0.0, 0.0
         for batch in self.val:
             noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.obj, g)
             total += float(self.loss_mod(noisy.to(self.device), clean.to(self.device), mask.to(self.device),
                                          w.to(self.device))[0])
+            m15 = torch.rand(batch.shape, generator=g) < 0.15
+            m15[:, 0] = False
+            noisy = torch.where(m15, torch.full_like(batch, self.args.mask_id), batch)
+            ce15 += float(self.loss_mod(noisy.to(self.device), batch.to(self.device), m15.to(self.device),
+                                        m15.float().to(self.device) * batch.shape[0] / m15.sum())[0])
         self.model.train()
-        return total / len(self.val)
+        return {"val_loss": total / len(self.val), "val_ce15": ce15 / len(self.val)}
 
-    def export(self, val: float) -> None:
+    def export(self, val: dict[str, float]) -> None:
         if self.rank != 0 or not self.a.export:
             return
-        meta = {"dlsp_training": {"step": self.step, "tokens_seen": self.tokens_seen, "val_loss": round(val, 4),
-                                  "train_hours": round(self.train_seconds / 3600, 3), "seq_len": self.a.seq_len,
-                                  "size": self.a.size}}
+        meta = {"dlsp_training": {"step": self.step, "tokens_seen": self.tokens_seen + self.prior["tokens"],
+                                  "val_loss": round(val["val_loss"], 4), "val_ce15": round(val["val_ce15"], 4),
+                                  "train_hours": round((self.train_seconds + self.prior["seconds"]) / 3600, 3),
+                                  "seq_len": self.a.seq_len, "size": self.a.size,
+                                  "loss_weighting": self.a.loss_weighting}}
         save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta)
 
     def log(self, rec: dict) -> None:
@@ -204,17 +232,19 @@ class Trainer:
                 tps = tok_window / max(1e-6, time.time() - t_window)
                 tok_window, t_window = 0, time.time()
                 bar.set_postfix(loss=f"{loss:.3f}", ce=f"{ce:.3f}", tok_s=f"{tps:.0f}")
-                self.log({"step": self.step, "loss": loss, "ce": ce, "lr": lr_at(self.step, a, self.train_seconds), "tok_s": tps,
-                          "tokens": self.tokens_seen, "hours": self.train_seconds / 3600})
+                self.log({"step": self.step, "loss": loss, "ce": ce, "lr": lr_at(self.step, a, self.train_seconds),
+                          "tok_s": tps, "tokens": self.tokens_seen + self.prior["tokens"],
+                          "hours": (self.train_seconds + self.prior["seconds"]) / 3600})
             bar.update(1)
             if self.step % a.eval_every == 0 or self.step == a.max_steps:
                 val = self.evaluate()
-                self.log({"step": self.step, "val_loss": val, "tokens": self.tokens_seen,
-                          "hours": self.train_seconds / 3600})
-                if val < self.best_val:
-                    self.best_val = val
+                self.log({"step": self.step, **val, "tokens": self.tokens_seen + self.prior["tokens"],
+                          "hours": (self.train_seconds + self.prior["seconds"]) / 3600})
+                if val["val_loss"] < self.best_val:
+                    self.best_val = val["val_loss"]
                     self.export(val)
-                bar.write(f"step {self.step} val {val:.4f} best {self.best_val:.4f}")
+                bar.write(f"step {self.step} val {val['val_loss']:.4f} ce15 {val['val_ce15']:.4f} "
+                          f"best {self.best_val:.4f}")
             out_of_time = a.time_budget_min is not None and self.train_seconds > a.time_budget_min * 60
             if time.time() - last_ckpt > a.ckpt_every_min * 60 or out_of_time:
                 self.save()

@@ -46,6 +46,25 @@ def test_corrupt_masks_only_the_region_and_weights_by_inverse_t():
     assert (w[~mask] == 0).all() and (w[mask] > 0).all()
 
 
+def test_loss_weightings():
+    g = torch.Generator().manual_seed(2)
+    is_nl = torch.zeros(50, dtype=torch.bool)
+    batch = torch.randint(3, 50, (8, 32), generator=g)
+    batch[:, 0] = 2
+    state = g.get_state()
+    _, _, mask, w = corrupt(batch, A, is_nl, ObjectiveConfig(weighting="flat"), g)
+    # flat: sum(ce * w) / B is the mean over every masked token of the batch
+    assert torch.allclose(w[mask], torch.full_like(w[mask], 8 / mask.sum()))
+    g.set_state(state)
+    _, _, mask_e, w_e = corrupt(batch, A, is_nl, ObjectiveConfig(weighting="elbo"), g)
+    assert torch.equal(mask, mask_e)  # the same corruption, only the weights differ
+    # elbo: every masked position of a row carries the same 1/(t * region) weight
+    for b in range(8):
+        assert torch.allclose(w_e[b][mask_e[b]], w_e[b][mask_e[b]][0].expand(int(mask_e[b].sum())))
+    with pytest.raises(ValueError, match="weighting"):
+        corrupt(batch, A, is_nl, ObjectiveConfig(weighting="nope"), g)
+
+
 def _data(tmp_path):
     tok = byte_bpe_tokenizer()
     tok.save(str(tmp_path / "tokenizer.json"))

@@ -1,0 +1,70 @@
+"""`python -m lsp_server` / `dlsp serve`: run the language server over stdio or TCP.
+
+stdout belongs to the protocol: the real stdout is kept for pygls and file descriptor 1 is
+pointed at stderr, so a stray print (ours or a library's) can never corrupt a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from lsp_server.protocol import RedactFilter
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dlsp serve", description="dlsp language server (stdio by default)")
+    p.add_argument("--tcp", action="store_true", help="serve over TCP instead of stdio")
+    p.add_argument("--host", default="127.0.0.1", help="TCP host (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=2087, help="TCP port (default 2087)")
+    p.add_argument("--model", default=None, metavar="DIR", help="checkpoint directory (default: embedded model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
+    p.add_argument("--log-level", default="info", choices=LEVELS)
+    return p.parse_args(argv)
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr; pygls's own records are quiet (and redacted) unless debugging."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if level != "debug":
+        handler.addFilter(RedactFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    for name in ("lsp_server", "engine"):
+        logging.getLogger(name).setLevel(level.upper())
+    logging.getLogger("pygls").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def _protocol_stdout() -> object:
+    """A private handle on the real stdout; fd 1 (and sys.stdout) now write to stderr."""
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")  # buffered: writes whole messages
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    setup_logging(args.log_level)
+    from lsp_server.server import create_server
+    from lsp_server.settings import Settings
+
+    settings = Settings(model_path=args.model, device=args.device, log_level=args.log_level)
+    ls = create_server(settings=settings)
+    if args.tcp:
+        logging.getLogger(__name__).info("serving on %s:%d", args.host, args.port)
+        ls.start_tcp(args.host, args.port)
+    else:
+        ls.start_io(sys.stdin.buffer, _protocol_stdout())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

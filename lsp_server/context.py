@@ -1,0 +1,206 @@
+"""The context of one completion: prefix and suffix text around the cursor within a token budget,
+and what kind of fill the cursor asks for. Works on document text and offsets, never positions.
+
+Clipping keeps what the model needs most when the file is larger than the budget: the text
+nearest the cursor, the headers of the enclosing scopes, the imports and the signatures of
+sibling definitions (an outline of the far text), then as much near text as still fits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from lsp_server.crossfile import related_definitions
+from lsp_server.documents import Document
+from lsp_server.languages import LangSpec
+from lsp_server.syntax import Syntax, line_end, line_start
+
+PAIRS = {")": "(", "]": "[", "}": "{"}
+OPENERS = "([{"
+CLOSERS = set(")]}\"'`;,: \t")
+HOLE_TOKENS = {"fill": 8, "line": 12, "block": 24, "body": 32}  # initial hole per mode
+SINGLE_LINE = ("fill", "line")
+_SPLIT = 0.75  # share of the budget for the prefix (the rest goes to the suffix)
+_HEAD = 16384  # chars of a file's head scanned for imports when the window starts later
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the engine gets for one completion, and what post-processing needs to know.
+
+    Attributes:
+        prefix, suffix: clipped text before / after the cursor (prefix may start with an outline).
+        mode: "fill" (text right of the cursor: fill up to it), "line" (finish the line),
+            "block" (statements on an empty line), "body" (after a block header).
+        line_before, line_after: the cursor's line split at the cursor.
+        indent_unit: one level of indentation in this document.
+    """
+
+    prefix: str
+    suffix: str
+    mode: str
+    hole_tokens: int
+    max_new_tokens: int
+    line_before: str
+    line_after: str
+    indent_unit: str = "    "
+
+    @property
+    def multiline(self) -> bool:
+        return self.mode not in SINGLE_LINE
+
+    def key(self) -> tuple:
+        return (self.prefix, self.suffix, self.mode, self.hole_tokens, self.max_new_tokens)
+
+
+def chars_per_token(text: str, cursor: int, count: Callable[[str], int] | None) -> float:
+    """Measured on the text around the cursor; 3.5 when it cannot be measured."""
+    sample = text[max(0, cursor - 3000):cursor + 1000]
+    if count is None or len(sample) < 64:
+        return 3.5
+    try:
+        return max(1.0, min(8.0, len(sample) / max(1, count(sample))))
+    except Exception:
+        return 3.5
+
+
+def indent_unit(text: str, cursor: int) -> str:
+    """Tabs if the nearby code indents with tabs, else the smallest space indent seen (2 or 4)."""
+    near = text[max(0, cursor - 4000):cursor + 1000]
+    tabs = len(re.findall(r"^\t", near, re.M))
+    widths = [len(m) for m in re.findall(r"^( +)\S", near, re.M)]
+    if tabs > len(widths):
+        return "\t"
+    return " " * (2 if widths and min(widths) == 2 else 4)
+
+
+def brackets(s: str, quote: str | None = None) -> tuple[list[tuple[int, str]], str | None]:
+    """Brackets of `s` outside string quotes (a quote state carries in and out; ' and " end at a
+    newline)."""
+    out, escaped = [], False
+    for i, ch in enumerate(s):
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote or (ch == "\n" and quote != "`"):
+                quote = None
+        elif ch in "\"'`":
+            quote = ch
+        elif ch in OPENERS or ch in PAIRS:
+            out.append((i, ch))
+    return out, quote
+
+
+def _bracket_depth(s: str) -> int:
+    return sum(s.count(c) for c in "([{") - sum(s.count(c) for c in ")]}")
+
+
+def decide_mode(text: str, cursor: int, spec: LangSpec | None, syntax: Syntax | None) -> str:
+    """Single-line or multi-line, from the syntax around the cursor."""
+    ls = line_start(text, cursor)
+    after = text[cursor:line_end(text, cursor)].rstrip("\r\n")
+    before = text[ls:cursor]
+    if after.strip() and not set(after) <= CLOSERS:
+        return "fill"
+    if before.strip():
+        header, end = before.rstrip(), ls + len(before.rstrip())
+    else:
+        prev = text[max(0, ls - 2000):ls].rstrip()
+        header = prev[prev.rfind("\n") + 1:]
+        end = ls - (len(text[max(0, ls - 2000):ls]) - len(prev))
+    opener = spec.opener if spec else None
+    if opener and header.endswith(opener) and _bracket_depth(header[:-1]) <= 0 and brackets(header)[1] is None:
+        if syntax is None or not syntax.in_comment_or_string(end - 1):
+            return "body"
+    return "block" if not before.strip() else "line"
+
+
+def outline_spans(text: str, cursor: int, syntax: Syntax | None, spec: LangSpec | None) -> list[tuple[int, int, int]]:
+    """(rank, start, end) line spans worth keeping from the far prefix: enclosing scope headers
+    (rank 0..), imports (rank 1000..), sibling signatures (rank 2000.., nearest first)."""
+    if syntax is None:
+        return []
+    spans: list[tuple[int, int, int]] = []
+    enclosing = syntax.enclosing_scopes(cursor)
+    for i, node in enumerate(enclosing):
+        s = syntax.span(node)[0]
+        spans.append((i, line_start(text, s), line_end(text, max(s, syntax.header_end(node) - 1))))
+    imports = syntax.nodes("imports", syntax.base, cursor)
+    head = _head_imports(text, syntax.base, spec)
+    for i, (s, e) in enumerate(head + [syntax.span(n) for n in imports]):
+        spans.append((1000 + i, line_start(text, s), line_end(text, max(s, e - 1))))
+    ids = {n.id for n in enclosing}
+    siblings = [n for n in syntax.nodes("scopes", syntax.base, cursor) if n.id not in ids]
+    for i, node in enumerate(reversed(siblings[-200:])):
+        s = syntax.span(node)[0]
+        spans.append((2000 + i, line_start(text, s), line_end(text, max(s, syntax.header_end(node) - 1))))
+    return [sp for sp in spans if sp[2] <= cursor]
+
+
+def _head_imports(text: str, base: int, spec: LangSpec | None) -> list[tuple[int, int]]:
+    if base == 0 or spec is None:
+        return []
+    head = text[:min(base, _HEAD)]
+    syntax = Syntax.parse(head, 0, spec)
+    return [syntax.span(n) for n in syntax.nodes("imports")] if syntax else []
+
+
+def clip_prefix(text: str, lo: int, cursor: int, budget: int, keep: Sequence[tuple[int, int, int]]) -> str:
+    """At most ~`budget` chars of prefix: near text (at least half), then kept spans by rank,
+    then more near text. Cuts fall on line starts where the text allows."""
+    if lo == 0 and cursor <= budget:
+        return text[:cursor]
+    start = _next_line_start(text, max(lo, cursor - budget // 2), cursor)
+    used, picked = cursor - start, []
+    for _, s, e in sorted(set(keep)):
+        if e <= start and used + (e - s) <= budget and all(e <= ps or s >= pe for ps, pe in picked):
+            picked.append((s, e))
+            used += e - s
+    start = min(start, _next_line_start(text, max(lo, start - (budget - used)), start))
+    kept = "".join(text[s:e] for s, e in sorted(picked) if e <= start)
+    return kept + text[start:cursor]
+
+
+def _next_line_start(text: str, offset: int, limit: int) -> int:
+    """The first line start at or after `offset` (not past `limit`); `offset` if none."""
+    if offset == 0 or text[offset - 1] == "\n":
+        return offset
+    i = text.find("\n", offset, limit)
+    return offset if i < 0 else i + 1
+
+
+def clip_suffix(text: str, cursor: int, budget: int) -> str:
+    end = min(len(text), cursor + max(0, budget))
+    if end < len(text):
+        cut = text.rfind("\n", cursor, end)
+        end = cut + 1 if cut > cursor else end
+    return text[cursor:end]
+
+
+def build_context(text: str, cursor: int, spec: LangSpec | None, budget_tokens: int, max_tokens: int,
+                  count: Callable[[str], int] | None = None, others: Sequence[Document] = ()) -> Context:
+    """Everything the engine needs for a completion at `cursor` in `text`; `others` are the other
+    open documents (definitions they hold may join the prefix)."""
+    cursor = max(0, min(cursor, len(text)))
+    budget = int(max(16, budget_tokens) * chars_per_token(text, cursor, count) * 0.9)
+    window = max(32768, budget * 8)
+    lo = line_start(text, max(0, cursor - window))
+    hi = line_end(text, min(len(text), cursor + window))
+    syntax = Syntax.parse(text[lo:hi], lo, spec)
+    mode = decide_mode(text, cursor, spec, syntax)
+    p_budget = int(budget * _SPLIT)
+    s_budget = budget - min(p_budget, cursor - lo)
+    p_budget = budget - min(s_budget, hi - cursor)
+    related = related_definitions(text, cursor, spec, others, p_budget // 6)
+    prefix = related + clip_prefix(text, lo, cursor, p_budget - len(related),
+                                   outline_spans(text, cursor, syntax, spec))
+    ls, le = line_start(text, cursor), line_end(text, cursor)
+    return Context(prefix=prefix, suffix=clip_suffix(text, cursor, s_budget), mode=mode,
+                   hole_tokens=min(HOLE_TOKENS[mode], max_tokens),
+                   max_new_tokens=min(max_tokens, 32) if mode in SINGLE_LINE else max_tokens,
+                   line_before=text[ls:cursor], line_after=text[cursor:le].rstrip("\r\n"),
+                   indent_unit=indent_unit(text, cursor))

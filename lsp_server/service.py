@@ -1,0 +1,232 @@
+"""The server's work, independent of pygls: documents, settings, the model, scheduling, caches
+and statistics. Handlers in `lsp_server.server` call these methods and convert the results.
+
+A completion goes: type-through check -> latest-wins claim -> debounce -> context (tree-sitter)
+-> context cache or one engine run on the worker -> post-processing -> stale check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+from lsprotocol import types
+
+from engine import InfillRequest
+from lsp_server import actions
+from lsp_server.cache import ContextCache, TypeThrough
+from lsp_server.context import build_context, indent_unit
+from lsp_server.convert import UTF16, LineIndex, range_offsets, to_offset
+from lsp_server.documents import DocumentStore
+from lsp_server.errors import BadParams, ModelNotReady, StaleDocument, cancelled
+from lsp_server.languages import spec_for
+from lsp_server.model_host import ModelHost
+from lsp_server.postprocess import postprocess
+from lsp_server.scheduler import Scheduler, Stopped
+from lsp_server.settings import Settings
+from lsp_server.stats import Stats
+from lsp_server.syntax import Syntax, line_end, line_start
+
+log = logging.getLogger(__name__)
+Spans = list[tuple[int, int, str]]
+ENGINE_STAGES = ("tokenize", "prefill", "steps", "detokenize")
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
+
+
+class Service:
+    def __init__(self, host: ModelHost, settings: Settings | None = None) -> None:
+        self.host = host
+        self.settings = settings or Settings()
+        self.docs = DocumentStore()
+        self.scheduler = Scheduler()
+        self.cache = ContextCache()
+        self.typed = TypeThrough()
+        self.stats = Stats()
+        self.encoding = UTF16
+
+    # -- documents and settings ---------------------------------------------------------------
+    def did_change(self, uri: str, version: int | None, changes: list) -> None:
+        if self.docs.change(uri, version, changes, self.encoding) is None:
+            log.info("change for a document that is not open (ignored)")
+
+    def did_close(self, uri: str) -> None:
+        self.docs.close(uri)
+        self.typed.forget(uri)
+        self.scheduler.stop_all(lambda key: isinstance(key, tuple) and key[0] == uri, "closed")
+
+    def configure(self, raw: Any) -> bool:
+        """Apply settings; returns True when the model must be (re)loaded."""
+        old, self.settings = self.settings, self.settings.updated(raw)
+        self.cache.clear()
+        return (old.model_path, old.device) != (self.settings.model_path, self.settings.device)
+
+    def _stale(self, uri: str, version: int) -> bool:
+        doc = self.docs.get(uri)
+        return doc is None or doc.version != version
+
+    def _count(self, text: str) -> int:
+        return self.host.engine.count_tokens(text)
+
+    def _sampling(self) -> Any:
+        s, base = self.settings, getattr(self.host.engine, "default_sampling", None)
+        if base is None or (s.threshold is None and s.steps is None):
+            return None
+        changes = {k: v for k, v in (("threshold", s.threshold), ("steps", s.steps)) if v is not None}
+        return replace(base, **changes)
+
+    # -- inline completion ----------------------------------------------------------------------
+    async def suggest(self, uri: str, position: types.Position) -> tuple[LineIndex, Spans] | None:
+        """Suggestion spans at a position, or None when there is nothing to say."""
+        t0 = time.perf_counter()
+        doc = self.docs.get(uri)
+        if doc is None or not self.settings.language_enabled(doc.language_id):
+            return None
+        text, version, index = doc.text, doc.version, doc.index
+        cursor = to_offset(index, position, self.encoding)
+        rest = self.typed.lookup(uri, text, cursor)
+        if rest is not None:
+            self.stats.count("cached")
+            self.stats.count("completed")
+            self.stats.record({"total": _ms(t0)})
+            self.typed.remember(uri, text, cursor, rest)
+            return index, [(cursor, cursor, rest)]
+        if not self.host.ready:
+            self.stats.count("empty")
+            return None
+        job = self.scheduler.claim((uri, "complete"), is_stale=lambda: self._stale(uri, version))
+        try:
+            await self.scheduler.debounce(job, self.settings.debounce_ms / 1000.0)
+            out, timings = await self._complete(job, uri, doc.language_id, text, cursor)
+        except Stopped as stop:
+            self.stats.count("cancelled" if stop.reason == "cancelled" else "dropped")
+            return None
+        except asyncio.CancelledError:
+            self.stats.count("cancelled")
+            raise
+        except Exception:
+            self.stats.count("errors")
+            raise
+        finally:
+            self.scheduler.release(job)
+        if self._stale(uri, version):
+            self.stats.count("dropped")
+            return None
+        timings["total"] = _ms(t0)
+        self.stats.record(timings)
+        self.stats.count("completed" if out else "empty")
+        self.typed.remember(uri, text, cursor, out)
+        return index, [(cursor, cursor, out)] if out else []
+
+    async def _complete(self, job: Any, uri: str, language_id: str, text: str,
+                        cursor: int) -> tuple[str, dict[str, float]]:
+        t = time.perf_counter()
+        s, engine = self.settings, self.host.engine
+        ctx = build_context(text, cursor, spec_for(language_id, uri), s.context_tokens, s.max_tokens,
+                            self._count, self.docs.others(uri))
+        timings = {"context": _ms(t)}
+        raw = self.cache.get(ctx.key())
+        if raw is None:
+            req = InfillRequest(prefix=ctx.prefix, suffix=ctx.suffix, hole_tokens=ctx.hole_tokens,
+                                max_new_tokens=ctx.max_new_tokens, max_context_tokens=s.context_tokens,
+                                sampling=self._sampling(), should_stop=job.should_stop)
+            result = await self.scheduler.run(job, lambda stop: engine.infill(req))
+            if result is None or result.cancelled:
+                raise Stopped(job.reason or "cancelled")
+            raw = result.text
+            self.cache.put(ctx.key(), raw)
+            timings.update({k: result.timings_ms[k] for k in ENGINE_STAGES if k in result.timings_ms})
+            timings["engine"] = result.timings_ms.get("total", 0.0)
+            timings["queue"] = job.queued_ms
+        else:
+            self.stats.count("cached")
+        t = time.perf_counter()
+        out = postprocess(raw, ctx)
+        timings["postprocess"] = _ms(t)
+        return out, timings
+
+    async def complete_word(self, uri: str, position: types.Position) -> tuple[LineIndex, Spans] | None:
+        """Completion-list flavour: the edit replaces the word before the cursor with word + fill."""
+        found = await self.suggest(uri, position)
+        if not found:
+            return found
+        index, spans = found
+        out = []
+        for s, e, text in spans:
+            word = s
+            while word > 0 and (index.text[word - 1].isalnum() or index.text[word - 1] == "_"):
+                word -= 1
+            out.append((word, e, index.text[word:s] + text))
+        return index, out
+
+    # -- code actions -----------------------------------------------------------------------
+    def _snapshot(self, uri: str) -> Any:
+        doc = self.docs.get(uri)
+        if doc is None:
+            raise BadParams("unknown document")
+        return doc
+
+    def _plan(self, name: str, text: str, a: int, b: int, spec: Any) -> actions.EditPlan | None:
+        s = self.settings
+        if name == actions.REGENERATE:
+            return actions.regenerate_plan(text, a, b, s.max_tokens, self._count if self.host.ready else None)
+        lo, hi = line_start(text, max(0, a - 65536)), line_end(text, min(len(text), b + 65536))
+        syntax = Syntax.parse(text[lo:hi], lo, spec)
+        if name == actions.FILL_HOLES:
+            return actions.fill_holes_plan(text, a, spec, syntax, s.max_tokens)
+        if name == actions.COMPLETE_BODY:
+            return actions.body_plan(text, a, spec, syntax, s.max_tokens)
+        raise BadParams(f"unknown action {name}")
+
+    def available_actions(self, uri: str, rng: types.Range) -> list[str]:
+        """Actions that apply at a range (cheap: no model call)."""
+        doc = self.docs.get(uri)
+        if doc is None or not self.host.ready or not self.settings.language_enabled(doc.language_id):
+            return []
+        a, b = range_offsets(doc.index, rng, self.encoding)
+        spec = spec_for(doc.language_id, uri)
+        names = [actions.REGENERATE] if b > a else []
+        names += [n for n in (actions.FILL_HOLES, actions.COMPLETE_BODY) if self._plan(n, doc.text, a, a, spec)]
+        return names
+
+    async def edit(self, name: str, uri: str, rng: types.Range) -> tuple[LineIndex, int, Spans]:
+        """Run one action; returns (index of the text it read, its version, offset edits)."""
+        doc = self._snapshot(uri)
+        if not self.host.ready:
+            raise ModelNotReady(self.host.state)
+        text, version, index = doc.text, doc.version, doc.index
+        a, b = range_offsets(index, rng, self.encoding)
+        spec = spec_for(doc.language_id, uri)
+        plan = self._plan(name, text, a, b, spec)
+        if plan is None:
+            raise BadParams(f"nothing to do for {name} here")
+        t0 = time.perf_counter()
+        seg = actions.segments(text, plan, spec, self.settings.context_tokens, self._count)
+        req = InfillRequest(prefix=seg.prefix, suffix=seg.suffix, middles=seg.middles, hole_tokens=plan.hole_tokens,
+                            max_new_tokens=plan.max_new_tokens, max_context_tokens=self.settings.context_tokens,
+                            sampling=self._sampling())
+        job = self.scheduler.claim((uri, "edit"), is_stale=lambda: self._stale(uri, version))
+        engine = self.host.engine
+        try:
+            result = await self.scheduler.run(job, lambda stop: engine.infill(replace(req, should_stop=stop)))
+        except Stopped as stop:
+            self.stats.count("cancelled" if stop.reason == "cancelled" else "dropped")
+            raise (cancelled() if stop.reason == "cancelled" else StaleDocument(stop.reason)) from None
+        except Exception:
+            self.stats.count("errors")
+            raise
+        if result is None or result.cancelled or self._stale(uri, version):
+            self.stats.count("dropped")
+            raise StaleDocument("the document changed")
+        self.stats.record({**{k: result.timings_ms[k] for k in ENGINE_STAGES if k in result.timings_ms},
+                           "total": _ms(t0)})
+        self.stats.count("completed")
+        return index, version, actions.edits(text, plan, result.texts, indent_unit(text, a))
+
+    def snapshot_stats(self) -> dict[str, Any]:
+        return {**self.stats.snapshot(), "model": self.host.info(), "state": self.host.state}

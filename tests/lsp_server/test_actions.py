@@ -1,0 +1,74 @@
+"""Edit-action plans: placeholder detection, body spans across languages, segments."""
+
+from __future__ import annotations
+
+import pytest
+
+from lsp_server import actions
+from lsp_server.convert import apply_edits
+from lsp_server.languages import spec_for
+from lsp_server.syntax import Syntax
+
+
+def _parse(text, lang):
+    spec = spec_for(lang)
+    return spec, Syntax.parse(text, 0, spec)
+
+
+def test_find_holes_python_kinds_and_strings_are_not_holes():
+    text = ("def f(x):\n    # TODO: handle x\n    pass\n\ndef g(): ...\n"
+            "s = '# TODO not a hole'\nt = '<|hole|>'\ny = 1  # TODO trailing is not a hole\n")
+    spec, syntax = _parse(text, "python")
+    holes = [text[s:e] for s, e in actions.find_holes(text, 0, len(text), spec, syntax)]
+    assert holes == ["# TODO: handle x", "pass", "...", "<|hole|>"]
+
+
+def test_fill_holes_uses_innermost_scope_with_holes():
+    text = "class A:\n    def f(self):\n        pass\n\n    def g(self):\n        return 1\n\n    def h(self):\n        ...\n"
+    spec, syntax = _parse(text, "python")
+    plan = actions.fill_holes_plan(text, text.index("return 1"), spec, syntax, 64)
+    assert [text[s:e] for s, e in plan.spans] == ["pass", "..."]  # g has none: the class scope
+    plan = actions.fill_holes_plan(text, text.index("pass"), spec, syntax, 64)
+    assert [text[s:e] for s, e in plan.spans] == ["pass"]
+
+
+def test_js_todo_and_marker():
+    text = "function f(a) {\n  // TODO double it\n  return <|hole|>;\n}\n"
+    spec, syntax = _parse(text, "javascript")
+    plan = actions.fill_holes_plan(text, 20, spec, syntax, 64)
+    assert [text[s:e] for s, e in plan.spans] == ["// TODO double it", "<|hole|>"]
+
+
+@pytest.mark.parametrize("lang,text,fill,expected", [
+    ("python", "def f(x):\n    pass\n\ny = 2\n", "return x", "def f(x):\n    return x\n\ny = 2\n"),
+    ("python", "def f(x):\n", "return x", "def f(x):\n    return x\n"),
+    ("javascript", "function f(a) {\n  return 0;\n}\n", "return a;", "function f(a) {\n  return a;\n}\n"),
+    ("go", "func f() int {\n}\n", "return 1", "func f() int {\n\treturn 1\n}\n".replace("\t", "    ")),
+    ("rust", "fn f() -> i32 {\n    0\n}\n", "1", "fn f() -> i32 {\n    1\n}\n"),
+    ("c", "int f(int a) {\n  return 0;\n}\n", "return a;", "int f(int a) {\n  return a;\n}\n"),
+    ("java", "class A {\n  int f() {\n  }\n}\n", "return 1;", "class A {\n  int f() {\n    return 1;\n  }\n}\n"),
+])
+def test_complete_body_plans(lang, text, fill, expected):
+    spec, syntax = _parse(text, lang)
+    cursor = text.index("f") + 1
+    plan = actions.body_plan(text, cursor, spec, syntax, 64)
+    assert plan is not None
+    unit = "  " if lang in ("javascript", "c", "java") else "    "
+    assert apply_edits(text, actions.edits(text, plan, [fill], unit)) == expected
+
+
+def test_complete_body_without_grammar_after_bare_header():
+    assert actions.body_plan("x", 0, None, None, 64) is None
+    spec = spec_for("python")
+    plan = actions.body_plan("if ok:", 3, spec, None, 64)
+    assert apply_edits("if ok:", actions.edits("if ok:", plan, ["go()"], "    ")) == "if ok:\n    go()"
+
+
+def test_regenerate_plan_and_segments():
+    text = "a = 1\nb = a + 2\nc = b\n"
+    plan = actions.regenerate_plan(text, 6, 16, 64, None)
+    assert text[plan.spans[0][0]:plan.spans[0][1]] == "b = a + 2"
+    seg = actions.segments(text, plan, spec_for("python"), 1024, None)
+    assert seg.prefix == "a = 1\n" and seg.suffix == "\nc = b\n" and seg.middles == ()
+    assert actions.regenerate_plan(text, 3, 3, 64, None) is None
+    assert actions.edits(text, plan, ["   "], "    ") == []  # an empty fill keeps the original

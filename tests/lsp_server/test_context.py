@@ -1,0 +1,106 @@
+"""Context building: syntax-aware clipping, single/multi-line decisions, cross-file snippets."""
+
+from __future__ import annotations
+
+import pytest
+
+from lsp_server.context import build_context, clip_suffix, decide_mode, indent_unit
+from lsp_server.documents import Document
+from lsp_server.languages import spec_for
+from lsp_server.syntax import Syntax
+
+
+def _big_python() -> tuple[str, int]:
+    head = "import os\nfrom collections import OrderedDict\n\n\n"
+    funcs = "".join(f"def helper_{i}(x, y):\n    total = x + y * {i}\n    return total - {i}\n\n\n"
+                    for i in range(60))
+    cls = "class Store:\n    def __init__(self):\n        self.items = []\n\n    def add(self, item):\n"
+    body = "".join(f"        value_{i} = item * {i}\n" for i in range(80))
+    text = head + funcs + cls + body + "        return "
+    return text + "\n\nprint(Store())\n", len(text)
+
+
+def test_clipping_keeps_imports_enclosing_headers_and_signatures():
+    text, cursor = _big_python()
+    ctx = build_context(text, cursor, spec_for("python"), 400, 64)
+    p = ctx.prefix
+    assert p.endswith("        return ")
+    assert len(p) < 0.9 * len(text[:cursor])
+    assert p.startswith("import os\nfrom collections import OrderedDict\n")
+    assert "class Store:\n" in p and "    def add(self, item):\n" in p
+    assert "def helper_59(x, y):\n" in p  # nearest sibling signature
+    assert "total = x + y * 3\n" not in p  # far bodies are dropped, not their signatures
+    assert p.index("class Store:") < p.index("    def add(self, item):") < p.index("value_79")
+    assert ctx.suffix.startswith("\n\nprint(Store())")
+
+
+def test_small_file_is_kept_whole():
+    text = "import os\n\ndef f(x):\n    return x\n"
+    ctx = build_context(text, 30, spec_for("python"), 1024, 64)
+    assert ctx.prefix == text[:30] and ctx.suffix == text[30:]
+
+
+@pytest.mark.parametrize("lang,source,mode", [
+    ("python", "def f(x):<C>", "body"),
+    ("python", "def f(x):\n    <C>", "body"),
+    ("python", "if x:\n    y = 1\n    <C>", "block"),
+    ("python", "x = foo(<C>)", "line"),
+    ("python", "x = foo(<C>, 2)", "fill"),
+    ("python", "d = {'a':<C>", "line"),
+    ("python", "s = 'if x:<C>", "line"),
+    ("python", "# if x:<C>", "line"),
+    ("javascript", "function f() {<C>\n}", "body"),
+    ("javascript", "const s = '{<C>", "line"),
+    ("go", "func f() {\n\t<C>\n}", "body"),
+    ("rust", "fn main() {<C>", "body"),
+    ("cobol", "PROCEDURE DIVISION.<C>", "line"),
+    ("cobol", "\n<C>", "block"),
+])
+def test_mode_from_syntax(lang, source, mode):
+    cursor = source.index("<C>")
+    text = source.replace("<C>", "")
+    spec = spec_for(lang)
+    assert decide_mode(text, cursor, spec, Syntax.parse(text, 0, spec)) == mode
+
+
+def test_hole_length_follows_mode():
+    one = build_context("x = foo(", 8, spec_for("python"), 1024, 64)
+    body = build_context("def f():", 8, spec_for("python"), 1024, 64)
+    assert one.hole_tokens < body.hole_tokens and one.max_new_tokens <= body.max_new_tokens
+
+
+def test_huge_document_context_is_bounded():
+    text = ("def f(x):\n    return x\n\n" * 250_000)[:5_000_000]
+    ctx = build_context(text, len(text) // 2, spec_for("python"), 1024, 64)
+    assert 0 < len(ctx.prefix) < 8000 and len(ctx.suffix) < 4000
+
+
+def test_binary_looking_text_and_unknown_language():
+    text = "\x00\x01\x02 binary \udcff\ufffd\n" * 100
+    ctx = build_context(text, len(text) // 2, spec_for("python"), 256, 64)
+    assert isinstance(ctx.prefix, str)
+    ctx = build_context(text, 5, None, 256, 64)
+    assert ctx.prefix == text[:5]
+
+
+def test_other_documents_contribute_referenced_definitions():
+    other = Document("file:///lib/geometry.py", "python", 3,
+                     "def area(w, h):\n    return w * h\n\ndef unrelated():\n    pass\n")
+    text = "from geometry import area\n\nx = area("
+    ctx = build_context(text, len(text), spec_for("python"), 1024, 64, others=[other])
+    assert ctx.prefix.startswith("# geometry.py\ndef area(w, h):\n    return w * h\n")
+    assert "unrelated" not in ctx.prefix
+    assert ctx.prefix.endswith(text)
+
+
+def test_other_languages_do_not_contribute():
+    other = Document("file:///lib/a.js", "javascript", 1, "function area(w, h) { return w * h; }\n")
+    ctx = build_context("x = area(", 9, spec_for("python"), 1024, 64, others=[other])
+    assert ctx.prefix == "x = area("
+
+
+def test_indent_unit_and_suffix_clip():
+    assert indent_unit("if x:\n\ty\n\tz\n", 5) == "\t"
+    assert indent_unit("if x:\n  y\n", 5) == "  "
+    assert indent_unit("x", 0) == "    "
+    assert clip_suffix("a\nbb\nccc\n", 0, 6) == "a\nbb\n"

@@ -1,0 +1,223 @@
+"""The server's pipeline with a fake engine: caching, type-through, latest-wins, staleness,
+cancellation, code-edit plans, settings and statistics. No pygls, no subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from lsprotocol import types
+
+from lsp_server import actions
+from lsp_server.convert import apply_edits
+from lsp_server.errors import BadParams, ModelNotReady
+from lsp_server.model_host import ModelHost
+from lsp_server.service import Service
+from lsp_server.settings import Settings
+from tests.lsp_server.fakes import FakeEngine
+
+URI = "file:///w/a.py"
+SRC = "import os\n\ndef add(a, b):\n    return \n"
+
+
+def _service(engine=None, **settings) -> Service:
+    host = ModelHost(loader=lambda path, device: engine)
+    if engine is not None:
+        host.load(None, None).join()
+    svc = Service(host, Settings(debounce_ms=0, **settings))
+    svc.docs.open(URI, "python", 1, SRC)
+    return svc
+
+
+def _pos(line, character):
+    return types.Position(line=line, character=character)
+
+
+def _rng(a, b):
+    return types.Range(start=_pos(*a), end=_pos(*b))
+
+
+def _insert(svc, version, line, character, text):
+    change = types.TextDocumentContentChangePartial(range=_rng((line, character), (line, character)), text=text)
+    svc.did_change(URI, version, [change])
+
+
+def test_suggest_cache_and_type_through():
+    engine = FakeEngine(fill=lambda req: ("a + b\nprint(1)",))
+    svc = _service(engine)
+
+    async def main():
+        index, spans = await svc.suggest(URI, _pos(3, 11))
+        assert spans == [(len("import os\n\ndef add(a, b):\n    return "),) * 2 + ("a + b",)]
+        assert index.text == SRC
+        await svc.suggest(URI, _pos(3, 11))  # same context: cached
+        assert len(engine.calls) == 1
+        _insert(svc, 2, 3, 11, "a +")
+        _, spans = await svc.suggest(URI, _pos(3, 14))  # typed through the suggestion
+        assert spans[0][2] == " b" and len(engine.calls) == 1
+
+    asyncio.run(main())
+    snap = svc.snapshot_stats()
+    assert snap["requests"]["cached"] == 2 and snap["requests"]["completed"] == 3
+    assert {"context", "tokenize", "prefill", "steps", "postprocess", "total"} <= set(snap["stages"])
+    assert snap["state"] == "ready" and snap["model"]["model"] == "fake"
+    svc.scheduler.shutdown()
+
+
+def test_latest_request_wins_and_stops_the_running_one():
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    svc = _service(engine)
+
+    async def main():
+        first = asyncio.ensure_future(svc.suggest(URI, _pos(3, 11)))
+        while not engine.started.is_set():
+            await asyncio.sleep(0.001)
+        second = asyncio.ensure_future(svc.suggest(URI, _pos(3, 4)))
+        await asyncio.sleep(0.01)
+        gate.set()
+        return await first, await second
+
+    first, second = asyncio.run(main())
+    assert first is None and second is not None
+    assert engine.stopped == 1 and len(engine.calls) == 2
+    assert svc.stats.snapshot()["requests"]["dropped"] == 1
+    svc.scheduler.shutdown()
+
+
+def test_burst_leaves_no_backlog():
+    engine = FakeEngine(steps=2)
+    svc = _service(engine)
+    svc.configure({"debounceMs": 5})  # every request claims the document before any debounce ends
+
+    async def main():
+        tasks = [asyncio.ensure_future(svc.suggest(URI, _pos(3, 4 + i % 7))) for i in range(200)]
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(main())
+    assert results[-1] is not None
+    assert len(engine.calls) == 1  # superseded requests never reach the model
+    assert svc.stats.snapshot()["requests"]["dropped"] == 199
+    svc.scheduler.shutdown()
+
+
+def test_newer_version_stops_generation_and_drops_result():
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    svc = _service(engine)
+
+    async def main():
+        task = asyncio.ensure_future(svc.suggest(URI, _pos(3, 11)))
+        while not engine.started.is_set():
+            await asyncio.sleep(0.001)
+        _insert(svc, 2, 0, 0, "#")
+        gate.set()
+        return await task
+
+    assert asyncio.run(main()) is None
+    assert svc.stats.snapshot()["requests"]["dropped"] == 1
+    svc.scheduler.shutdown()
+
+
+def test_cancel_request_stops_generation():
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    svc = _service(engine)
+
+    async def main():
+        task = asyncio.ensure_future(svc.suggest(URI, _pos(3, 11)))
+        while not engine.started.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(1000):  # the worker notices between steps
+            if engine.stopped:
+                break
+            await asyncio.sleep(0.005)
+
+    asyncio.run(main())
+    assert engine.stopped == 1  # the running generation saw should_stop() turn True
+    assert svc.stats.snapshot()["requests"]["cancelled"] == 1
+    svc.scheduler.shutdown()
+
+
+def test_not_ready_disabled_and_unknown_documents_are_empty():
+    svc = _service(None)
+    assert asyncio.run(svc.suggest(URI, _pos(3, 11))) is None
+    assert svc.available_actions(URI, _rng((0, 0), (0, 3))) == []
+    with pytest.raises(ModelNotReady):
+        asyncio.run(svc.edit(actions.FILL_HOLES, URI, _rng((0, 0), (0, 0))))
+    svc2 = _service(FakeEngine(), enabled_languages=("rust",))
+    assert asyncio.run(svc2.suggest(URI, _pos(3, 11))) is None
+    assert asyncio.run(svc2.suggest("file:///unknown.py", _pos(0, 0))) is None
+    with pytest.raises(BadParams):
+        asyncio.run(svc2.edit(actions.FILL_HOLES, "file:///unknown.py", _rng((0, 0), (0, 0))))
+    svc2.scheduler.shutdown()
+
+
+def test_failed_load_reports_and_stays_empty():
+    def broken(path, device):
+        raise OSError("no such checkpoint")
+
+    seen = []
+    host = ModelHost(loader=broken, on_change=seen.append)
+    host.load("/nope", None).join()
+    assert host.state == "failed" and "no such checkpoint" in host.message
+    assert [s["state"] for s in seen] == ["loading", "failed"]
+
+
+HOLES = """import math
+
+def area(r):
+    # TODO compute the area
+    ...
+
+def perimeter(r):
+    return 2 * math.pi * r
+"""
+
+
+def test_fill_holes_jointly_in_one_run():
+    engine = FakeEngine(fill=lambda req: ("x = r * r", "return math.pi * x"))
+    svc = _service(engine)
+    svc.docs.open("file:///h.py", "python", 1, HOLES)
+
+    async def main():
+        return await svc.edit(actions.FILL_HOLES, "file:///h.py", _rng((3, 6), (3, 6)))
+
+    index, version, edits = asyncio.run(main())
+    assert len(engine.calls) == 1 and engine.calls[0].n_holes == 2
+    assert engine.calls[0].middles == ("\n    ",)
+    assert apply_edits(HOLES, edits) == HOLES.replace("# TODO compute the area", "x = r * r").replace(
+        "    ...\n", "    return math.pi * x\n")
+    assert version == 1
+    svc.scheduler.shutdown()
+
+
+def test_regenerate_selection_and_complete_body():
+    engine = FakeEngine(fill=lambda req: ("b * 2",))
+    svc = _service(engine)
+    svc.docs.open("file:///r.py", "python", 1, "def f(a, b):\n    return a + b\n\nx = 1\n")
+    _, _, edits = asyncio.run(svc.edit(actions.REGENERATE, "file:///r.py", _rng((1, 15), (1, 16))))
+    assert apply_edits(svc.docs.get("file:///r.py").text, edits) == "def f(a, b):\n    return a + b * 2\n\nx = 1\n"
+    req = engine.calls[-1]
+    assert req.prefix.endswith("return a + ") and req.suffix.startswith("\n\nx = 1")
+    engine.fill = lambda req: ("y = a\n    return y",)
+    _, _, edits = asyncio.run(svc.edit(actions.COMPLETE_BODY, "file:///r.py", _rng((0, 2), (0, 2))))
+    assert apply_edits(svc.docs.get("file:///r.py").text, edits) == "def f(a, b):\n    y = a\n    return y\n\nx = 1\n"
+    assert set(svc.available_actions("file:///r.py", _rng((1, 4), (1, 10)))) == {
+        actions.REGENERATE, actions.COMPLETE_BODY}
+    svc.scheduler.shutdown()
+
+
+def test_settings_change_sampling_and_reload_flag():
+    engine = FakeEngine(fill=lambda req: ("z",))
+    svc = _service(engine)
+    assert svc.configure({"dlsp": {"threshold": 0.5, "steps": 3, "maxTokens": 7}}) is False
+    asyncio.run(svc.suggest(URI, _pos(3, 11)))
+    req = engine.calls[-1]
+    assert req.sampling.threshold == 0.5 and req.sampling.steps == 3 and req.max_new_tokens <= 7
+    assert svc.configure({"modelPath": "/elsewhere"}) is True
+    svc.scheduler.shutdown()

@@ -1,0 +1,92 @@
+"""Settings, caches, statistics, scheduler and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pygls.exceptions import JsonRpcContentModified, JsonRpcInternalError, JsonRpcInvalidParams
+
+from engine.errors import CheckpointError, InvalidRequestError
+from lsp_server.cache import ContextCache, TypeThrough
+from lsp_server.errors import REQUEST_FAILED, ModelNotReady, StaleDocument, to_lsp
+from lsp_server.scheduler import Scheduler, Stopped
+from lsp_server.settings import Settings
+from lsp_server.stats import Stats, percentile
+
+
+def test_settings_accept_known_keys_and_ignore_bad_values():
+    s = Settings().updated({"dlsp": {"modelPath": "/m", "device": "cpu", "threshold": 0.7, "steps": 4,
+                                     "maxTokens": 32, "debounceMs": 10, "enabledLanguages": ["python", 3],
+                                     "contextTokens": 256, "logLevel": "debug", "unknown": 1}})
+    assert (s.model_path, s.device, s.threshold, s.steps, s.max_tokens) == ("/m", "cpu", 0.7, 4, 32)
+    assert s.enabled_languages == ("python",) and s.context_tokens == 256 and s.debounce_ms == 10
+    assert s.language_enabled("python") and not s.language_enabled("go")
+    bad = s.updated({"maxTokens": "many", "steps": True, "enabledLanguages": "python"})
+    assert bad == s
+    assert Settings().updated(None) == Settings() and Settings().updated([1]) == Settings()
+    assert Settings().updated({"maxTokens": -5}).max_tokens == 1
+
+
+def test_context_cache_lru():
+    c = ContextCache(size=2)
+    c.put("a", "1")
+    c.put("b", "2")
+    c.get("a")
+    c.put("c", "3")
+    assert c.get("b") is None and c.get("a") == "1" and c.get("c") == "3"
+
+
+def test_type_through_only_when_typed_text_matches_and_context_unchanged():
+    t = TypeThrough()
+    text = "x = \nrest"
+    t.remember("u", text, 4, "foo(1)")
+    assert t.lookup("u", "x = fo\nrest", 6) == "o(1)"
+    assert t.lookup("u", "x = fa\nrest", 6) is None  # typed something else
+    assert t.lookup("u", "x = fo\nREST", 6) is None  # the suffix changed
+    assert t.lookup("u", "x = foo(1)\nrest", 10) is None  # typed it all
+    assert t.lookup("u", "x =\nrest", 3) is None  # moved back
+    assert t.lookup("other", text, 4) is None
+
+
+def test_stats_percentiles_and_counts():
+    s = Stats()
+    for ms in range(1, 101):
+        s.record({"steps": float(ms), "total": float(ms)})
+    s.count("completed")
+    snap = s.snapshot()
+    assert snap["stages"]["steps"] == {"count": 100, "p50_ms": 50.0, "p95_ms": 95.0}
+    assert snap["requests"]["completed"] == 1 and snap["requests"]["cancelled"] == 0
+    assert snap["last_latency_ms"] == 100.0
+    assert percentile([3.0], 95) == 3.0
+
+
+def test_error_mapping():
+    assert isinstance(to_lsp(InvalidRequestError("bad")), JsonRpcInvalidParams)
+    assert to_lsp(CheckpointError("/m", "missing config.json")).code == REQUEST_FAILED
+    assert to_lsp(ModelNotReady("loading")).code == REQUEST_FAILED
+    assert isinstance(to_lsp(StaleDocument("x")), JsonRpcContentModified)
+    assert isinstance(to_lsp(RuntimeError("boom")), JsonRpcInternalError)
+    assert "boom" not in to_lsp(RuntimeError("boom")).message  # no internals (or text) leak
+
+
+def test_scheduler_skips_superseded_jobs_without_running_them():
+    sched = Scheduler()
+    ran = []
+
+    async def main():
+        a = sched.claim("doc")
+        b = sched.claim("doc")
+        with pytest.raises(Stopped) as info:
+            await sched.run(a, lambda stop: ran.append("a"))
+        assert info.value.reason == "superseded"
+        assert await sched.run(b, lambda stop: ran.append("b") or "ok") == "ok"
+        other = sched.claim("other-doc")
+        assert await sched.run(other, lambda stop: "x") == "x"
+        stale = sched.claim("doc", is_stale=lambda: True)
+        with pytest.raises(Stopped):
+            await sched.debounce(stale, 0.0)
+
+    asyncio.run(main())
+    assert ran == ["b"]
+    sched.shutdown()
