@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PERMISSIVE = re.compile(r"\b(MIT|BSD|Apache|PSF|Python Software Foundation|ISC|0BSD)\b", re.I)
-COPYLEFT = re.compile(r"\b(GPL|LGPL|AGPL|MPL|Mozilla|EUPL|CDDL|Commons Clause)\b", re.I)
+COPYLEFT = re.compile(r"\b(A?L?GPL|MPL|Mozilla|EUPL|CDDL|Commons Clause|General Public License)", re.I)
 SKIP_STDLIB = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packages", "__pycache__", "ensurepip",
                "tkinter", "pydoc_data", "config-3.11-x86_64-linux-gnu", "encodings"}
 EXCLUDED_DISTS = {"dlsp"}
