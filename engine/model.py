@@ -99,13 +99,16 @@ class Transformer(nn.Module):
         return self.logits(self.prefill(ids, keep_cache=False)[0])
 
     # ---- cached step -------------------------------------------------------------------
-    def step(self, ids: torch.Tensor, index: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, index: torch.Tensor, cache: KVCache,
+             kv_len: torch.Tensor | None = None) -> torch.Tensor:
         """Forward of selected canvas rows against the cache.
 
         Args:
             ids: (B, Q) token ids of the rows; index: (Q,) their canvas positions.
             cache: per-layer (k, v) of the whole canvas, (B, Hkv, L, hd); rows `index` are
                 overwritten with the fresh keys/values of this step (in place).
+            kv_len: 0-d int64 tensor: keys at positions >= kv_len are ignored (a fixed-shape
+                padded cache, as captured by `engine.cuda_graphs`); None = all of them.
         Returns:
             hidden (B, Q, D) after the final norm.
         """
@@ -115,7 +118,7 @@ class Transformer(nn.Module):
             q, k, v = layer.qkv(x, cos, sin)
             kc[:, :, index] = k
             vc[:, :, index] = v
-            x = layer.finish(x, attention(q, kc, vc))
+            x = layer.finish(x, attention(q, kc, vc, kv_len))
         return self.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

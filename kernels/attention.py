@@ -5,14 +5,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.capabilities import use_triton
+from kernels.capabilities import HAS_FLASH_ATTN, use_triton
+
+MAX_TRITON_QUERIES = 128  # the split-KV kernel is for denoising steps; longer blocks are prefills
 
 
-def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _key_mask(kv_len: torch.Tensor, lk: int) -> torch.Tensor:
+    """(Lk,) bool, True for keys at positions < kv_len (no host sync)."""
+    return torch.arange(lk, device=kv_len.device) < kv_len.reshape(())
+
+
+def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  kv_len: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v, no mask, kv heads shared by groups of query heads.
 
     Args:
         q: (B, Hq, Lq, d); k, v: (B, Hkv, Lk, d) with Hq % Hkv == 0.
+        kv_len: optional 0-d integer tensor; keys at positions >= kv_len are ignored (a padded
+            fixed-shape cache, see `engine.cuda_graphs`).
     Returns:
         (B, Hq, Lq, d) in q.dtype.
     """
@@ -20,13 +30,32 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     kf = k.float().repeat_interleave(group, dim=1)
     vf = v.float().repeat_interleave(group, dim=1)
     scores = q.float() @ kf.transpose(-1, -2) / (q.shape[-1] ** 0.5)  # (B, Hq, Lq, Lk)
+    if kv_len is not None:
+        scores = scores.masked_fill(~_key_mask(kv_len, k.shape[2]), float("-inf"))
     return (scores.softmax(-1) @ vf).to(q.dtype)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Dispatcher: Triton split-KV kernel on CUDA for small query blocks, torch SDPA elsewhere."""
-    if use_triton(q) and q.shape[2] <= 128:
+def _flash_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from flash_attn import flash_attn_func  # guarded: HAS_FLASH_ATTN checked by the caller
+
+    # flash-attn takes (B, L, H, d) and does grouped-query attention natively
+    o = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=False)
+    return o.transpose(1, 2)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              kv_len: torch.Tensor | None = None) -> torch.Tensor:
+    """Dispatcher. Same contract as `attention_ref`.
+
+    Small query blocks (denoising steps): the Triton split-KV kernel on CUDA. Long blocks
+    (prefill): flash-attn when installed and the tensors are CUDA fp16/bf16, else torch SDPA.
+    """
+    if use_triton(q) and q.shape[2] <= MAX_TRITON_QUERIES:
         from kernels.attention_triton import attention_triton
 
-        return attention_triton(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v, enable_gqa=k.shape[1] != q.shape[1])
+        return attention_triton(q, k, v, kv_len)
+    if (HAS_FLASH_ATTN and kv_len is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            and q.shape[-1] <= 256):
+        return _flash_prefill(q, k, v)
+    mask = None if kv_len is None else _key_mask(kv_len, k.shape[2])[None, :]  # (1, Lk)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])

@@ -26,7 +26,7 @@ def confidence_ref(logits: torch.Tensor, temperature: float = 0.0) -> tuple[torc
     logp = torch.log_softmax(x, dim=-1)  # (N, V)
     p = logp.exp()
     top2 = p.topk(2, dim=-1)
-    neg_entropy = (p * logp).sum(-1)
+    neg_entropy = torch.where(p > 0, p * logp, 0.0).sum(-1)  # 0 log 0 = 0 (forbidden ids are -inf)
     return top2.indices[:, 0], top2.values[:, 0], top2.values[:, 0] - top2.values[:, 1], neg_entropy
 
 
@@ -71,3 +71,29 @@ def commit_mask(conf: torch.Tensor, masked: torch.Tensor, hole: torch.Tensor, th
 
         return commit_mask_triton(conf, masked, hole, threshold, n_min)
     return commit_mask_ref(conf, masked, hole, threshold, n_min)
+
+
+def commit_ref(canvas: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor, conf: torch.Tensor,
+               masked: torch.Tensor, hole: torch.Tensor, threshold: float, n_min: torch.Tensor) -> torch.Tensor:
+    """Choose rows by `commit_mask_ref` and write their tokens into the canvas, without a host sync.
+
+    Args:
+        canvas: (L,) int64 token ids, written in place at `pos[i]` for every chosen row i;
+        pos: (N,) int64 canvas positions of the rows; tokens: (N,) int64 proposed tokens;
+        conf, masked, hole, threshold, n_min: as in `commit_mask_ref`.
+    Returns:
+        (N,) bool, the chosen rows.
+    """
+    chosen = commit_mask_ref(conf, masked, hole, threshold, n_min)
+    canvas[pos] = torch.where(chosen, tokens.to(canvas.dtype), canvas[pos])
+    return chosen
+
+
+def commit(canvas: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor, conf: torch.Tensor,
+           masked: torch.Tensor, hole: torch.Tensor, threshold: float, n_min: torch.Tensor) -> torch.Tensor:
+    """Dispatcher: one fused Triton launch on CUDA, reference elsewhere. Same contract as `commit_ref`."""
+    if use_triton(conf) and canvas.is_contiguous():
+        from kernels.confidence_triton import commit_triton
+
+        return commit_triton(canvas, pos, tokens, conf, masked, hole, threshold, n_min)
+    return commit_ref(canvas, pos, tokens, conf, masked, hole, threshold, n_min)

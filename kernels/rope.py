@@ -42,3 +42,37 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
         return apply_rope_triton(x, cos, sin)
     return apply_rope_ref(x, cos, sin)
+
+
+def _delta_tables(head_dim: int, delta: int | torch.Tensor, theta: float,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    d = torch.as_tensor(delta, dtype=torch.long, device=device).reshape(-1)  # (1,) or (L,)
+    return rope_tables(head_dim, d, theta)
+
+
+def rerotate_keys_ref(k: torch.Tensor, delta: int | torch.Tensor, theta: float) -> torch.Tensor:
+    """Keys rotated at positions p, re-rotated to p + delta (R(p + d) = R(d) R(p)).
+
+    Needed when a hole grows and the suffix after it shifts right: its cached keys move by the
+    number of added slots without recomputing them.
+
+    Args:
+        k: (B, H, L, hd) keys after RoPE; delta: an int for every position, or (L,) int64 per position.
+    Returns:
+        (B, H, L, hd) in k.dtype.
+    """
+    cos, sin = _delta_tables(k.shape[-1], delta, theta, k.device)  # (1 or L, hd)
+    return apply_rope_ref(k, cos, sin)
+
+
+def rerotate_keys(k: torch.Tensor, delta: int | torch.Tensor, theta: float,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Dispatcher: Triton on CUDA (in place when `out` is k), reference elsewhere.
+    Same contract as `rerotate_keys_ref`."""
+    cos, sin = _delta_tables(k.shape[-1], delta, theta, k.device)
+    if use_triton(k):
+        from kernels.rope_triton import apply_rope_triton
+
+        return apply_rope_triton(k, cos, sin, out=out)
+    res = apply_rope_ref(k, cos, sin)
+    return res if out is None else out.copy_(res)

@@ -9,6 +9,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Without CUDA, Triton kernels can only run through the interpreter, and `@triton.jit` reads this
+# when a `kernels/*_triton.py` module is imported, which may happen in any test package first.
+# The engine's dispatchers still use the references on CPU (see tests/kernels/conftest.py).
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 

@@ -49,6 +49,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--fim-rate", type=float, default=0.6)
+    p.add_argument("--region", default="sequence", choices=["sequence", "windows"],
+                   help="masked region of non-FIM rows: the whole sequence, or random windows")
+    p.add_argument("--t-max-start", type=float, default=1.0,
+                   help="curriculum: the largest masking rate starts here and ramps linearly to 1")
+    p.add_argument("--t-ramp", type=float, default=0.5,
+                   help="fraction of the run (time budget or max steps) over which the masking rate ramps up")
     p.add_argument("--loss-weighting", default="flat", choices=["flat", "elbo"],
                    help="flat: mean CE over masked tokens; elbo: the 1/t-weighted bound (see objective.py)")
     p.add_argument("--init-from", default=None,
@@ -68,6 +74,20 @@ def lr_at(step: int, a: argparse.Namespace, seconds: float = 0.0) -> float:
     else:
         prog = min(1.0, (step - a.warmup) / max(1, a.max_steps - a.warmup))
     return a.lr * (a.min_lr_ratio + (1 - a.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
+
+
+def progress(step: int, a: argparse.Namespace, seconds: float = 0.0) -> float:
+    """Fraction of the run done: of the time budget with `--schedule time`, else of max steps."""
+    if a.schedule == "time" and a.time_budget_min:
+        return min(1.0, seconds / (a.time_budget_min * 60))
+    return min(1.0, step / max(1, a.max_steps))
+
+
+def t_max_at(step: int, a: argparse.Namespace, seconds: float = 0.0) -> float:
+    """The curriculum's largest masking rate: `--t-max-start` ramping to 1 over `--t-ramp` of the run."""
+    if a.t_max_start >= 1.0 or a.t_ramp <= 0:
+        return 1.0
+    return min(1.0, a.t_max_start + (1 - a.t_max_start) * progress(step, a, seconds) / a.t_ramp)
 
 
 def newline_table(tok: Tokenizer, vocab: int) -> torch.Tensor:
@@ -109,7 +129,7 @@ class Trainer:
         self.val = PackedTokens(Path(a.data) / "val.bin").fixed_batches(a.eval_batches, a.batch_size, a.seq_len,
                                                                       self.args.bos_id)
         self.is_nl = newline_table(self.tok, self.args.vocab_size)
-        self.obj = ObjectiveConfig(fim_rate=a.fim_rate, weighting=a.loss_weighting)
+        self.obj = ObjectiveConfig(fim_rate=a.fim_rate, weighting=a.loss_weighting, region=a.region)
         self.g = torch.Generator().manual_seed(a.seed * 1000 + self.rank)
         self.step, self.best_val, self.tokens_seen, self.train_seconds = 0, float("inf"), 0, 0.0
         self.prior = {"seconds": 0.0, "tokens": 0}  # training the warm start had before this run
@@ -195,7 +215,8 @@ class Trainer:
                                   "val_loss": round(val["val_loss"], 4), "val_ce15": round(val["val_ce15"], 4),
                                   "train_hours": round((self.train_seconds + self.prior["seconds"]) / 3600, 3),
                                   "seq_len": self.a.seq_len, "size": self.a.size,
-                                  "loss_weighting": self.a.loss_weighting}}
+                                  "loss_weighting": self.a.loss_weighting, "region": self.a.region,
+                                  "fim_rate": self.a.fim_rate}}
         save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta)
 
     def log(self, rec: dict) -> None:
@@ -208,7 +229,8 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, a, self.train_seconds)
         batch = self.train_data.batch(a.batch_size, a.seq_len, self.args.bos_id, self.g)
-        noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.obj, self.g)
+        noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.obj, self.g,
+                                        t_max=t_max_at(self.step, a, self.train_seconds))
         loss, ce = self.loss_ddp(noisy.to(self.device), clean.to(self.device), mask.to(self.device), w.to(self.device))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,192 @@
+"""Engine speed: the naive reference sampler against the fast cached sampler on the same infills.
+
+Same model (default: the embedded one), same real source files (a fixed list of standard-library
+modules, so it runs in a clean clone), same seeded cursor positions, contexts of 512+ tokens
+where the model allows it, holes of 16-32 tokens (no growth; EOS may shorten them). Reports
+ms per infill, forward passes per generated token, tokens committed per forward pass, how often
+the two samplers produce the same text, and checks the targets:
+
+  * fast >= 5x faster than naive per infill (mean ms);
+  * fast <= 0.3 forward passes per generated token.
+
+    python benchmarks/engine_speed.py --n 20 [--model DIR] [--threads 2] [--out F.json] [--strict]
+
+Exit 0 whatever the targets say, unless --strict (then 1 on any FAIL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.engine import Engine  # noqa: E402
+from engine.types import InfillRequest, SamplingConfig  # noqa: E402
+
+# Fixed, in this order; the ones missing from this Python (renamed into packages) are skipped.
+STDLIB_FILES = (
+    "argparse.py", "ast.py", "dataclasses.py", "difflib.py", "enum.py", "functools.py", "inspect.py",
+    "json/decoder.py", "logging/__init__.py", "pathlib.py", "pprint.py", "shutil.py", "subprocess.py",
+    "textwrap.py", "typing.py", "zipfile.py", "tarfile.py", "threading.py", "unittest/case.py",
+    "collections/__init__.py",
+)
+SAMPLERS = ("naive", "fast")
+TARGET_SPEEDUP = 5.0
+TARGET_PASSES_PER_TOKEN = 0.3
+BEFORE_CHARS, AFTER_CHARS = 4000, 2000  # more than the model keeps: the engine clips to its budget
+
+
+@dataclass(frozen=True)
+class Case:
+    source: str
+    prefix: str
+    suffix: str
+    hole_tokens: int
+
+
+def stdlib_sources() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [root / f for f in STDLIB_FILES if (root / f).is_file()]
+
+
+def make_cases(n: int, seed: int, hole_range: tuple[int, int] = (16, 32)) -> list[Case]:
+    """n cursors, round-robin over the files, each inside a non-blank line with 2000+ characters
+    before it and 800+ after it."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = stdlib_sources()
+    if not files:
+        raise SystemExit(f"none of the benchmark files exist under {root}")
+    rng = random.Random(f"engine_speed:{seed}")
+    cases: list[Case] = []
+    texts = {f: f.read_text(encoding="utf-8", errors="replace") for f in files}
+    for i in range(n):
+        f = files[i % len(files)]
+        text = texts[f]
+        starts = [0] + [j + 1 for j, c in enumerate(text) if c == "\n"]
+        ok = [s for s in starts if 2000 <= s <= len(text) - 800 and text[s:text.find("\n", s)].strip()]
+        s = rng.choice(ok)
+        line = text[s:text.find("\n", s)]
+        lead = len(line) - len(line.lstrip())
+        cursor = s + lead + rng.randrange(len(line) - lead)
+        cases.append(Case(source=f.relative_to(root).as_posix(),
+                          prefix=text[max(0, cursor - BEFORE_CHARS):cursor],
+                          suffix=text[cursor:cursor + AFTER_CHARS], hole_tokens=rng.randint(*hole_range)))
+    return cases
+
+
+def run_case(engine: Engine, case: Case, sampler: str) -> dict[str, Any]:
+    res = engine.infill(InfillRequest(prefix=case.prefix, suffix=case.suffix, hole_tokens=case.hole_tokens,
+                                      max_new_tokens=case.hole_tokens, sampling=SamplingConfig(sampler=sampler)))
+    return {"ms": res.timings_ms["total"], "prefill_ms": res.timings_ms["prefill"],
+            "forward_passes": res.forward_passes, "generated_tokens": res.generated_tokens,
+            "committed": sum(res.tokens_per_step), "context_tokens": sum(res.context_tokens), "text": res.text}
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    passes = sum(r["forward_passes"] for r in runs)
+    tokens = sum(r["generated_tokens"] for r in runs)
+    ms = [r["ms"] for r in runs]
+    return {
+        "n": len(runs),
+        "ms_per_infill": statistics.fmean(ms),
+        "ms_per_infill_median": statistics.median(ms),
+        "forward_passes_per_infill": passes / len(runs),
+        "generated_tokens": tokens,
+        "forward_passes_per_generated_token": passes / tokens if tokens else None,
+        "tokens_committed_per_forward": sum(r["committed"] for r in runs) / passes if passes else None,
+        "context_tokens_mean": statistics.fmean(r["context_tokens"] for r in runs),
+    }
+
+
+def targets(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    speedup = stats["naive"]["ms_per_infill"] / stats["fast"]["ms_per_infill"]
+    ppt = stats["fast"]["forward_passes_per_generated_token"]
+    return {
+        "speedup": speedup,
+        "speedup_target": {"target": f">= {TARGET_SPEEDUP:g}x", "value": speedup, "pass": speedup >= TARGET_SPEEDUP},
+        "passes_per_token_target": {"target": f"<= {TARGET_PASSES_PER_TOKEN:g}", "value": ppt,
+                                    "pass": ppt is not None and ppt <= TARGET_PASSES_PER_TOKEN},
+    }
+
+
+def table(stats: dict[str, dict[str, Any]]) -> str:
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    head = (f"{'sampler':<8} {'n':>4} {'ms/infill':>10} {'median':>8} {'fwd/infill':>10} "
+            f"{'fwd/gen tok':>11} {'commit/fwd':>10} {'ctx tok':>8}")
+    rows = [head, "-" * len(head)]
+    for name, s in stats.items():
+        rows.append(f"{name:<8} {s['n']:>4} {s['ms_per_infill']:>10.1f} {s['ms_per_infill_median']:>8.1f} "
+                    f"{s['forward_passes_per_infill']:>10.2f} {fmt(s['forward_passes_per_generated_token'], '11.3f')} "
+                    f"{fmt(s['tokens_committed_per_forward'], '10.2f')} {s['context_tokens_mean']:>8.0f}")
+    return "\n".join(rows)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="engine_speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=20, help="infills per sampler")
+    p.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/engine_speed.json")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(list(sys.argv[1:] if argv is None else argv))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    engine = Engine.from_pretrained(a.model, device=a.device)
+    cases = make_cases(a.n, a.seed)
+    for sampler in SAMPLERS:  # warm-up: first calls pay for allocation and dispatch caches
+        run_case(engine, cases[0], sampler)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SAMPLERS}
+    t0 = time.perf_counter()
+    for case in cases:  # interleaved, so a change in machine load hits both samplers alike
+        for sampler in SAMPLERS:
+            runs[sampler].append(run_case(engine, case, sampler))
+    stats = {s: summarize(r) for s, r in runs.items()}
+    same = sum(x["text"] == y["text"] for x, y in zip(runs["naive"], runs["fast"])) / len(cases)
+    check = targets(stats)
+    report = {
+        "settings": vars(a) | {"threads_used": torch.get_num_threads(), "files": [c.source for c in cases],
+                               "hole_tokens": [c.hole_tokens for c in cases]},
+        "model": engine.info(), "elapsed_s": round(time.perf_counter() - t0, 2),
+        "samplers": stats, "same_text_rate": same, **check,
+        "cases": [{"source": c.source, "hole_tokens": c.hole_tokens,
+                   **{s: {k: v for k, v in runs[s][i].items()} for s in SAMPLERS}} for i, c in enumerate(cases)],
+    }
+    print(table(stats))
+    print(f"same text (naive vs fast): {same:.0%}   speedup (naive/fast ms): {check['speedup']:.2f}x")
+    failed = False
+    for name in ("speedup_target", "passes_per_token_target"):
+        t = check[name]
+        value = "-" if t["value"] is None else f"{t['value']:.3f}"
+        print(f"{'PASS' if t['pass'] else 'FAIL'}  {name}: {value} (target {t['target']})")
+        failed |= not t["pass"]
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+    return 1 if a.strict and failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

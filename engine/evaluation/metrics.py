@@ -1,0 +1,91 @@
+"""Scores of a fill against the true middle: exact match and edit similarity, and their
+aggregation per task kind. Plain strings in, numbers out."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+def normalize(text: str) -> str:
+    """Strip trailing whitespace of every line and drop leading/trailing blank lines."""
+    lines = [ln.rstrip() for ln in text.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[0]:
+        lines.pop(0)
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    return normalize(prediction) == normalize(reference)
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insert, delete, substitute; each costs 1), two-row dynamic programme."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def edit_similarity(prediction: str, reference: str) -> float:
+    """1 - levenshtein / max length, on normalized text; two empty strings are identical (1.0)."""
+    p, r = normalize(prediction), normalize(reference)
+    longest = max(len(p), len(r))
+    return 1.0 if longest == 0 else 1.0 - levenshtein(p, r) / longest
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One system's answer to one task.
+
+    Attributes:
+        forward_passes / generated_tokens: 0 for systems without a model (heuristics).
+    """
+
+    task_id: str
+    kind: str
+    system: str
+    prediction: str
+    exact_match: bool
+    edit_similarity: float
+    ms: float = 0.0
+    forward_passes: int = 0
+    generated_tokens: int = 0
+
+
+def score(task_id: str, kind: str, system: str, prediction: str, reference: str, ms: float = 0.0,
+          forward_passes: int = 0, generated_tokens: int = 0) -> Outcome:
+    return Outcome(task_id, kind, system, prediction, exact_match(prediction, reference),
+                   edit_similarity(prediction, reference), ms, forward_passes, generated_tokens)
+
+
+def _summary(outcomes: list[Outcome]) -> dict[str, float | int | None]:
+    n = len(outcomes)
+    tokens = sum(o.generated_tokens for o in outcomes)
+    passes = sum(o.forward_passes for o in outcomes)
+    return {
+        "n": n,
+        "exact_match": sum(o.exact_match for o in outcomes) / n,
+        "edit_similarity": sum(o.edit_similarity for o in outcomes) / n,
+        "ms_per_task": sum(o.ms for o in outcomes) / n,
+        "forward_passes_per_token": passes / tokens if tokens else None,
+        "generated_tokens": tokens,
+    }
+
+
+def aggregate(outcomes: Iterable[Outcome]) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """system -> kind (and "all") -> n, exact_match, edit_similarity, ms_per_task,
+    forward_passes_per_token (None when nothing was generated), generated_tokens."""
+    groups: dict[str, dict[str, list[Outcome]]] = defaultdict(lambda: defaultdict(list))
+    for o in outcomes:
+        groups[o.system][o.kind].append(o)
+        groups[o.system]["all"].append(o)
+    return {system: {kind: _summary(items) for kind, items in kinds.items()} for system, kinds in groups.items()}

@@ -1,0 +1,251 @@
+"""`dlsp eval`: fill-in-the-middle quality on the held-out split, with baselines in the same run.
+
+Systems, all on the same tasks (see `engine.evaluation.tasks`):
+  * model/<sampler>: the checkpoint with each requested sampler;
+  * untrained: the same shape and tokenizer with random weights (fixed seed, the training init),
+    run with the first sampler: what the model scores before it learns anything;
+  * heuristic/repeat_line_above and heuristic/empty: trivial answers; the best one is the bar.
+
+The model never sees the true length of the middle: every hole starts at a fixed size (16 tokens
+for single-line, 48 otherwise), grows up to --max-new-tokens and shrinks by EOS. Single-line
+fills are cut at their first newline. Prints a table and writes JSON (see `summarize`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.engine import DEFAULT_MODEL_DIR, Engine
+from engine.evaluation.metrics import Outcome, aggregate, score
+from engine.evaluation.tasks import KINDS, FimTask, load_documents, make_tasks
+from engine.model import Transformer
+from engine.types import InfillRequest, SamplingConfig
+
+HOLE_TOKENS = {"single_line": 16, "multi_line": 48, "span": 48}
+BAR_FACTOR = 2.0  # single-line exact match must reach this multiple of the best heuristic's
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dlsp eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
+    p.add_argument("--corpus", default="data/v1/corpus/test.jsonl", help="held-out split (JSON lines)")
+    p.add_argument("--n-per-kind", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samplers", default="fast,naive", help="comma list of engine samplers")
+    p.add_argument("--baselines", default="untrained,heuristic", help="comma list: untrained, heuristic")
+    p.add_argument("--out", default="runs/eval/eval.json", help="JSON report path")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="the most a hole may grow to")
+    p.add_argument("--limit-seconds", type=float, default=None, help="stop after this long (same tasks for all)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p.parse_args(argv)
+
+
+# ---- systems: task -> (prediction, ms, forward passes, generated tokens) ----------------------
+
+Prediction = tuple[str, float, int, int]
+
+
+def _line_above(task: FimTask) -> str:
+    """The previous line, minus what is already typed on the hole's line when it matches."""
+    lines = task.prefix.split("\n")
+    if len(lines) < 2:
+        return ""
+    above, typed = lines[-2], lines[-1]
+    return above[len(typed):] if typed and above.startswith(typed) else above
+
+
+HEURISTICS: dict[str, Callable[[FimTask], str]] = {
+    "heuristic/repeat_line_above": _line_above,
+    "heuristic/empty": lambda task: "",
+}
+
+
+def untrained_engine(engine: Engine, seed: int = 0) -> Engine:
+    """Same shape, tokenizer and device as `engine`, random weights (the training init:
+    normal(0, 0.02), output projections scaled by 1/sqrt(2 * layers), biases zero, norms one)."""
+    torch.manual_seed(seed)
+    model = Transformer(engine.args)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                scaled = name.endswith(("wo.weight", "w_down.weight"))
+                p.normal_(0.0, 0.02 / math.sqrt(2 * engine.args.n_layers) if scaled else 0.02)
+            elif "norm" not in name:
+                p.zero_()
+    model = model.to(device=engine.device, dtype=engine.dtype).eval()
+    return Engine(model, engine.tokenizer, name="untrained", default_sampling=engine.default_sampling)
+
+
+def model_system(engine: Engine, sampler: str, max_new_tokens: int) -> Callable[[FimTask], Prediction]:
+    cfg = SamplingConfig(sampler=sampler)
+
+    def run(task: FimTask) -> Prediction:
+        hole = min(HOLE_TOKENS[task.kind], max_new_tokens)
+        res = engine.infill(InfillRequest(prefix=task.prefix, suffix=task.suffix, hole_tokens=hole,
+                                          max_new_tokens=max_new_tokens, sampling=cfg))
+        text = res.text.split("\n", 1)[0] if task.kind == "single_line" else res.text
+        return text, res.timings_ms["total"], res.forward_passes, res.generated_tokens
+
+    return run
+
+
+def heuristic_system(fn: Callable[[FimTask], str]) -> Callable[[FimTask], Prediction]:
+    def run(task: FimTask) -> Prediction:
+        t0 = time.perf_counter()
+        text = fn(task)
+        return text, (time.perf_counter() - t0) * 1e3, 0, 0
+
+    return run
+
+
+def build_systems(engine: Engine, a: argparse.Namespace) -> dict[str, Callable[[FimTask], Prediction]]:
+    samplers = [s for s in a.samplers.split(",") if s]
+    baselines = {b for b in a.baselines.split(",") if b}
+    unknown = baselines - {"untrained", "heuristic"}
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(sorted(unknown))}; known: untrained, heuristic")
+    systems = {f"model/{s}": model_system(engine, s, a.max_new_tokens) for s in samplers}
+    if "untrained" in baselines and samplers:
+        systems["untrained"] = model_system(untrained_engine(engine, a.seed), samplers[0], a.max_new_tokens)
+    if "heuristic" in baselines:
+        systems.update({name: heuristic_system(fn) for name, fn in HEURISTICS.items()})
+    return systems
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+def evaluate(tasks: list[FimTask], systems: dict[str, Callable[[FimTask], Prediction]],
+             limit_seconds: float | None = None) -> tuple[list[Outcome], bool]:
+    """Every system on every task, task by task, so a time limit leaves all systems on the same tasks."""
+    outcomes: list[Outcome] = []
+    t0 = time.perf_counter()
+    for i, task in enumerate(tasks):
+        if limit_seconds is not None and time.perf_counter() - t0 > limit_seconds:
+            print(f"[dlsp eval] time limit reached after {i} of {len(tasks)} tasks", file=sys.stderr)
+            return outcomes, True
+        for name, system in systems.items():
+            text, ms, passes, tokens = system(task)
+            outcomes.append(score(task.id, task.kind, name, text, task.middle, ms, passes, tokens))
+    return outcomes, False
+
+
+def bar_check(results: dict[str, Any]) -> dict[str, Any]:
+    """Single-line exact match of each model sampler against BAR_FACTOR x the best heuristic's.
+    A model at 0 never passes (2 x 0 would be a bar of nothing)."""
+    heur = {k: v["single_line"]["exact_match"] for k, v in results.items()
+            if k.startswith("heuristic/") and "single_line" in v}
+    if not heur:
+        return {"rule": "needs the heuristic baseline", "checks": {}, "pass": None}
+    best_name = max(heur, key=lambda k: heur[k])
+    bar = BAR_FACTOR * heur[best_name]
+    checks = {}
+    for name, kinds in results.items():
+        if name.startswith("model/") and "single_line" in kinds:
+            em = kinds["single_line"]["exact_match"]
+            checks[name] = {"exact_match": em, "bar": bar, "pass": em >= bar and em > 0}
+    return {"rule": f"single-line EM >= {BAR_FACTOR:g} x best heuristic ({best_name}: {heur[best_name]:.3f})",
+            "best_heuristic": best_name, "checks": checks,
+            "pass": all(c["pass"] for c in checks.values()) if checks else None}
+
+
+def best_heuristic(results: dict[str, Any]) -> dict[str, Any]:
+    """kind -> the heuristic with the highest exact match (edit similarity breaks ties)."""
+    out = {}
+    for kind in [*KINDS, "all"]:
+        cands = {k: v[kind] for k, v in results.items() if k.startswith("heuristic/") and kind in v}
+        if cands:
+            name = max(cands, key=lambda k: (cands[k]["exact_match"], cands[k]["edit_similarity"]))
+            out[kind] = {"system": name, **cands[name]}
+    return out
+
+
+def model_meta(engine: Engine, path: str | None) -> dict[str, Any]:
+    ckpt = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    meta: dict[str, Any] = {"path": str(ckpt), "embedded_default": path is None, **engine.info()}
+    try:
+        cfg = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+        meta["dlsp_training"] = cfg.get("dlsp_training")
+    except (OSError, ValueError):
+        meta["dlsp_training"] = None
+    return meta
+
+
+def table(results: dict[str, Any]) -> str:
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    head = f"{'system':<30} {'kind':<12} {'n':>4} {'EM':>6} {'edit sim':>8} {'ms/task':>9} {'fwd/token':>9}"
+    rows = [head, "-" * len(head)]
+    for system, kinds in results.items():
+        for kind in [*KINDS, "all"]:
+            if kind in kinds:
+                r = kinds[kind]
+                rows.append(f"{system:<30} {kind:<12} {r['n']:>4} {r['exact_match']:>6.3f} "
+                            f"{r['edit_similarity']:>8.3f} {fmt(r['ms_per_task'], '9.1f')} "
+                            f"{fmt(r['forward_passes_per_token'], '9.3f')}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(list(sys.argv[1:] if argv is None else argv))
+    corpus = Path(a.corpus)
+    if not corpus.is_file():
+        print(f"dlsp eval: corpus file {corpus} not found; build the held-out split with "
+              "`dlsp build-corpus` or pass --corpus PATH", file=sys.stderr)
+        return 2
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    tasks = make_tasks(load_documents(corpus), a.n_per_kind, a.seed)
+    if not tasks:
+        print(f"dlsp eval: no usable files in {corpus} (all too short)", file=sys.stderr)
+        return 2
+    engine = Engine.from_pretrained(a.model, device=a.device)
+    try:
+        systems = build_systems(engine, a)
+    except ValueError as exc:
+        print(f"dlsp eval: {exc}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    outcomes, stopped = evaluate(tasks, systems, a.limit_seconds)
+    results = aggregate(outcomes)
+    done = {o.task_id for o in outcomes}
+    report = {
+        "settings": {k: v for k, v in vars(a).items()} | {"hole_tokens": HOLE_TOKENS,
+                                                          "corpus": str(corpus)},
+        "model": model_meta(engine, a.model),
+        "n_tasks": len(done),
+        "sources": dict(Counter(t.source.split("/")[0] for t in tasks if t.id in done).most_common()),
+        "stopped_early": stopped,
+        "elapsed_s": round(time.perf_counter() - t0, 2),
+        "results": results,
+        "best_heuristic": best_heuristic(results),
+        "bar": bar_check(results),
+        "outcomes": [o.__dict__ for o in outcomes],
+    }
+    print(table(results))
+    bar = report["bar"]
+    for name, c in bar["checks"].items():
+        print(f"bar [{bar['rule']}] {name}: EM {c['exact_match']:.3f} vs {c['bar']:.3f} -> "
+              f"{'PASS' if c['pass'] else 'FAIL'}")
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""Smoke test of the engine speed benchmark on a tiny checkpoint (fields, not timings)."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import engine_speed
+
+
+def test_cases_are_seeded_and_real_source():
+    a, b = engine_speed.make_cases(4, seed=0), engine_speed.make_cases(4, seed=0)
+    assert a == b and a != engine_speed.make_cases(4, seed=1)
+    assert all(16 <= c.hole_tokens <= 32 and len(c.prefix) >= 2000 and len(c.suffix) >= 800 for c in a)
+    assert len({c.source for c in a}) == 4  # round-robin over the files
+
+
+def test_targets_pass_and_fail():
+    def stats(naive_ms, fast_ms, ppt):
+        return {"naive": {"ms_per_infill": naive_ms}, "fast": {"ms_per_infill": fast_ms,
+                                                               "forward_passes_per_generated_token": ppt}}
+
+    good = engine_speed.targets(stats(600.0, 100.0, 0.25))
+    assert good["speedup"] == 6.0 and good["speedup_target"]["pass"] and good["passes_per_token_target"]["pass"]
+    bad = engine_speed.targets(stats(300.0, 100.0, None))
+    assert not bad["speedup_target"]["pass"] and not bad["passes_per_token_target"]["pass"]
+
+
+def test_main_writes_the_report(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    rc = engine_speed.main(["--n", "2", "--model", str(tiny_ckpt), "--threads", "1", "--device", "cpu",
+                            "--out", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert set(r["samplers"]) == {"naive", "fast"}
+    for s in r["samplers"].values():
+        assert s["n"] == 2 and s["ms_per_infill"] > 0 and s["forward_passes_per_infill"] >= 1
+        assert s["tokens_committed_per_forward"] > 0
+    assert 0.0 <= r["same_text_rate"] <= 1.0 and r["speedup"] > 0
+    assert {"speedup_target", "passes_per_token_target"} <= set(r) and len(r["cases"]) == 2
+    printed = capsys.readouterr().out
+    assert "speedup_target" in printed and ("PASS" in printed or "FAIL" in printed)

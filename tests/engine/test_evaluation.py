@@ -1,0 +1,210 @@
+"""FIM evaluation: task extraction, metrics, and `dlsp eval` end to end on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from engine.evaluation import run
+from engine.evaluation.metrics import (
+    aggregate,
+    edit_similarity,
+    exact_match,
+    levenshtein,
+    normalize,
+    score,
+)
+from engine.evaluation.tasks import Document, TaskConfig, load_documents, make_tasks
+
+
+def _synthetic_file(k: int) -> str:
+    """Python-looking text with block bodies, blank lines and varied names."""
+    rng = random.Random(k)
+    parts = [f"import os\nimport sys\n\nLIMIT_{k} = {rng.randint(1, 99)}\n\n"]
+    for f in range(6):
+        name = f"func_{k}_{f}"
+        parts.append(f"def {name}(alpha, beta):\n"
+                     f"    total = alpha + beta * {rng.randint(2, 9)}\n"
+                     f"    if total > LIMIT_{k}:\n"
+                     f"        total = total - {rng.randint(1, 5)}\n"
+                     f"        print('big', total)\n"
+                     f"    for item in range(beta):\n"
+                     f"        total += item\n"
+                     f"    return total\n\n")
+    return "".join(parts)
+
+
+def _write_corpus(path, docs: list[tuple[str, str]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for i, (package, text) in enumerate(docs):
+            f.write(json.dumps({"package": package, "path": f"mod_{i}.py", "text": text}) + "\n")
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "test.jsonl"
+    _write_corpus(path, [(f"pkg{k}", _synthetic_file(k)) for k in range(4)] + [("tiny", "x = 1\n")])
+    return path
+
+
+@pytest.fixture
+def docs(corpus):
+    return load_documents(corpus)
+
+
+# ---- tasks ----------------------------------------------------------------------------------
+
+def test_load_documents_keeps_provenance(docs):
+    assert [d.source for d in docs][:2] == ["pkg0/mod_0.py", "pkg1/mod_1.py"]
+
+
+def test_tasks_are_deterministic_with_the_seed(docs):
+    a, b = make_tasks(docs, 10, seed=3), make_tasks(docs, 10, seed=3)
+    assert a == b and len(a) == 30
+    assert a != make_tasks(docs, 10, seed=4)
+    assert len({t.id for t in a}) == 30
+
+
+def test_pieces_reassemble_a_window_of_the_source(docs):
+    texts = {d.source: d.text for d in docs}
+    cfg = TaskConfig(before=200, after=100)
+    for t in make_tasks(docs, 15, seed=1, cfg=cfg):
+        assert t.prefix + t.middle + t.suffix in texts[t.source]
+        assert len(t.prefix) <= cfg.before and len(t.suffix) <= cfg.after
+        assert t.middle.strip()
+
+
+def test_kinds_have_their_shape(docs):
+    tasks = make_tasks(docs, 20, seed=0)
+    assert {t.kind for t in tasks} == {"single_line", "multi_line", "span"}
+    for t in tasks:
+        if t.kind in ("single_line", "multi_line"):  # whole lines: the hole starts and ends at line breaks
+            assert t.prefix == "" or t.prefix.endswith("\n")
+            assert t.suffix == "" or t.suffix.startswith("\n")
+        lines = t.middle.split("\n")
+        if t.kind == "single_line":
+            assert len(lines) == 1 and lines[0].strip()
+        elif t.kind == "multi_line":
+            assert 2 <= len(lines) <= 8 and lines[0].strip() and lines[-1].strip()
+            header = t.prefix.rstrip("\n").split("\n")[-1]  # the synthetic files have a body after each ':'
+            assert header.rstrip().endswith(":")
+            indent = len(lines[0]) - len(lines[0].lstrip())
+            assert indent > len(header) - len(header.lstrip())
+        else:  # span: no identifier is cut in half
+            whole = t.prefix + t.middle + t.suffix
+            for cut in (len(t.prefix), len(t.prefix) + len(t.middle)):
+                if 0 < cut < len(whole):
+                    assert not (whole[cut - 1].isalnum() and whole[cut].isalnum())
+
+
+def test_short_files_are_skipped():
+    docs = [Document("a/b.py", "x = 1\n" * 5)]
+    assert make_tasks(docs, 5, seed=0) == []
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+def test_normalize_and_exact_match():
+    assert normalize("\n\n  a = 1   \n\tb\t\n\n") == "  a = 1\n\tb"
+    assert exact_match("x = 1  \n", "x = 1")
+    assert not exact_match(" x = 1", "x = 1")  # leading indentation matters
+
+
+@pytest.mark.parametrize("a,b,dist", [("kitten", "sitting", 3), ("", "abc", 3), ("abc", "abc", 0),
+                                      ("flaw", "lawn", 2), ("ab", "ba", 2)])
+def test_levenshtein_known_values(a, b, dist):
+    assert levenshtein(a, b) == dist == levenshtein(b, a)
+
+
+def test_edit_similarity_known_values():
+    assert edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
+    assert edit_similarity("", "") == 1.0
+    assert edit_similarity("abc", "") == 0.0
+    assert edit_similarity("return x  \n", "return x") == 1.0
+
+
+def test_aggregate_per_kind():
+    outs = [score("t1", "single_line", "s", "a", "a", ms=10, forward_passes=4, generated_tokens=2),
+            score("t2", "single_line", "s", "ab", "cd", ms=30, forward_passes=2, generated_tokens=2),
+            score("t3", "span", "s", "", "xy", ms=20)]
+    r = aggregate(outs)["s"]
+    assert r["single_line"]["exact_match"] == 0.5
+    assert r["single_line"]["edit_similarity"] == pytest.approx(0.5)
+    assert r["single_line"]["ms_per_task"] == 20
+    assert r["single_line"]["forward_passes_per_token"] == 1.5
+    assert r["span"]["forward_passes_per_token"] is None
+    assert r["all"]["n"] == 3 and r["all"]["exact_match"] == pytest.approx(1 / 3)
+
+
+# ---- run ------------------------------------------------------------------------------------
+
+def test_bar_check_needs_twice_the_best_heuristic():
+    res = {"heuristic/a": {"single_line": {"exact_match": 0.2}}, "heuristic/b": {"single_line": {"exact_match": 0.1}},
+           "model/fast": {"single_line": {"exact_match": 0.45}}, "model/naive": {"single_line": {"exact_match": 0.3}}}
+    bar = run.bar_check(res)
+    assert bar["best_heuristic"] == "heuristic/a"
+    assert bar["checks"]["model/fast"]["pass"] and not bar["checks"]["model/naive"]["pass"]
+    assert bar["pass"] is False
+    zero = run.bar_check({"heuristic/a": {"single_line": {"exact_match": 0.0}},
+                          "model/fast": {"single_line": {"exact_match": 0.0}}})
+    assert zero["checks"]["model/fast"]["pass"] is False
+
+
+def test_untrained_baseline_is_fixed_random_init(tiny_ckpt):
+    from engine import Engine
+
+    eng = Engine.from_pretrained(tiny_ckpt, device="cpu")
+    u1, u2 = run.untrained_engine(eng, seed=0), run.untrained_engine(eng, seed=0)
+    w = "layers.0.wq.weight"
+    assert u1.args == eng.args and u1.tokenizer is eng.tokenizer
+    assert u1.model.state_dict()[w].equal(u2.model.state_dict()[w])
+    assert not u1.model.state_dict()[w].equal(eng.model.state_dict()[w])
+
+
+def test_main_end_to_end_writes_json(tiny_ckpt, corpus, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rc = run.main(["--model", str(tiny_ckpt), "--corpus", str(corpus), "--n-per-kind", "2",
+                   "--max-new-tokens", "8", "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert {"settings", "model", "results", "best_heuristic", "bar", "outcomes", "n_tasks"} <= set(report)
+    assert set(report["results"]) == {"model/fast", "model/naive", "untrained", "heuristic/repeat_line_above",
+                                      "heuristic/empty"}
+    for system in report["results"].values():
+        assert set(system) == {"single_line", "multi_line", "span", "all"} and system["all"]["n"] == 6
+        assert 0.0 <= system["all"]["edit_similarity"] <= 1.0
+    assert report["results"]["model/fast"]["all"]["ms_per_task"] > 0
+    assert set(report["bar"]["checks"]) == {"model/fast", "model/naive"}
+    assert "model/fast" in capsys.readouterr().out
+    for o in report["outcomes"]:
+        if o["kind"] == "single_line":
+            assert "\n" not in o["prediction"]
+
+
+def test_heuristic_scores_one_on_repeated_lines(tiny_ckpt, tmp_path):
+    corpus = tmp_path / "rep.jsonl"
+    _write_corpus(corpus, [("rep", "    total = compute(alpha, beta)\n" * 40)])
+    out = tmp_path / "eval.json"
+    rc = run.main(["--model", str(tiny_ckpt), "--corpus", str(corpus), "--n-per-kind", "5", "--samplers", "",
+                   "--baselines", "heuristic", "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["results"]["heuristic/repeat_line_above"]["single_line"]["exact_match"] == 1.0
+    assert report["results"]["heuristic/empty"]["single_line"]["exact_match"] == 0.0
+    assert report["best_heuristic"]["single_line"]["system"] == "heuristic/repeat_line_above"
+
+
+def test_missing_corpus_exits_2(tmp_path, capsys):
+    assert run.main(["--corpus", str(tmp_path / "nope.jsonl")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_limit_seconds_keeps_systems_on_the_same_tasks(docs):
+    tasks = make_tasks(docs, 3, seed=0)
+    systems = {name: run.heuristic_system(fn) for name, fn in run.HEURISTICS.items()}
+    outs, stopped = run.evaluate(tasks, systems, limit_seconds=-1.0)
+    assert stopped and outs == []
+    outs, stopped = run.evaluate(tasks, systems, limit_seconds=None)
+    assert not stopped and len(outs) == 2 * len(tasks)
