@@ -7,6 +7,7 @@ A directory holds `config.json`, `model.safetensors` (or shards with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -111,11 +112,13 @@ def load_tokenizer(ckpt: str | Path) -> Tokenizer:
 
 
 def save_checkpoint(model: Transformer, out: str | Path, tokenizer_json: str | Path | None = None,
-                    dtype: torch.dtype = torch.float16, extra_config: dict[str, Any] | None = None) -> Path:
-    """Write config.json (in the family's dialect) and model.safetensors; copy tokenizer.json."""
+                    dtype: torch.dtype = torch.float16, extra_config: dict[str, Any] | None = None,
+                    max_positions: int | None = None) -> Path:
+    """Write config.json (in the family's dialect) and model.safetensors; copy tokenizer.json.
+    `max_positions` overrides the config's position limit (e.g. the length a model was trained at)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    args = model.args
+    args = model.args if max_positions is None else dataclasses.replace(model.args, max_positions=max_positions)
     family = FAMILIES[args.family]
     tensors = {}
     for native, t in model.state_dict().items():

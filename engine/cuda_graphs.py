@@ -173,3 +173,37 @@ class StepGraph:
         else:
             out = self._run()
         return out[:, :q]
+
+
+class StepGraphs:
+    """The fast sampler's pool of captured steps, one per bucket (least recently used evicted).
+
+    `step(ids, index, cache)` runs a cached denoising step through the bucket's graph, loading
+    `cache` into the graph's static cache when it is a cache the graph has not seen (after a
+    prefill or refresh); from then on the graph's static cache is the one being updated. Returns
+    None when no bucket fits (the caller runs `Transformer.step` eagerly).
+    """
+
+    def __init__(self, model: Transformer, use_graph: bool | None = None, max_graphs: int = 8) -> None:
+        self.model, self.use_graph, self.max_graphs = model, use_graph, max_graphs
+        self.graphs: dict[Bucket, StepGraph] = {}
+        self.loaded: dict[Bucket, int] = {}  # bucket -> id() of the cache list it holds
+        self.captures = 0
+
+    def step(self, ids: torch.Tensor, index: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
+        bucket = bucket_for(ids.shape[1], cache[0][0].shape[2])
+        if bucket is None or ids.shape[0] != 1:
+            return None
+        g = self.graphs.pop(bucket, None)
+        if g is None:
+            if len(self.graphs) >= self.max_graphs:
+                old = next(iter(self.graphs))
+                del self.graphs[old]
+                self.loaded.pop(old, None)
+            g = StepGraph(self.model, bucket, use_graph=self.use_graph)
+            self.captures += 1
+        self.graphs[bucket] = g  # most recently used last
+        if self.loaded.get(bucket) != id(cache):
+            g.load_cache(cache)
+            self.loaded[bucket] = id(cache)
+        return g(ids, index)

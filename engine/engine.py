@@ -4,6 +4,7 @@ about documents, positions or the protocol."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from engine.checkpoint import load_model, load_tokenizer
 from engine.config import FAMILIES, ModelArgs
+from engine.cuda_graphs import StepGraphs
 from engine.errors import InvalidRequestError
 from engine.generate import generate
 from engine.model import Transformer
@@ -47,7 +49,9 @@ class Engine:
     """A loaded model plus its tokenizer. `infill` is blocking; call it from one worker thread."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str = "model",
-                 default_sampling: SamplingConfig | None = None) -> None:
+                 default_sampling: SamplingConfig | None = None, cuda_graphs: bool | None = None) -> None:
+        """`cuda_graphs`: replay captured fixed-shape denoising steps (default: on CUDA devices,
+        unless DLSP_CUDA_GRAPHS=0); `True` on CPU runs the same padded steps eagerly (tests)."""
         self.model = model
         self.args: ModelArgs = model.args
         self.tokenizer = tokenizer
@@ -56,6 +60,9 @@ class Engine:
         self.default_sampling = default_sampling or SamplingConfig()
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and os.environ.get("DLSP_CUDA_GRAPHS", "1") != "0"
+        self.graphs = StepGraphs(model, use_graph=self.device.type == "cuda") if cuda_graphs else None
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None,
@@ -120,7 +127,7 @@ class Engine:
         t1 = time.perf_counter()
         hole_tokens = min(req.hole_tokens, max_new)
         out = generate(self.model, segments, cfg, self.shifted, hole_tokens=hole_tokens,
-                       max_new_tokens=max_new, should_stop=req.should_stop)
+                       max_new_tokens=max_new, should_stop=req.should_stop, graphs=self.graphs)
         t2 = time.perf_counter()
         texts = tuple(self.tokenizer.decode(f) for f in out.fills)
         t3 = time.perf_counter()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.config import ModelArgs
+from engine.cuda_graphs import StepGraphs
 from engine.model import Transformer
 from engine.samplers import min_commits, propose, select
 from engine.types import SamplingConfig
@@ -61,8 +62,8 @@ class _Run:
     """One generation: canvas, cache and counters for a single call of `generate`."""
 
     def __init__(self, model: Transformer, shifted: bool, cfg: SamplingConfig, holes: _Holes,
-                 segments: list[list[int]], device: torch.device) -> None:
-        self.model, self.a, self.cfg = model, model.args, cfg
+                 segments: list[list[int]], device: torch.device, graphs: StepGraphs | None = None) -> None:
+        self.model, self.a, self.cfg, self.graphs = model, model.args, cfg, graphs
         self.shift = 1 if shifted else 0
         self.holes, self.segments, self.device = holes, segments, device
         self.out = GenOutput(fills=[])
@@ -94,7 +95,9 @@ class _Run:
         self.out.prefill_ms += (time.perf_counter() - t0) * 1e3
 
     def cached_step(self) -> None:
-        self.hidden = self.model.step(self.canvas[:, self.rows], self.rows, self.cache)
+        ids = self.canvas[:, self.rows]
+        hidden = self.graphs.step(ids, self.rows, self.cache) if self.graphs is not None else None
+        self.hidden = hidden if hidden is not None else self.model.step(ids, self.rows, self.cache)
         self.hidden_is_full = False
         self.out.forward_passes += 1
 
@@ -170,7 +173,7 @@ def _strip(a: ModelArgs, fill: list[int]) -> list[int]:
 @torch.inference_mode()
 def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig, shifted: bool,
              hole_tokens: int = 16, max_new_tokens: int = 64,
-             should_stop: Callable[[], bool] | None = None) -> GenOutput:
+             should_stop: Callable[[], bool] | None = None, graphs: StepGraphs | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -179,6 +182,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         cfg: sampler settings; shifted: the family's logits are shifted (position i-1 -> token i).
         hole_tokens: initial masks per hole; max_new_tokens: the most a hole may grow to.
         should_stop: polled before every step; True ends the run with `cancelled`.
+        graphs: captured fixed-shape steps (CUDA graphs) for the cached steps; None = eager.
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """
@@ -188,7 +192,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     if n0 == 0:
         return GenOutput(fills=[[] for _ in range(n_holes)])
     holes = _Holes([[a.mask_id] * n0 for _ in range(n_holes)], [cfg.steps or n0] * n_holes, [0] * n_holes)
-    run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device)
+    run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs)
     while True:
         run.layout()
         run.full()

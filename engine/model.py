@@ -125,5 +125,16 @@ class Transformer(nn.Module):
         """LM head: (..., D) -> (..., V) in float32."""
         return self.lm_head(h).float()
 
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The training init: matrices normal(0, 0.02), output projections (wo, w_down) scaled by
+        1/sqrt(2 * layers), biases zero, norms one."""
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                scaled = name.endswith(("wo.weight", "w_down.weight"))
+                p.normal_(0.0, 0.02 / (2 * self.args.n_layers) ** 0.5 if scaled else 0.02)
+            elif "norm" not in name:
+                p.zero_()
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

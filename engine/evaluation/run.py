@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections import Counter
@@ -77,13 +76,7 @@ def untrained_engine(engine: Engine, seed: int = 0) -> Engine:
     normal(0, 0.02), output projections scaled by 1/sqrt(2 * layers), biases zero, norms one)."""
     torch.manual_seed(seed)
     model = Transformer(engine.args)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                scaled = name.endswith(("wo.weight", "w_down.weight"))
-                p.normal_(0.0, 0.02 / math.sqrt(2 * engine.args.n_layers) if scaled else 0.02)
-            elif "norm" not in name:
-                p.zero_()
+    model.init_weights()
     model = model.to(device=engine.device, dtype=engine.dtype).eval()
     return Engine(model, engine.tokenizer, name="untrained", default_sampling=engine.default_sampling)
 

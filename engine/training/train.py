@@ -139,12 +139,7 @@ class Trainer:
             self._warm_start(Path(a.init_from))
 
     def _init_weights(self) -> None:
-        for name, p in self.model.named_parameters():
-            if p.dim() >= 2:
-                std = 0.02 / math.sqrt(2 * self.args.n_layers) if name.endswith(("wo.weight", "w_down.weight")) else 0.02
-                torch.nn.init.normal_(p, 0.0, std)
-            elif "norm" not in name:
-                torch.nn.init.zeros_(p)
+        self.model.init_weights()
 
     def _state(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
@@ -217,7 +212,10 @@ class Trainer:
                                   "seq_len": self.a.seq_len, "size": self.a.size,
                                   "loss_weighting": self.a.loss_weighting, "region": self.a.region,
                                   "fim_rate": self.a.fim_rate}}
-        save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta)
+        # positions beyond the trained sequence length are out of distribution for RoPE: the engine
+        # clips its context to what the model saw
+        save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta,
+                        max_positions=min(self.args.max_positions, self.a.seq_len))
 
     def log(self, rec: dict) -> None:
         if self.rank == 0:

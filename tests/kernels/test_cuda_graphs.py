@@ -105,3 +105,23 @@ def test_step_graph_needs_cuda_for_graphs(tiny_ckpt):
 @pytest.mark.gpu
 def test_step_graph_replay_on_cuda(tiny_dream_ckpt):
     _check_step_graph(_model(tiny_dream_ckpt, "cuda"), "cuda", use_graph=True)
+
+
+@pytest.mark.parametrize("ckpt", ["tiny_ckpt", "tiny_dream_ckpt"])
+def test_engine_through_step_graphs_matches_eager(ckpt, request):
+    """The fast sampler's cached steps through the bucketed StepGraphs (eager padded steps on
+    CPU) give the same text, forward passes and commits as the plain cached steps; a grown hole
+    and a refresh load fresh caches into the graphs."""
+    from engine import Engine
+    from engine.types import InfillRequest, SamplingConfig
+
+    path = request.getfixturevalue(ckpt)
+    plain = Engine.from_pretrained(path, device="cpu")
+    graphed = Engine(plain.model, plain.tokenizer, cuda_graphs=True)
+    assert plain.graphs is None and graphed.graphs is not None
+    for cfg in (SamplingConfig(threshold=0.5), SamplingConfig(threshold=0.99, refresh_every=3, grow_tokens=4)):
+        req = InfillRequest(prefix="def add(a, b):\n    return", suffix="\n\nprint(add(1, 2))\n", hole_tokens=6,
+                            max_new_tokens=14, sampling=cfg)
+        a, b = plain.infill(req), graphed.infill(req)
+        assert (a.text, a.forward_passes, a.tokens_per_step) == (b.text, b.forward_passes, b.tokens_per_step)
+    assert graphed.graphs.captures >= 1
