@@ -38,6 +38,14 @@ def _rng(a, b):
     return types.Range(start=_pos(*a), end=_pos(*b))
 
 
+async def _running(svc, engine) -> asyncio.Future:
+    """Ask for a suggestion at line 3 col 11 and return its task once the engine is generating."""
+    task = asyncio.ensure_future(svc.suggest(URI, _pos(3, 11)))
+    while not engine.started.is_set():
+        await asyncio.sleep(0.001)
+    return task
+
+
 def _insert(svc, version, line, character, text):
     change = types.TextDocumentContentChangePartial(range=_rng((line, character), (line, character)), text=text)
     svc.did_change(URI, version, [change])
@@ -71,9 +79,7 @@ def test_latest_request_wins_and_stops_the_running_one():
     svc = _service(engine)
 
     async def main():
-        first = asyncio.ensure_future(svc.suggest(URI, _pos(3, 11)))
-        while not engine.started.is_set():
-            await asyncio.sleep(0.001)
+        first = await _running(svc, engine)
         second = asyncio.ensure_future(svc.suggest(URI, _pos(3, 4)))
         await asyncio.sleep(0.01)
         gate.set()
@@ -108,9 +114,7 @@ def test_newer_version_stops_generation_and_drops_result():
     svc = _service(engine)
 
     async def main():
-        task = asyncio.ensure_future(svc.suggest(URI, _pos(3, 11)))
-        while not engine.started.is_set():
-            await asyncio.sleep(0.001)
+        task = await _running(svc, engine)
         _insert(svc, 2, 0, 0, "#")
         gate.set()
         return await task
@@ -126,9 +130,7 @@ def test_cancel_request_stops_generation():
     svc = _service(engine)
 
     async def main():
-        task = asyncio.ensure_future(svc.suggest(URI, _pos(3, 11)))
-        while not engine.started.is_set():
-            await asyncio.sleep(0.001)
+        task = await _running(svc, engine)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -63,31 +63,30 @@ local function impl(bufnr)
   return p and require(p == "native" and "dlsp.native" or "dlsp.ghost")
 end
 
---- Accept all of the shown suggestion; false when there is none.
-function M.accept(bufnr)
+--- Call `method` of the buffer's inline implementation; false when dlsp is not attached.
+local function call(bufnr, method, ...)
   local b = buf(bufnr)
   local m = impl(b)
-  return m ~= nil and m.accept(b, "all")
+  return m ~= nil and m[method](b, ...)
+end
+
+--- Accept all of the shown suggestion; false when there is none.
+function M.accept(bufnr)
+  return call(bufnr, "accept", "all")
 end
 
 --- Accept the next word of the shown suggestion.
 function M.accept_word(bufnr)
-  local b = buf(bufnr)
-  local m = impl(b)
-  return m ~= nil and m.accept(b, "word")
+  return call(bufnr, "accept", "word")
 end
 
 --- Accept the rest of the current line of the shown suggestion.
 function M.accept_line(bufnr)
-  local b = buf(bufnr)
-  local m = impl(b)
-  return m ~= nil and m.accept(b, "line")
+  return call(bufnr, "accept", "line")
 end
 
 function M.dismiss(bufnr)
-  local b = buf(bufnr)
-  local m = impl(b)
-  return m ~= nil and m.dismiss(b)
+  return call(bufnr, "dismiss")
 end
 
 --- Ask for a suggestion at the cursor now.
