@@ -22,7 +22,7 @@ import torch
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.model import Transformer
-from engine.samplers import min_commits, propose, select
+from engine.samplers import commit_rows, min_commits, propose
 from engine.types import SamplingConfig
 
 
@@ -119,8 +119,7 @@ class _Run:
             remaining = torch.bincount(mhole, minlength=n_holes)
             left = torch.tensor([b - u for b, u in zip(self.holes.budget, self.holes.used)], device=self.device)
             n_min = min_commits(remaining, left)
-        chosen = select(conf, group, thr, n_min)
-        self.canvas[0, mpos[chosen]] = tokens[chosen]
+        chosen = commit_rows(self.canvas[0], mpos, tokens, conf, group, thr, n_min)
         for hh in torch.unique(mhole).tolist():
             self.holes.used[hh] += 1
         n = int(chosen.sum())

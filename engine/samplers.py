@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels.confidence import commit_mask, confidence
+from kernels.confidence import commit, confidence
 
 # name -> picks one measure out of (token, max_prob, margin, neg_entropy)
 CONFIDENCE: dict[str, Callable[[tuple[torch.Tensor, ...]], torch.Tensor]] = {
@@ -49,7 +49,10 @@ def min_commits(remaining: torch.Tensor, steps_left: torch.Tensor) -> torch.Tens
     return torch.where(remaining > 0, need.clamp(min=1), torch.zeros_like(need))
 
 
-def select(conf: torch.Tensor, hole: torch.Tensor, threshold: float, n_min: torch.Tensor) -> torch.Tensor:
-    """Rows (all masked) to commit: confidence >= threshold, or among the n_min[h] best of hole h."""
+def commit_rows(canvas: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor, conf: torch.Tensor,
+                hole: torch.Tensor, threshold: float, n_min: torch.Tensor) -> torch.Tensor:
+    """Commit rows (all masked) whose confidence >= threshold, or among the n_min[h] best of hole h:
+    their tokens are written into `canvas` (L,) at `pos` on the device (one fused kernel on CUDA).
+    Returns the (N,) bool of committed rows."""
     masked = torch.ones_like(hole, dtype=torch.bool)
-    return commit_mask(conf, masked, hole, threshold, n_min)
+    return commit(canvas, pos, tokens, conf, masked, hole, threshold, n_min)
