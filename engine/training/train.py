@@ -12,14 +12,14 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from engine.checkpoint import save_checkpoint
+from engine.checkpoint import load_model, save_checkpoint
 from engine.config import CONFIGS, ModelArgs
 from engine.model import Transformer
 from engine.tokenizer import Tokenizer
@@ -58,7 +58,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--loss-weighting", default="flat", choices=["flat", "elbo"],
                    help="flat: mean CE over masked tokens; elbo: the 1/t-weighted bound (see objective.py)")
     p.add_argument("--init-from", default=None,
-                   help="warm start: model weights (and their training hours) from another run's last.pt")
+                   help="warm start: model weights (and their training hours) from another run's last.pt or an exported model directory")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -148,13 +148,24 @@ class Trainer:
                 "model_args": json.dumps(asdict(self.args)), "prior": json.dumps(self.prior)}
 
     def _warm_start(self, path: Path) -> None:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-        if json.loads(st["model_args"]) != asdict(self.args):
-            raise SystemExit(f"{path}: another model shape; cannot warm start from it")
-        self.model.load_state_dict(st["model"])
-        prior = json.loads(st.get("prior", "{}")) or {"seconds": 0.0, "tokens": 0}
-        self.prior = {"seconds": prior["seconds"] + float(st["train_seconds"]),
-                      "tokens": prior["tokens"] + int(st["tokens_seen"])}
+        """From a run's `last.pt`, or from an exported checkpoint directory (such as the shipped
+        model: weights are fp16 on disk, training totals come from its config's `dlsp_training`)."""
+        if path.is_dir():
+            model, args = load_model(path)
+            if replace(args, max_positions=self.args.max_positions) != self.args:
+                raise SystemExit(f"{path}: another model shape; cannot warm start from it")
+            self.model.load_state_dict(model.state_dict())
+            info = json.loads((path / "config.json").read_text(encoding="utf-8")).get("dlsp_training", {})
+            self.prior = {"seconds": 3600.0 * float(info.get("train_hours", 0.0)),
+                          "tokens": int(info.get("tokens_seen", 0))}
+        else:
+            st = torch.load(path, map_location="cpu", weights_only=True)
+            if json.loads(st["model_args"]) != asdict(self.args):
+                raise SystemExit(f"{path}: another model shape; cannot warm start from it")
+            self.model.load_state_dict(st["model"])
+            prior = json.loads(st.get("prior", "{}")) or {"seconds": 0.0, "tokens": 0}
+            self.prior = {"seconds": prior["seconds"] + float(st["train_seconds"]),
+                          "tokens": prior["tokens"] + int(st["tokens_seen"])}
         if self.rank == 0:
             print(f"warm start from {path} ({self.prior['seconds'] / 3600:.2f} h of earlier training)", flush=True)
 

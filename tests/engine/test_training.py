@@ -104,6 +104,21 @@ def test_export_writes_a_loadable_checkpoint(tmp_path):
     assert eng.infill(InfillRequest(prefix="def f(x):\n", hole_tokens=4, max_new_tokens=4)).forward_passes >= 1
 
 
+def test_warm_start_from_an_exported_directory_carries_weights_and_hours(tmp_path):
+    base = _data(tmp_path)
+    first = Trainer(parse(base + ["--out", str(tmp_path / "r"), "--max-steps", "3", "--export", str(tmp_path / "ex")]))
+    first.run()
+    cfg = json.loads((tmp_path / "ex" / "config.json").read_text())["dlsp_training"]
+    warm = Trainer(parse(base + ["--out", str(tmp_path / "w"), "--max-steps", "1", "--init-from", str(tmp_path / "ex")]))
+    assert warm.step == 0  # a new run, not a resume
+    assert warm.prior["tokens"] == cfg["tokens_seen"] == 3 * 4 * 32
+    assert warm.prior["seconds"] == pytest.approx(3600 * cfg["train_hours"])
+    for (n, p), (_, q) in zip(first.model.named_parameters(), warm.model.named_parameters()):
+        assert torch.allclose(p.detach(), q.detach(), rtol=1e-3, atol=1e-4), n  # fp16 on disk
+    with pytest.raises(SystemExit, match="another model shape"):
+        Trainer(parse(base + ["--out", str(tmp_path / "x"), "--size", "small", "--init-from", str(tmp_path / "ex")]))
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path):
     base = _data(tmp_path)
