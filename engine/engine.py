@@ -97,6 +97,10 @@ class Engine:
             raise InvalidRequestError("steps must be >= 1")
         if cfg.temperature < 0:
             raise InvalidRequestError("temperature must be >= 0")
+        if cfg.min_per_step < 1:
+            raise InvalidRequestError("min_per_step must be >= 1")
+        if cfg.factor is not None and (cfg.factor <= 0 or cfg.confidence not in ("max_prob", "margin")):
+            raise InvalidRequestError("factor must be > 0 and needs confidence 'max_prob' or 'margin'")
 
     def _segments(self, req: InfillRequest) -> tuple[list[list[int]], int, tuple[int, int]]:
         """Tokenize and clip: keep the prefix's end and the suffix's start; middles stay whole."""

@@ -6,8 +6,9 @@ Two samplers share the loop:
   * fast: one prefill that caches keys/values of the whole canvas, then each step runs the
     transformer on the hole rows only (plus the shift neighbour for shifted families) against
     the cache, and commits every position whose confidence passes the threshold.
-Both commit at least ceil(remaining / steps_left) per hole (fast) or one per step (naive), so
-every position is committed by the last step. An EOS inside a hole ends that fill; a full hole
+Both commit at least ceil(remaining / steps_left) per hole (fast, also at least `min_per_step`,
+and optionally Fast-dLLM's factor rule) or one per step (naive), so every position is committed
+by the last step. An EOS inside a hole ends that fill; a full hole
 with no EOS grows by `grow_tokens` while the budget allows.
 """
 
@@ -22,7 +23,7 @@ import torch
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.model import Transformer
-from engine.samplers import commit_rows, min_commits, propose
+from engine.samplers import commit_rows, factor_commits, min_commits, propose
 from engine.types import SamplingConfig
 
 
@@ -119,6 +120,10 @@ class _Run:
             remaining = torch.bincount(mhole, minlength=n_holes)
             left = torch.tensor([b - u for b, u in zip(self.holes.budget, self.holes.used)], device=self.device)
             n_min = min_commits(remaining, left)
+            if self.cfg.min_per_step > 1:
+                n_min = torch.maximum(n_min, remaining.clamp(max=self.cfg.min_per_step))
+            if self.cfg.factor is not None:
+                n_min = torch.maximum(n_min, factor_commits(conf, mhole, n_holes, self.cfg.factor))
         chosen = commit_rows(self.canvas[0], mpos, tokens, conf, group, thr, n_min)
         for hh in torch.unique(mhole).tolist():
             self.holes.used[hh] += 1

@@ -49,6 +49,27 @@ def min_commits(remaining: torch.Tensor, steps_left: torch.Tensor) -> torch.Tens
     return torch.where(remaining > 0, need.clamp(min=1), torch.zeros_like(need))
 
 
+def factor_commits(conf: torch.Tensor, hole: torch.Tensor, n_holes: int, factor: float) -> torch.Tensor:
+    """Fast-dLLM's factor rule (Wu et al. 2025, arXiv:2505.22618, "factor-based" parallel
+    decoding): in each hole, sort the masked rows by confidence c_1 >= c_2 >= ... and commit the
+    longest run of leaders with c_j >= 1 - factor / (j + 1); the first one always qualifies.
+    Many tokens go at once only when all of them are confident, and the bar drops as fewer remain.
+
+    Args:
+        conf: (M,) probabilities in [0, 1]; hole: (M,) hole index of each row.
+    Returns:
+        (H,) int64 count per hole (0 for a hole with nothing masked).
+    """
+    out = torch.zeros(n_holes, dtype=torch.long, device=conf.device)
+    for h in torch.unique(hole).tolist():
+        c = torch.sort(conf[hole == h], descending=True).values
+        j = torch.arange(1, len(c) + 1, device=conf.device, dtype=c.dtype)
+        ok = c >= 1 - factor / (j + 1)
+        ok[0] = True
+        out[h] = int(torch.cumprod(ok.long(), 0).sum())
+    return out
+
+
 def commit_rows(canvas: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor, conf: torch.Tensor,
                 hole: torch.Tensor, threshold: float, n_min: torch.Tensor) -> torch.Tensor:
     """Commit rows (all masked) whose confidence >= threshold, or among the n_min[h] best of hole h:

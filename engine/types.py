@@ -19,6 +19,11 @@ class SamplingConfig:
         steps: maximum denoising steps per block of `hole_tokens`; None = one step per token
             (the worst case of the commit rule; the threshold usually finishes far sooner).
         threshold: commit every masked position whose confidence passes this (fast sampler).
+        min_per_step: the fast sampler commits at least this many tokens per hole and step (the
+            best by confidence), whatever the threshold says: a floor on parallelism.
+        factor: Fast-dLLM's factor rule on top of the threshold (None = off): commit the n most
+            confident while the j-th best has confidence >= 1 - factor / (j + 1). Needs a
+            probability-valued confidence ("max_prob" or "margin").
         confidence: name in `engine.samplers.CONFIDENCE` ("max_prob", "margin", "neg_entropy").
         temperature: 0 = greedy and deterministic; > 0 samples with a generator seeded by `seed`.
         seed: seed of the explicit `torch.Generator` used when temperature > 0.
@@ -30,6 +35,8 @@ class SamplingConfig:
     sampler: str = "fast"
     steps: int | None = None
     threshold: float = 0.9
+    min_per_step: int = 1
+    factor: float | None = None
     confidence: str = "max_prob"
     temperature: float = 0.0
     seed: int = 0

@@ -62,6 +62,10 @@ def test_invalid_settings_raise_clear_errors(engine):
         engine.infill(InfillRequest(prefix="x", sampling=SamplingConfig(confidence="vibes")))
     with pytest.raises(InvalidRequestError, match=">= 0"):
         engine.infill(InfillRequest(prefix="x", max_new_tokens=-1))
+    with pytest.raises(InvalidRequestError, match="min_per_step"):
+        engine.infill(InfillRequest(prefix="x", sampling=SamplingConfig(min_per_step=0)))
+    with pytest.raises(InvalidRequestError, match="factor"):
+        engine.infill(InfillRequest(prefix="x", sampling=SamplingConfig(factor=1.0, confidence="neg_entropy")))
 
 
 def test_several_holes(engine):

@@ -10,7 +10,7 @@ import torch
 from engine.checkpoint import load_model, load_tokenizer
 from engine.config import ModelArgs
 from engine.generate import generate
-from engine.samplers import min_commits
+from engine.samplers import factor_commits, min_commits
 from engine.types import SamplingConfig
 
 A = ModelArgs(vocab_size=16, dim=2, mask_id=0, eos_id=1, pad_id=1, bos_id=2)
@@ -107,6 +107,30 @@ def test_min_one_commit_per_step_when_nothing_is_confident(tiny_ckpt):
 def test_min_commits_schedule():
     got = min_commits(torch.tensor([10, 3, 0, 5]), torch.tensor([4, 5, 2, 1]))
     assert got.tolist() == [3, 1, 0, 5]
+
+
+def test_min_per_step_floors_parallelism_when_nothing_is_confident(tiny_ckpt):
+    model, _ = load_model(tiny_ckpt)
+    out = generate(model, [[5, 6, 7], [8]], SamplingConfig(threshold=2.0, eos_fill=False, min_per_step=4), False,
+                   hole_tokens=10, max_new_tokens=10)
+    assert out.tokens_per_step == [4, 4, 2]
+
+
+def test_factor_rule_commits_the_confident_leaders():
+    # hole 0: 0.99 (always), 0.9 >= 1 - 1/3, 0.5 < 1 - 1/4 -> 2; hole 1: 0.3 alone -> 1
+    conf = torch.tensor([0.5, 0.99, 0.3, 0.9])
+    hole = torch.tensor([0, 0, 1, 0])
+    assert factor_commits(conf, hole, 3, 1.0).tolist() == [2, 1, 0]
+    assert factor_commits(conf, hole, 3, 2.5).tolist() == [3, 1, 0]  # 0.5 >= 1 - 2.5/4
+
+
+def test_factor_rule_in_the_loop_commits_more_than_the_threshold_alone(tiny_ckpt):
+    model, _ = load_model(tiny_ckpt)
+    cfg = SamplingConfig(threshold=2.0, eos_fill=False)
+    plain = generate(model, [[5, 6, 7], [8]], cfg, False, hole_tokens=8, max_new_tokens=8)
+    wide = generate(model, [[5, 6, 7], [8]], replace(cfg, factor=1e6), False, hole_tokens=8, max_new_tokens=8)
+    assert plain.tokens_per_step == [1] * 8
+    assert wide.tokens_per_step == [8] and wide.forward_passes == 1  # a huge factor admits every row
 
 
 def test_cancellation_between_steps(tiny_ckpt):
