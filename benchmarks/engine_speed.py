@@ -9,7 +9,7 @@ the two samplers produce the same text, and checks the targets:
   * fast >= 5x faster than naive per infill (mean ms);
   * fast <= 0.3 forward passes per generated token.
 
-    python benchmarks/engine_speed.py --n 20 [--model DIR] [--threads 2] [--out F.json] [--strict]
+    python benchmarks/engine_speed.py --n 20 [--model DIR] [--fast SPEC] [--threads 2] [--out F.json] [--strict]
 
 Exit 0 whatever the targets say, unless --strict (then 1 on any FAIL).
 """
@@ -23,7 +23,7 @@ import statistics
 import sys
 import sysconfig
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.engine import Engine  # noqa: E402
-from engine.types import InfillRequest, SamplingConfig  # noqa: E402
+from engine.types import InfillRequest, SamplingConfig, parse_sampling  # noqa: E402
 
 # Fixed, in this order; the ones missing from this Python (renamed into packages) are skipped.
 STDLIB_FILES = (
@@ -86,9 +86,9 @@ def make_cases(n: int, seed: int, hole_range: tuple[int, int] = (16, 32)) -> lis
     return cases
 
 
-def run_case(engine: Engine, case: Case, sampler: str) -> dict[str, Any]:
+def run_case(engine: Engine, case: Case, sampling: SamplingConfig) -> dict[str, Any]:
     res = engine.infill(InfillRequest(prefix=case.prefix, suffix=case.suffix, hole_tokens=case.hole_tokens,
-                                      max_new_tokens=case.hole_tokens, sampling=SamplingConfig(sampler=sampler)))
+                                      max_new_tokens=case.hole_tokens, sampling=sampling))
     return {"ms": res.timings_ms["total"], "prefill_ms": res.timings_ms["prefill"],
             "forward_passes": res.forward_passes, "generated_tokens": res.generated_tokens,
             "committed": sum(res.tokens_per_step), "context_tokens": sum(res.context_tokens), "text": res.text}
@@ -144,6 +144,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/engine_speed.json")
+    p.add_argument("--fast", default="fast", help="the fast sampler's settings as a spec, e.g. "
+                   "'fast:min_per_step=4' (see engine.types.parse_sampling; default: the engine's defaults)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     return p.parse_args(argv)
 
@@ -153,19 +155,22 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     engine = Engine.from_pretrained(a.model, device=a.device)
+    configs = {"naive": parse_sampling("naive", engine.default_sampling),
+               "fast": parse_sampling(a.fast, engine.default_sampling)}
     cases = make_cases(a.n, a.seed)
     for sampler in SAMPLERS:  # warm-up: first calls pay for allocation and dispatch caches
-        run_case(engine, cases[0], sampler)
+        run_case(engine, cases[0], configs[sampler])
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SAMPLERS}
     t0 = time.perf_counter()
     for case in cases:  # interleaved, so a change in machine load hits both samplers alike
         for sampler in SAMPLERS:
-            runs[sampler].append(run_case(engine, case, sampler))
+            runs[sampler].append(run_case(engine, case, configs[sampler]))
     stats = {s: summarize(r) for s, r in runs.items()}
     same = sum(x["text"] == y["text"] for x, y in zip(runs["naive"], runs["fast"])) / len(cases)
     check = targets(stats)
     report = {
-        "settings": vars(a) | {"threads_used": torch.get_num_threads(), "files": [c.source for c in cases],
+        "settings": vars(a) | {"threads_used": torch.get_num_threads(),
+                               "sampling": {k: asdict(v) for k, v in configs.items()}, "files": [c.source for c in cases],
                                "hole_tokens": [c.hole_tokens for c in cases]},
         "model": engine.info(), "elapsed_s": round(time.perf_counter() - t0, 2),
         "samplers": stats, "same_text_rate": same, **check,

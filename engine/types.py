@@ -7,7 +7,7 @@ sampler in `engine.generate` works on token ids and uses only `SamplingConfig`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 
 @dataclass(frozen=True)
@@ -102,3 +102,34 @@ class InfillResult:
     @property
     def text(self) -> str:
         return self.texts[0] if self.texts else ""
+
+
+def parse_sampling(spec: str, base: SamplingConfig | None = None) -> SamplingConfig:
+    """A `SamplingConfig` from a command-line spec: a sampler name, optionally followed by
+    `:field=value,...`, e.g. "fast", "naive", "fast:min_per_step=4,threshold=0.8", "fast:factor=1".
+    Fields not named keep `base`'s values (default: `SamplingConfig()`)."""
+    name, _, rest = spec.partition(":")
+    cfg = replace(base or SamplingConfig(), sampler=name.strip())
+    kinds = {f.name: f.type for f in fields(SamplingConfig)}
+    changes: dict[str, object] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or key not in kinds or key == "sampler":
+            raise ValueError(f"bad sampling spec {spec!r}: {item!r} is not FIELD=VALUE with a field of "
+                             f"SamplingConfig ({', '.join(k for k in kinds if k != 'sampler')})")
+        kind, raw = str(kinds[key]), raw.strip()
+        try:
+            if raw.lower() == "none" and "None" in kind:
+                changes[key] = None
+            elif kind.startswith("bool"):
+                changes[key] = raw.lower() in ("1", "true", "yes")
+            elif kind.startswith("int"):
+                changes[key] = int(raw)
+            elif kind.startswith("float"):
+                changes[key] = float(raw)
+            else:
+                changes[key] = raw
+        except ValueError:
+            raise ValueError(f"bad sampling spec {spec!r}: {key} needs a {kind.split(' ')[0]}, not {raw!r}") from None
+    return replace(cfg, **changes)

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 
 from engine.engine import DEFAULT_MODEL_DIR, Engine
+from engine.engine import SAMPLERS as ENGINE_SAMPLERS
 from engine.evaluation.metrics import Outcome, aggregate, score
 from engine.evaluation.tasks import KINDS, FimTask, load_documents, make_tasks
 from engine.model import Transformer
-from engine.types import InfillRequest, SamplingConfig
+from engine.types import InfillRequest, parse_sampling
 
 HOLE_TOKENS = {"single_line": 16, "multi_line": 48, "span": 48}
 BAR_FACTOR = 2.0  # single-line exact match must reach this multiple of the best heuristic's
@@ -41,7 +42,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--corpus", default="data/v1/corpus/test.jsonl", help="held-out split (JSON lines)")
     p.add_argument("--n-per-kind", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samplers", default="fast,naive", help="comma list of engine samplers")
+    p.add_argument("--samplers", default="fast,naive",
+                   help="engine samplers separated by ';' (or ',' when no spec has options): a name, "
+                        "optionally with settings, e.g. 'fast;naive;fast:min_per_step=4;fast:factor=1'")
     p.add_argument("--baselines", default="untrained,heuristic", help="comma list: untrained, heuristic")
     p.add_argument("--out", default="runs/eval/eval.json", help="JSON report path")
     p.add_argument("--max-new-tokens", type=int, default=64, help="the most a hole may grow to")
@@ -81,8 +84,8 @@ def untrained_engine(engine: Engine, seed: int = 0) -> Engine:
     return Engine(model, engine.tokenizer, name="untrained", default_sampling=engine.default_sampling)
 
 
-def model_system(engine: Engine, sampler: str, max_new_tokens: int) -> Callable[[FimTask], Prediction]:
-    cfg = SamplingConfig(sampler=sampler)
+def model_system(engine: Engine, spec: str, max_new_tokens: int) -> Callable[[FimTask], Prediction]:
+    cfg = parse_sampling(spec, engine.default_sampling)
 
     def run(task: FimTask) -> Prediction:
         hole = min(HOLE_TOKENS[task.kind], max_new_tokens)
@@ -104,7 +107,11 @@ def heuristic_system(fn: Callable[[FimTask], str]) -> Callable[[FimTask], Predic
 
 
 def build_systems(engine: Engine, a: argparse.Namespace) -> dict[str, Callable[[FimTask], Prediction]]:
-    samplers = [s for s in a.samplers.split(",") if s]
+    samplers = [s.strip() for s in a.samplers.split(";" if ("=" in a.samplers or ";" in a.samplers) else ",")
+                if s.strip()]
+    for spec in samplers:  # a bad spec fails before any work
+        if parse_sampling(spec).sampler not in ENGINE_SAMPLERS:
+            raise ValueError(f"unknown sampler in {spec!r}; known: {', '.join(ENGINE_SAMPLERS)}")
     baselines = {b for b in a.baselines.split(",") if b}
     unknown = baselines - {"untrained", "heuristic"}
     if unknown:

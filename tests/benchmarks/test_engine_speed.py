@@ -39,3 +39,16 @@ def test_main_writes_the_report(tiny_ckpt, tmp_path, capsys):
     assert {"speedup_target", "passes_per_token_target"} <= set(r) and len(r["cases"]) == 2
     printed = capsys.readouterr().out
     assert "speedup_target" in printed and ("PASS" in printed or "FAIL" in printed)
+
+
+def test_fast_spec_sets_the_fast_sampler(tiny_ckpt, tmp_path):
+    out = tmp_path / "speed.json"
+    rc = engine_speed.main(["--n", "1", "--model", str(tiny_ckpt), "--threads", "1", "--device", "cpu",
+                            "--fast", "fast:threshold=2.0,min_per_step=4", "--out", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["settings"]["sampling"]["fast"]["min_per_step"] == 4
+    assert r["settings"]["sampling"]["naive"]["sampler"] == "naive"
+    case = r["cases"][0]
+    assert case["fast"]["forward_passes"] <= -(-case["hole_tokens"] // 4)  # >= 4 commits per forward
+    assert case["naive"]["forward_passes"] == case["naive"]["committed"]  # naive: one per forward

@@ -156,3 +156,15 @@ def test_sharded_checkpoint_with_index(tiny_ckpt, tmp_path):
     (d / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match="missing"):
         Engine.from_pretrained(d)
+
+
+def test_parse_sampling_specs():
+    from engine.types import parse_sampling
+
+    base = SamplingConfig(threshold=0.8)
+    assert parse_sampling("naive", base) == SamplingConfig(sampler="naive", threshold=0.8)
+    cfg = parse_sampling("fast:min_per_step=4, factor=1,steps=none,eos_fill=false", base)
+    assert (cfg.min_per_step, cfg.factor, cfg.steps, cfg.eos_fill, cfg.threshold) == (4, 1.0, None, False, 0.8)
+    for bad in ("fast:bogus=1", "fast:steps=x", "fast:threshold", "fast:sampler=naive"):
+        with pytest.raises(ValueError, match="bad sampling spec"):
+            parse_sampling(bad)

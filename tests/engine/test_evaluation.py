@@ -196,6 +196,20 @@ def test_heuristic_scores_one_on_repeated_lines(tiny_ckpt, tmp_path):
     assert report["best_heuristic"]["single_line"]["system"] == "heuristic/repeat_line_above"
 
 
+def test_sampler_specs_become_separate_systems(tiny_ckpt, corpus, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rc = run.main(["--model", str(tiny_ckpt), "--corpus", str(corpus), "--n-per-kind", "1", "--max-new-tokens", "8",
+                   "--samplers", "fast;fast:min_per_step=4", "--baselines", "", "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"model/fast", "model/fast:min_per_step=4"}
+    assert run.main(["--model", str(tiny_ckpt), "--corpus", str(corpus), "--samplers", "magic",
+                     "--out", ""]) == 2
+    assert run.main(["--model", str(tiny_ckpt), "--corpus", str(corpus), "--samplers", "fast:nope=1",
+                     "--out", ""]) == 2
+    assert "nope=1" in capsys.readouterr().err
+
+
 def test_missing_corpus_exits_2(tmp_path, capsys):
     assert run.main(["--corpus", str(tmp_path / "nope.jsonl")]) == 2
     assert "not found" in capsys.readouterr().err
