@@ -34,6 +34,13 @@ def _eval_table(ev: dict) -> list[str]:
     return out
 
 
+def _curriculum(tr: dict) -> str:
+    if "t_max_start" in tr:
+        return (f"in the last run from {float(tr['t_max_start']):g} over the first "
+                f"{100 * float(tr.get('t_ramp', 0.5)):.0f}% of its budget; the runs before it are listed under Experiments")
+    return "see Experiments for each run's schedule"
+
+
 def render(ckpt: Path, run: Path, corpus: Path, eval_json: Path | None, experiments: str) -> str:
     model, a = load_model(ckpt)
     cfg = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
@@ -76,15 +83,17 @@ def render(ckpt: Path, run: Path, corpus: Path, eval_json: Path | None, experime
         f" (weighting `{tr.get('loss_weighting', 'flat')}`), mixed with FIM-shaped corruption for"
         f" {100 * float(tr.get('fim_rate', 0.15)):.0f}% of the rows (a whole line, 2-8 lines or a random span as",
         "the middle, followed by 0-24 EOS pads so the model learns to end a fill; only the middle is",
-        "masked). A curriculum over the masking rate: t ~ U(0, t_max) with t_max ramping from 0.3 to 1",
-        "over the first half of the run. AdamW (betas 0.9/0.95), linear warmup then cosine over the",
-        "wall-clock budget, grad clip 1.0, documents packed to the sequence length.", "",
+        "masked). A curriculum over the masking rate: t ~ U(0, t_max) with t_max ramping linearly to 1"
+        f" ({_curriculum(tr)}). AdamW (betas 0.9/0.95), linear warmup then cosine over the",
+        "wall-clock budget, grad clip 1.0, documents packed to the sequence length. Runs may be",
+        "resumed or warm-started from an earlier run; the totals below add up the whole lineage.", "",
         f"- Steps: {tr.get('step', '?')}; tokens seen: {tr.get('tokens_seen', 0) / 1e6:.1f} M; "
         f"training time: {tr.get('train_hours', 0):.2f} h on 2 CPU cores (fp32)",
         f"- Best validation loss: {tr.get('val_loss', '?')} (the training corruption with t ~ U(0, 1), held-out "
         f"packages); masked-token CE with 15% random masking: {tr.get('val_ce15', '?')} nats "
         "(a unigram model scores 6.49)",
         f"- Loss still falling at the end of the run: {'yes' if falling else 'no / flat'}",
+        "- The curve below covers the last run of the lineage.",
         "", "![loss curve](loss_curve.png)", "",
         "## Experiments", "", experiments.strip() or "(none recorded)", "",
         "## Evaluation (held-out test packages)", "",

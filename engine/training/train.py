@@ -222,7 +222,9 @@ class Trainer:
                                   "train_hours": round((self.train_seconds + self.prior["seconds"]) / 3600, 3),
                                   "seq_len": self.a.seq_len, "size": self.a.size,
                                   "loss_weighting": self.a.loss_weighting, "region": self.a.region,
-                                  "fim_rate": self.a.fim_rate}}
+                                  "fim_rate": self.a.fim_rate, "t_max_start": self.a.t_max_start,
+                                  "t_ramp": self.a.t_ramp,
+                                  "warm_start": Path(self.a.init_from).name if self.a.init_from else None}}
         # positions beyond the trained sequence length are out of distribution for RoPE: the engine
         # clips its context to what the model saw
         save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta,
