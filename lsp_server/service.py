@@ -75,9 +75,10 @@ class Service:
 
     def _sampling(self) -> Any:
         s, base = self.settings, getattr(self.host.engine, "default_sampling", None)
-        if base is None or (s.threshold is None and s.steps is None):
+        pairs = (("threshold", s.threshold), ("steps", s.steps), ("min_per_step", s.min_per_step))
+        changes = {k: v for k, v in pairs if v is not None}
+        if base is None or not changes:
             return None
-        changes = {k: v for k, v in (("threshold", s.threshold), ("steps", s.steps)) if v is not None}
         return replace(base, **changes)
 
     # -- inline completion ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "device": ("device", (str, type(None))),
     "threshold": ("threshold", (int, float, type(None))),
     "steps": ("steps", (int, type(None))),
+    "minPerStep": ("min_per_step", (int, type(None))),
     "maxTokens": ("max_tokens", (int,)),
     "debounceMs": ("debounce_ms", (int, float)),
     "enabledLanguages": ("enabled_languages", (list, tuple)),
@@ -31,6 +32,7 @@ class Settings:
     device: str | None = None
     threshold: float | None = None
     steps: int | None = None
+    min_per_step: int | None = None
     max_tokens: int = 64
     debounce_ms: float = 20.0
     enabled_languages: tuple[str, ...] = ()
@@ -70,6 +72,8 @@ def _clean(name: str, value: Any) -> Any:
         return max(0.0, min(float(value), 5000.0))
     if name == "steps" and value is not None:
         return max(1, int(value))
+    if name == "min_per_step" and value is not None:
+        return max(1, min(int(value), 256))
     if name == "threshold" and value is not None:
         return float(value)
     return value

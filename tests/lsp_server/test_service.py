@@ -217,9 +217,10 @@ def test_regenerate_selection_and_complete_body():
 def test_settings_change_sampling_and_reload_flag():
     engine = FakeEngine(fill=lambda req: ("z",))
     svc = _service(engine)
-    assert svc.configure({"dlsp": {"threshold": 0.5, "steps": 3, "maxTokens": 7}}) is False
+    assert svc.configure({"dlsp": {"threshold": 0.5, "steps": 3, "minPerStep": 2, "maxTokens": 7}}) is False
     asyncio.run(svc.suggest(URI, _pos(3, 11)))
     req = engine.calls[-1]
     assert req.sampling.threshold == 0.5 and req.sampling.steps == 3 and req.max_new_tokens <= 7
+    assert req.sampling.min_per_step == 2
     assert svc.configure({"modelPath": "/elsewhere"}) is True
     svc.scheduler.shutdown()

@@ -18,9 +18,10 @@ from lsp_server.stats import Stats, percentile
 def test_settings_accept_known_keys_and_ignore_bad_values():
     s = Settings().updated({"dlsp": {"modelPath": "/m", "device": "cpu", "threshold": 0.7, "steps": 4,
                                      "maxTokens": 32, "debounceMs": 10, "enabledLanguages": ["python", 3],
-                                     "contextTokens": 256, "logLevel": "debug", "unknown": 1}})
+                                     "contextTokens": 256, "logLevel": "debug", "minPerStep": 999, "unknown": 1}})
     assert (s.model_path, s.device, s.threshold, s.steps, s.max_tokens) == ("/m", "cpu", 0.7, 4, 32)
     assert s.enabled_languages == ("python",) and s.context_tokens == 256 and s.debounce_ms == 10
+    assert s.min_per_step == 256  # clamped
     assert s.language_enabled("python") and not s.language_enabled("go")
     bad = s.updated({"maxTokens": "many", "steps": True, "enabledLanguages": "python"})
     assert bad == s
