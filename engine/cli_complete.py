@@ -27,6 +27,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=48, help="the most the hole may grow to")
     p.add_argument("--sampler", default="fast", choices=["fast", "naive"])
     p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--single-line", action="store_true", help="the fill ends at its first line break")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = Engine.from_pretrained(a.model, device=a.device)
         cfg = SamplingConfig(sampler=a.sampler, threshold=a.threshold)
         res = engine.infill(InfillRequest(prefix=prefix, suffix=suffix, hole_tokens=a.tokens,
-                                          max_new_tokens=a.max_tokens, sampling=cfg))
+                                          max_new_tokens=a.max_tokens, sampling=cfg, single_line=a.single_line))
     except (OSError, ValueError, DlspError) as exc:
         print(f"dlsp complete: {exc}", file=sys.stderr)
         return 1

@@ -58,6 +58,7 @@ class Engine:
         self.name = name
         self.shifted = FAMILIES[self.args.family].shifted
         self.default_sampling = default_sampling or SamplingConfig()
+        self._newlines: torch.Tensor | None = None
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         if cuda_graphs is None:
@@ -131,9 +132,12 @@ class Engine:
         t1 = time.perf_counter()
         hole_tokens = min(req.hole_tokens, max_new)
         out = generate(self.model, segments, cfg, self.shifted, hole_tokens=hole_tokens,
-                       max_new_tokens=max_new, should_stop=req.should_stop, graphs=self.graphs)
+                       max_new_tokens=max_new, should_stop=req.should_stop, graphs=self.graphs,
+                       stop_ids=self._newline_ids() if req.single_line else None)
         t2 = time.perf_counter()
         texts = tuple(self.tokenizer.decode(f) for f in out.fills)
+        if req.single_line:
+            texts = tuple(t.split("\n", 1)[0] for t in texts)
         t3 = time.perf_counter()
         timings = {"tokenize": (t1 - t0) * 1e3, "prefill": out.prefill_ms, "steps": out.steps_ms,
                    "detokenize": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
@@ -141,6 +145,13 @@ class Engine:
                             tokens_per_step=tuple(out.tokens_per_step),
                             generated_tokens=sum(map(len, out.fills)), cancelled=out.cancelled,
                             context_tokens=kept)
+
+    def _newline_ids(self) -> torch.Tensor:
+        """(V,) bool on the model's device: tokens holding a line break (cached)."""
+        if self._newlines is None:
+            self._newlines = torch.tensor(self.tokenizer.newline_ids(self.args.vocab_size), dtype=torch.bool,
+                                          device=self.device)
+        return self._newlines
 
     def with_sampling(self, **changes: Any) -> SamplingConfig:
         return replace(self.default_sampling, **changes)

@@ -63,8 +63,10 @@ class _Run:
     """One generation: canvas, cache and counters for a single call of `generate`."""
 
     def __init__(self, model: Transformer, shifted: bool, cfg: SamplingConfig, holes: _Holes,
-                 segments: list[list[int]], device: torch.device, graphs: StepGraphs | None = None) -> None:
+                 segments: list[list[int]], device: torch.device, graphs: StepGraphs | None = None,
+                 stop_ids: torch.Tensor | None = None) -> None:
         self.model, self.a, self.cfg, self.graphs = model, model.args, cfg, graphs
+        self.stop = None if stop_ids is None else stop_ids.to(device)
         self.shift = 1 if shifted else 0
         self.holes, self.segments, self.device = holes, segments, device
         self.out = GenOutput(fills=[])
@@ -128,13 +130,18 @@ class _Run:
         for hh in torch.unique(mhole).tolist():
             self.holes.used[hh] += 1
         n = int(chosen.sum())
-        if self.cfg.eos_fill:
-            n += self._eos_fill(mpos[chosen], mhole[chosen], tokens[chosen])
+        if self.cfg.eos_fill or self.stop is not None:
+            n += self._end_fill(mpos[chosen], mhole[chosen], tokens[chosen])
         return n
 
-    def _eos_fill(self, cpos: torch.Tensor, chole: torch.Tensor, ctok: torch.Tensor) -> int:
-        """After an EOS/pad commit, the rest of that hole is EOS too (the model was trained so)."""
-        ends = (ctok == self.a.eos_id) | (ctok == self.a.pad_id)
+    def _end_fill(self, cpos: torch.Tensor, chole: torch.Tensor, ctok: torch.Tensor) -> int:
+        """After an EOS/pad commit (with `eos_fill`) or a stop token, the rest of that hole is EOS
+        (the model was trained so: a FIM middle is followed by EOS pads)."""
+        ends = torch.zeros_like(ctok, dtype=torch.bool)
+        if self.cfg.eos_fill:
+            ends |= (ctok == self.a.eos_id) | (ctok == self.a.pad_id)
+        if self.stop is not None:
+            ends |= self.stop[ctok]
         filled = 0
         for hh in torch.unique(chole[ends]).tolist():
             first = int(cpos[ends & (chole == hh)].min())
@@ -149,11 +156,12 @@ class _Run:
             self.holes.fills[h] = self.canvas[0, self.pos[self.hole_of == h]].tolist()
 
 
-def _grow(a: ModelArgs, holes: _Holes, cfg: SamplingConfig, max_new_tokens: int) -> bool:
-    """Append masks to every full hole that has not ended; True if any grew."""
+def _grow(a: ModelArgs, holes: _Holes, cfg: SamplingConfig, max_new_tokens: int,
+          stop: set[int] | None = None) -> bool:
+    """Append masks to every full hole that has not ended (EOS/pad or a stop token); True if any grew."""
     grew = False
     for h, fill in enumerate(holes.fills):
-        ended = a.eos_id in fill or a.pad_id in fill
+        ended = a.eos_id in fill or a.pad_id in fill or bool(stop and stop.intersection(fill))
         room = max_new_tokens - len(fill)
         if ended or room <= 0 or cfg.grow_tokens <= 0:
             continue
@@ -164,20 +172,24 @@ def _grow(a: ModelArgs, holes: _Holes, cfg: SamplingConfig, max_new_tokens: int)
     return grew
 
 
-def _strip(a: ModelArgs, fill: list[int]) -> list[int]:
+def _strip(a: ModelArgs, fill: list[int], stop: set[int] | None = None) -> list[int]:
+    """The fill up to its first EOS/pad (excluded) or stop token (kept), special tokens dropped."""
     out = []
     for t in fill:
         if t in (a.eos_id, a.pad_id):
             break
         if t not in (a.mask_id, a.bos_id, a.expand_id):
             out.append(t)
+        if stop and t in stop:
+            break
     return out
 
 
 @torch.inference_mode()
 def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig, shifted: bool,
              hole_tokens: int = 16, max_new_tokens: int = 64,
-             should_stop: Callable[[], bool] | None = None, graphs: StepGraphs | None = None) -> GenOutput:
+             should_stop: Callable[[], bool] | None = None, graphs: StepGraphs | None = None,
+             stop_ids: torch.Tensor | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -187,6 +199,9 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         hole_tokens: initial masks per hole; max_new_tokens: the most a hole may grow to.
         should_stop: polled before every step; True ends the run with `cancelled`.
         graphs: captured fixed-shape steps (CUDA graphs) for the cached steps; None = eager.
+        stop_ids: (V,) bool, tokens that end a fill where they are committed (e.g. those holding a
+            line break, for single-line fills): later slots of that hole become EOS and it does
+            not grow. The stop token itself stays in the fill.
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """
@@ -196,7 +211,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     if n0 == 0:
         return GenOutput(fills=[[] for _ in range(n_holes)])
     holes = _Holes([[a.mask_id] * n0 for _ in range(n_holes)], [cfg.steps or n0] * n_holes, [0] * n_holes)
-    run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs)
+    run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids)
+    stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
     while True:
         run.layout()
         run.full()
@@ -214,7 +230,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             step += 1
         run.out.steps_ms += (time.perf_counter() - t0) * 1e3
         run.read_fills()
-        if not _grow(a, holes, cfg, max_new_tokens):
+        if not _grow(a, holes, cfg, max_new_tokens, stop):
             break
-    run.out.fills = [_strip(a, f) for f in holes.fills]
+    run.out.fills = [_strip(a, f, stop) for f in holes.fills]
     return run.out

@@ -60,6 +60,8 @@ class InfillRequest:
         max_new_tokens: budget per hole: a hole grows up to this many tokens.
         max_context_tokens: token budget for prefix + suffix (None = what the model allows).
         sampling: sampler settings (None = the engine's default).
+        single_line: each fill ends at its first line break: a committed token holding one ends
+            the hole there (later slots become EOS, no growth) and the text is cut before it.
         should_stop: polled between denoising steps; True cancels the run.
     """
 
@@ -70,6 +72,7 @@ class InfillRequest:
     max_new_tokens: int = 64
     max_context_tokens: int | None = None
     sampling: SamplingConfig | None = None
+    single_line: bool = False
     should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     @property

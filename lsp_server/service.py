@@ -135,7 +135,8 @@ class Service:
         if raw is None:
             req = InfillRequest(prefix=ctx.prefix, suffix=ctx.suffix, hole_tokens=ctx.hole_tokens,
                                 max_new_tokens=ctx.max_new_tokens, max_context_tokens=s.context_tokens,
-                                sampling=self._sampling(), should_stop=job.should_stop)
+                                sampling=self._sampling(), single_line=not ctx.multiline,
+                                should_stop=job.should_stop)
             result = await self.scheduler.run(job, lambda stop: engine.infill(req))
             if result is None or result.cancelled:
                 raise Stopped(job.reason or "cancelled")

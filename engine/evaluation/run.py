@@ -8,7 +8,8 @@ Systems, all on the same tasks (see `engine.evaluation.tasks`):
 
 The model never sees the true length of the middle: every hole starts at a fixed size (16 tokens
 for single-line, 48 otherwise), grows up to --max-new-tokens and shrinks by EOS. Single-line
-fills are cut at their first newline. Prints a table and writes JSON (see `summarize`).
+tasks ask the engine for a single-line fill (it ends at the first line break), as the server
+does. Prints a table and writes JSON (see `summarize`).
 """
 
 from __future__ import annotations
@@ -90,9 +91,9 @@ def model_system(engine: Engine, spec: str, max_new_tokens: int) -> Callable[[Fi
     def run(task: FimTask) -> Prediction:
         hole = min(HOLE_TOKENS[task.kind], max_new_tokens)
         res = engine.infill(InfillRequest(prefix=task.prefix, suffix=task.suffix, hole_tokens=hole,
-                                          max_new_tokens=max_new_tokens, sampling=cfg))
-        text = res.text.split("\n", 1)[0] if task.kind == "single_line" else res.text
-        return text, res.timings_ms["total"], res.forward_passes, res.generated_tokens
+                                          max_new_tokens=max_new_tokens, sampling=cfg,
+                                          single_line=task.kind == "single_line"))
+        return res.text, res.timings_ms["total"], res.forward_passes, res.generated_tokens
 
     return run
 

@@ -90,11 +90,6 @@ def t_max_at(step: int, a: argparse.Namespace, seconds: float = 0.0) -> float:
     return min(1.0, a.t_max_start + (1 - a.t_max_start) * progress(step, a, seconds) / a.t_ramp)
 
 
-def newline_table(tok: Tokenizer, vocab: int) -> torch.Tensor:
-    """(V,) bool: tokens whose text contains a newline (line boundaries for FIM middles)."""
-    return torch.tensor([("\n" in tok.decode([i])) for i in range(vocab)], dtype=torch.bool)
-
-
 def model_args(a: argparse.Namespace, tok: Tokenizer) -> ModelArgs:
     ids = {name: tok.token_to_id(t) for name, t in (("mask", "<|mask|>"), ("eos", "<|eos|>"), ("bos", "<|bos|>"))}
     if None in ids.values():
@@ -128,7 +123,7 @@ class Trainer:
         self.train_data = PackedTokens(Path(a.data) / "train.bin")
         self.val = PackedTokens(Path(a.data) / "val.bin").fixed_batches(a.eval_batches, a.batch_size, a.seq_len,
                                                                       self.args.bos_id)
-        self.is_nl = newline_table(self.tok, self.args.vocab_size)
+        self.is_nl = torch.tensor(self.tok.newline_ids(self.args.vocab_size), dtype=torch.bool)  # line boundaries
         self.obj = ObjectiveConfig(fim_rate=a.fim_rate, weighting=a.loss_weighting, region=a.region)
         self.g = torch.Generator().manual_seed(a.seed * 1000 + self.rank)
         self.step, self.best_val, self.tokens_seen, self.train_seconds = 0, float("inf"), 0, 0.0

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
+import torch
 
 from engine import CheckpointError, Engine, InfillRequest, InvalidRequestError, SamplingConfig
 from engine.engine import split_budget
@@ -168,3 +170,21 @@ def test_parse_sampling_specs():
     for bad in ("fast:bogus=1", "fast:steps=x", "fast:threshold", "fast:sampler=naive"):
         with pytest.raises(ValueError, match="bad sampling spec"):
             parse_sampling(bad)
+
+
+def test_single_line_fills_stop_at_the_first_line_break(engine, monkeypatch):
+    nl = engine.tokenizer.newline_ids()
+    assert len(nl) == engine.tokenizer.vocab_size and any(nl) and not all(nl)
+    assert nl[engine.tokenizer.encode("\n")[0]] and not nl[engine.tokenizer.encode("x")[0]]
+    assert len(engine.tokenizer.newline_ids(engine.tokenizer.vocab_size + 5)) == engine.tokenizer.vocab_size + 5
+    req = InfillRequest(prefix="def f(x):\n    return x\n\ndef g(", suffix="\n", hole_tokens=8, max_new_tokens=24)
+    free = engine.infill(req)
+    one = engine.infill(replace(req, single_line=True))
+    assert "\n" not in one.text
+    assert one.forward_passes <= free.forward_passes
+    # the random model writes no line break; pretend its favourite tokens hold one
+    stops = torch.zeros(engine.args.vocab_size, dtype=torch.bool)
+    stops[torch.tensor(engine.tokenizer.encode(free.text))] = True
+    monkeypatch.setattr(engine, "_newlines", stops)
+    cut = engine.infill(replace(req, single_line=True))
+    assert cut.generated_tokens < free.generated_tokens and cut.forward_passes < free.forward_passes

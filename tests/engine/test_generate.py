@@ -89,6 +89,31 @@ def test_hole_grows_until_eos_or_budget():
     assert out.fills == [[5] * 6]  # canvas: bos, 3, then slots 2..7 -> six 5s before the EOS
 
 
+def test_stop_token_ends_the_fill_and_stops_growth():
+    stop = torch.zeros(A.vocab_size, dtype=torch.bool)
+    stop[7] = True
+    model = ScriptedModel(lambda p: 7 if p == 4 else 5)  # canvas: bos, 3, slots 2.. -> the 3rd slot is a stop
+    out = _run(model, [[3], [9]], SamplingConfig(grow_tokens=4), hole_tokens=4, max_new_tokens=32, stop_ids=stop)
+    assert out.fills == [[5, 5, 7]]  # cut after the stop token, no growth past the first block
+    assert model.calls == 1
+    plain = _run(ScriptedModel(lambda p: 7 if p == 4 else 5), [[3], [9]], SamplingConfig(grow_tokens=4),
+                 hole_tokens=4, max_new_tokens=12)
+    assert plain.fills == [[5, 5, 7] + [5] * 9]  # without stop ids the hole grows to its budget
+
+
+def test_stop_token_turns_the_rest_of_the_hole_into_eos(tiny_ckpt):
+    model, _ = load_model(tiny_ckpt)
+    cfg = SamplingConfig(threshold=2.0, eos_fill=False)  # one commit per step, by confidence
+    free = generate(model, [[5, 6, 7], [8]], cfg, False, hole_tokens=8, max_new_tokens=8)
+    first = free.fills[0][0] if free.fills[0] else None
+    assert first is not None
+    stop = torch.zeros(model.args.vocab_size, dtype=torch.bool)
+    stop[torch.tensor(free.fills[0])] = True  # every token it would write is a stop token
+    out = generate(model, [[5, 6, 7], [8]], cfg, False, hole_tokens=8, max_new_tokens=8, stop_ids=stop)
+    assert len(out.fills[0]) < 8 and len(out.tokens_per_step) < 8
+    assert sum(out.tokens_per_step) == 8  # the slots after the stop were filled with EOS at once
+
+
 def test_several_holes_are_denoised_jointly():
     model = ScriptedModel(lambda p: 5 if p < 5 else (6 if 7 <= p < 9 else 1))
     out = _run(model, [[3], [9], [8]], hole_tokens=4, max_new_tokens=4)

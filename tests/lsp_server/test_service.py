@@ -224,3 +224,14 @@ def test_settings_change_sampling_and_reload_flag():
     assert req.sampling.min_per_step == 2
     assert svc.configure({"modelPath": "/elsewhere"}) is True
     svc.scheduler.shutdown()
+
+
+def test_single_line_contexts_ask_the_engine_to_stop_at_the_line_break():
+    engine = FakeEngine(fill=lambda req: ("a + b",))
+    svc = _service(engine)
+    asyncio.run(svc.suggest(URI, _pos(3, 11)))  # after `return `: one line
+    assert engine.calls[-1].single_line is True
+    svc.docs.open("file:///w/b.py", "python", 1, "def add(a, b):\n")
+    asyncio.run(svc.suggest("file:///w/b.py", _pos(0, 14)))  # end of a block header: a body
+    assert engine.calls[-1].single_line is False
+    svc.scheduler.shutdown()
