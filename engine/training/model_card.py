@@ -41,12 +41,13 @@ def _curriculum(tr: dict) -> str:
     return "see Experiments for each run's schedule"
 
 
-def render(ckpt: Path, run: Path, corpus: Path, eval_json: Path | None, experiments: str) -> str:
+def render(ckpt: Path, run: Path, corpus: Path, eval_json: Path | None, experiments: str,
+           tokenizer_experiment: Path | None = None) -> str:
     model, a = load_model(ckpt)
     cfg = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
     tr = cfg.get("dlsp_training", {})
     stats = _load_json(corpus / "stats.json")
-    tok_exp = _load_json(run.parent / "tokenizer_experiment.json")
+    tok_exp = _load_json(tokenizer_experiment) if tokenizer_experiment else {}
     recs = [json.loads(x) for x in (run / "log.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
     vals = [r for r in recs if "val_loss" in r]
     falling = len(vals) >= 4 and vals[-1]["val_loss"] < min(v["val_loss"] for v in vals[-4:-1])
@@ -73,7 +74,8 @@ def render(ckpt: Path, run: Path, corpus: Path, eval_json: Path | None, experime
     for s, v in stats.items():
         lines.append(f"| {s} | {v['packages']} | {v['files']} | {v['chars'] / 1e6:.1f} |")
     if tok_exp:
-        lines += ["", "Tokenizer vocabulary experiment (chars/token on validation, higher is denser):", "",
+        lines += ["", "Tokenizer vocabulary experiment (`dlsp train-tokenizer --experiment`; chars/token on the",
+                  "validation split, higher is denser; each vocabulary entry costs an embedding row):", "",
                   "| vocab | chars/token |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in tok_exp.items()]
     lines += [
@@ -113,10 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="data/corpus", type=Path)
     p.add_argument("--eval", default=None, type=Path)
     p.add_argument("--experiments", default="", help="markdown file with the experiments table (or the text)")
+    p.add_argument("--tokenizer-experiment", default=None, type=Path,
+                   help="experiment.json written by `dlsp train-tokenizer --experiment`")
     a = p.parse_args(argv or [])
     if a.experiments and Path(a.experiments).is_file():
         a.experiments = Path(a.experiments).read_text(encoding="utf-8")
-    (a.ckpt / "MODEL_CARD.md").write_text(render(a.ckpt, a.run, a.corpus, a.eval, a.experiments), encoding="utf-8")
+    card = render(a.ckpt, a.run, a.corpus, a.eval, a.experiments, a.tokenizer_experiment)
+    (a.ckpt / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     png = a.run / "loss_curve.png"
     if png.is_file():
         (a.ckpt / "loss_curve.png").write_bytes(png.read_bytes())

@@ -23,8 +23,10 @@ def test_card_reports_model_training_and_evaluation(tmp_path):
                                                                                  "pass": True}}},
           "settings": {"seed": 3}, "n_tasks": 5}
     (tmp_path / "eval.json").write_text(json.dumps(ev))
+    (tmp_path / "tokexp.json").write_text(json.dumps({"4096": 3.1, "8192": 3.4}))
     assert model_card.main(["--ckpt", str(ckpt), "--run", str(run), "--corpus", str(corpus), "--eval",
-                            str(tmp_path / "eval.json"), "--experiments", "| run | note |\n|---|---|\n| a | b |"]) == 0
+                            str(tmp_path / "eval.json"), "--experiments", "| run | note |\n|---|---|\n| a | b |",
+                            "--tokenizer-experiment", str(tmp_path / "tokexp.json")]) == 0
     card = (ckpt / "MODEL_CARD.md").read_text()
     cfg = json.loads((ckpt / "config.json").read_text())["dlsp_training"]
     assert f"Steps: {cfg['step']}" in card and "from 0.4 over the first 30%" in card
@@ -32,4 +34,5 @@ def test_card_reports_model_training_and_evaluation(tmp_path):
     assert "| model/fast | single_line | 5 | 0.400 | 0.710 | 42 |" in card
     assert "model/fast PASS" in card and "seed 3" in card
     assert "| a | b |" in card
+    assert "| 8192 | 3.4 |" in card
     assert (ckpt / "loss_curve.png").is_file()
