@@ -16,7 +16,7 @@ from engine.checkpoint import load_model, load_tokenizer
 from engine.config import FAMILIES, ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.errors import InvalidRequestError
-from engine.generate import generate
+from engine.generate import FirstSlot, generate
 from engine.model import Transformer
 from engine.samplers import CONFIDENCE
 from engine.tokenizer import Tokenizer
@@ -59,6 +59,7 @@ class Engine:
         self.shifted = FAMILIES[self.args.family].shifted
         self.default_sampling = default_sampling or SamplingConfig()
         self._newlines: torch.Tensor | None = None
+        self._heal_cache: dict[tuple[int, bool], tuple[str, FirstSlot] | None] = {}
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         if cuda_graphs is None:
@@ -131,20 +132,55 @@ class Engine:
         segments, max_new, kept = self._segments(req)
         t1 = time.perf_counter()
         hole_tokens = min(req.hole_tokens, max_new)
+        heal = self._healing(segments[0][-1], req.single_line) if req.token_healing and segments[0] and max_new else None
+        if heal is not None:
+            segments[0] = segments[0][:-1]
         out = generate(self.model, segments, cfg, self.shifted, hole_tokens=hole_tokens,
                        max_new_tokens=max_new, should_stop=req.should_stop, graphs=self.graphs,
-                       stop_ids=self._newline_ids() if req.single_line else None)
+                       stop_ids=self._newline_ids() if req.single_line else None,
+                       first=heal[1] if heal is not None else None)
         t2 = time.perf_counter()
-        texts = tuple(self.tokenizer.decode(f) for f in out.fills)
+        texts = [self.tokenizer.decode(f) for f in out.fills]
+        generated = sum(map(len, out.fills))
+        if heal is not None and out.fills[0]:
+            texts[0] = texts[0][len(heal[0]):] if texts[0].startswith(heal[0]) else texts[0]
+            generated -= 1  # the healed slot restores context; it is not new text
         if req.single_line:
-            texts = tuple(t.split("\n", 1)[0] for t in texts)
+            texts = [t.split("\n", 1)[0] for t in texts]
         t3 = time.perf_counter()
         timings = {"tokenize": (t1 - t0) * 1e3, "prefill": out.prefill_ms, "steps": out.steps_ms,
                    "detokenize": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
-        return InfillResult(texts=texts, timings_ms=timings, forward_passes=out.forward_passes,
+        return InfillResult(texts=tuple(texts), timings_ms=timings, forward_passes=out.forward_passes,
                             tokens_per_step=tuple(out.tokens_per_step),
-                            generated_tokens=sum(map(len, out.fills)), cancelled=out.cancelled,
+                            generated_tokens=generated, cancelled=out.cancelled,
                             context_tokens=kept)
+
+    def _healing(self, last: int, single_line: bool) -> tuple[str, FirstSlot] | None:
+        """Token healing for a prefix that ends with token `last`: its text, and the constraint on
+        the first slot (tokens starting with that text; for single-line fills, a line break only
+        counts after it). None when `last` is special or a partial UTF-8 sequence."""
+        key = (last, single_line)
+        if key in self._heal_cache:
+            return self._heal_cache[key]
+        texts = self.tokenizer.token_texts()
+        special = {i for i in (self.args.mask_id, self.args.eos_id, self.args.pad_id, self.args.bos_id,
+                               self.args.expand_id) if i is not None}
+        text = texts[last] if last < len(texts) else ""
+        out = None
+        if text and "\ufffd" not in text and last not in special:
+            v = self.args.vocab_size
+            allowed = torch.zeros(v, dtype=torch.bool)
+            stop = torch.zeros(v, dtype=torch.bool) if single_line else None
+            for i, t in enumerate(texts[:v]):
+                if i not in special and t.startswith(text):
+                    allowed[i] = True
+                    if stop is not None:
+                        stop[i] = "\n" in t[len(text):]
+            out = (text, FirstSlot(allowed.to(self.device), None if stop is None else stop.to(self.device)))
+        if len(self._heal_cache) >= 512:
+            self._heal_cache.clear()
+        self._heal_cache[key] = out
+        return out
 
     def _newline_ids(self) -> torch.Tensor:
         """(V,) bool on the model's device: tokens holding a line break (cached)."""

@@ -27,6 +27,21 @@ from engine.samplers import commit_rows, factor_commits, min_commits, propose
 from engine.types import SamplingConfig
 
 
+@dataclass(frozen=True)
+class FirstSlot:
+    """A constraint on the first slot of hole 0 (token healing: the last prefix token was moved
+    into the hole, so that slot must start with its text).
+
+    Attributes:
+        allowed: (V,) bool, the tokens the slot may take.
+        stop: (V,) bool, which of them end the fill (replaces `stop_ids` for this slot: the text the
+            token shares with the prefix does not count); None = the same as elsewhere.
+    """
+
+    allowed: torch.Tensor
+    stop: torch.Tensor | None = None
+
+
 @dataclass
 class GenOutput:
     fills: list[list[int]]  # per hole, cut at the first EOS/pad
@@ -64,9 +79,11 @@ class _Run:
 
     def __init__(self, model: Transformer, shifted: bool, cfg: SamplingConfig, holes: _Holes,
                  segments: list[list[int]], device: torch.device, graphs: StepGraphs | None = None,
-                 stop_ids: torch.Tensor | None = None) -> None:
+                 stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None) -> None:
         self.model, self.a, self.cfg, self.graphs = model, model.args, cfg, graphs
         self.stop = None if stop_ids is None else stop_ids.to(device)
+        self.first = None if first is None else FirstSlot(
+            first.allowed.to(device), None if first.stop is None else first.stop.to(device))
         self.shift = 1 if shifted else 0
         self.holes, self.segments, self.device = holes, segments, device
         self.out = GenOutput(fills=[])
@@ -112,6 +129,9 @@ class _Run:
         h = self.hidden[0, src] if self.hidden_is_full else self.hidden[0, self.row_of[src]]  # (M, D)
         logits = self.model.logits(h)  # (M, V)
         logits[:, self.forbid] = float("-inf")
+        at_first = mpos == self.pos[0]  # hole 0's first slot (when still masked)
+        if self.first is not None and bool(at_first.any()):
+            logits[at_first] = logits[at_first].masked_fill(~self.first.allowed, float("-inf"))
         tokens, conf = propose(logits, self.cfg.confidence, self.cfg.temperature, self.gen)
         n_holes = len(self.holes.fills)
         if self.naive:
@@ -141,7 +161,10 @@ class _Run:
         if self.cfg.eos_fill:
             ends |= (ctok == self.a.eos_id) | (ctok == self.a.pad_id)
         if self.stop is not None:
-            ends |= self.stop[ctok]
+            stop_here = self.stop[ctok]
+            if self.first is not None and self.first.stop is not None:  # the first slot has its own rule
+                stop_here = torch.where(cpos == self.pos[0], self.first.stop[ctok], stop_here)
+            ends |= stop_here
         filled = 0
         for hh in torch.unique(chole[ends]).tolist():
             first = int(cpos[ends & (chole == hh)].min())
@@ -156,12 +179,23 @@ class _Run:
             self.holes.fills[h] = self.canvas[0, self.pos[self.hole_of == h]].tolist()
 
 
+def _stop_at(fill: list[int], stop: set[int] | None, first_stop: set[int] | None) -> int | None:
+    """Index of the first stop token in a fill (`first_stop` rules index 0 when given)."""
+    if not stop:
+        return None
+    for i, t in enumerate(fill):
+        if t in (first_stop if i == 0 and first_stop is not None else stop):
+            return i
+    return None
+
+
 def _grow(a: ModelArgs, holes: _Holes, cfg: SamplingConfig, max_new_tokens: int,
-          stop: set[int] | None = None) -> bool:
+          stop: set[int] | None = None, first_stop: set[int] | None = None) -> bool:
     """Append masks to every full hole that has not ended (EOS/pad or a stop token); True if any grew."""
     grew = False
     for h, fill in enumerate(holes.fills):
-        ended = a.eos_id in fill or a.pad_id in fill or bool(stop and stop.intersection(fill))
+        ended = (a.eos_id in fill or a.pad_id in fill
+                 or _stop_at(fill, stop, first_stop if h == 0 else None) is not None)
         room = max_new_tokens - len(fill)
         if ended or room <= 0 or cfg.grow_tokens <= 0:
             continue
@@ -172,16 +206,16 @@ def _grow(a: ModelArgs, holes: _Holes, cfg: SamplingConfig, max_new_tokens: int,
     return grew
 
 
-def _strip(a: ModelArgs, fill: list[int], stop: set[int] | None = None) -> list[int]:
+def _strip(a: ModelArgs, fill: list[int], stop: set[int] | None = None,
+           first_stop: set[int] | None = None) -> list[int]:
     """The fill up to its first EOS/pad (excluded) or stop token (kept), special tokens dropped."""
+    end = _stop_at(fill, stop, first_stop)
     out = []
-    for t in fill:
+    for t in fill if end is None else fill[:end + 1]:
         if t in (a.eos_id, a.pad_id):
             break
         if t not in (a.mask_id, a.bos_id, a.expand_id):
             out.append(t)
-        if stop and t in stop:
-            break
     return out
 
 
@@ -189,7 +223,7 @@ def _strip(a: ModelArgs, fill: list[int], stop: set[int] | None = None) -> list[
 def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig, shifted: bool,
              hole_tokens: int = 16, max_new_tokens: int = 64,
              should_stop: Callable[[], bool] | None = None, graphs: StepGraphs | None = None,
-             stop_ids: torch.Tensor | None = None) -> GenOutput:
+             stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -202,6 +236,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         stop_ids: (V,) bool, tokens that end a fill where they are committed (e.g. those holding a
             line break, for single-line fills): later slots of that hole become EOS and it does
             not grow. The stop token itself stays in the fill.
+        first: a constraint on hole 0's first slot (see `FirstSlot`).
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """
@@ -211,8 +246,9 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     if n0 == 0:
         return GenOutput(fills=[[] for _ in range(n_holes)])
     holes = _Holes([[a.mask_id] * n0 for _ in range(n_holes)], [cfg.steps or n0] * n_holes, [0] * n_holes)
-    run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids)
+    run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids, first)
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
+    first_stop = None if first is None or first.stop is None else set(torch.nonzero(first.stop).flatten().tolist())
     while True:
         run.layout()
         run.full()
@@ -230,7 +266,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             step += 1
         run.out.steps_ms += (time.perf_counter() - t0) * 1e3
         run.read_fills()
-        if not _grow(a, holes, cfg, max_new_tokens, stop):
+        if not _grow(a, holes, cfg, max_new_tokens, stop, first_stop):
             break
-    run.out.fills = [_strip(a, f, stop) for f in holes.fills]
+    run.out.fills = [_strip(a, f, stop, first_stop if h == 0 else None) for h, f in enumerate(holes.fills)]
     return run.out

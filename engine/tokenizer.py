@@ -15,7 +15,7 @@ class Tokenizer:
     def __init__(self, tok: _HFTokenizer, path: str = "<memory>") -> None:
         self._tok = tok
         self.path = path
-        self._newlines: list[bool] | None = None
+        self._texts: list[str] | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
@@ -42,11 +42,14 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def token_texts(self) -> list[str]:
+        """The text of every id on its own (special tokens included). Computed once."""
+        if self._texts is None:
+            self._texts = self._tok.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=False)
+        return self._texts
+
     def newline_ids(self, size: int | None = None) -> list[bool]:
         """Per id (`size` entries, default the vocabulary; ids the tokenizer lacks are False):
-        whether the token's text holds a line break. Computed once per tokenizer."""
-        if self._newlines is None:
-            texts = self._tok.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=False)
-            self._newlines = ["\n" in t for t in texts]
+        whether the token's text holds a line break."""
         size = self.vocab_size if size is None else size
-        return (self._newlines + [False] * size)[:size]
+        return (["\n" in t for t in self.token_texts()] + [False] * size)[:size]

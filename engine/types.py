@@ -62,6 +62,10 @@ class InfillRequest:
         sampling: sampler settings (None = the engine's default).
         single_line: each fill ends at its first line break: a committed token holding one ends
             the hole there (later slots become EOS, no growth) and the text is cut before it.
+        token_healing: move the prefix's last token into the hole and let the model rewrite it
+            (its first slot may only take tokens that start with that token's text), so that a
+            cursor inside a word or after a line break does not leave the model at a token
+            boundary it never saw in training. The returned text starts after the prefix.
         should_stop: polled between denoising steps; True cancels the run.
     """
 
@@ -73,6 +77,7 @@ class InfillRequest:
     max_context_tokens: int | None = None
     sampling: SamplingConfig | None = None
     single_line: bool = False
+    token_healing: bool = True
     should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     @property

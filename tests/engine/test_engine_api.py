@@ -188,3 +188,20 @@ def test_single_line_fills_stop_at_the_first_line_break(engine, monkeypatch):
     monkeypatch.setattr(engine, "_newlines", stops)
     cut = engine.infill(replace(req, single_line=True))
     assert cut.generated_tokens < free.generated_tokens and cut.forward_passes < free.forward_passes
+
+
+def test_token_healing_constrains_the_first_slot_to_the_last_prefix_token(engine):
+    ids = engine.tokenizer.encode("def f(x):\n    return x\n")
+    text, first = engine._healing(ids[-1], single_line=True)
+    texts = engine.tokenizer.token_texts()
+    assert text == texts[ids[-1]] and bool(first.allowed[ids[-1]])
+    allowed = torch.nonzero(first.allowed).flatten().tolist()
+    assert all(texts[i].startswith(text) for i in allowed)
+    assert not any(first.allowed[i] for i in (engine.args.mask_id, engine.args.eos_id, engine.args.bos_id))
+    for i in allowed:  # a line break counts only after the healed text
+        assert bool(first.stop[i]) == ("\n" in texts[i][len(text):])
+    assert engine._healing(engine.args.eos_id, single_line=False) is None
+    req = InfillRequest(prefix="def f(x):\n    ret", suffix="\n", hole_tokens=6, max_new_tokens=6)
+    healed, plain = engine.infill(req), engine.infill(replace(req, token_healing=False))
+    assert healed.context_tokens == plain.context_tokens  # the healed token still counts as context
+    assert healed.forward_passes >= 1 and plain.forward_passes >= 1

@@ -9,7 +9,7 @@ import torch
 
 from engine.checkpoint import load_model, load_tokenizer
 from engine.config import ModelArgs
-from engine.generate import generate
+from engine.generate import FirstSlot, generate
 from engine.samplers import factor_commits, min_commits
 from engine.types import SamplingConfig
 
@@ -112,6 +112,25 @@ def test_stop_token_turns_the_rest_of_the_hole_into_eos(tiny_ckpt):
     out = generate(model, [[5, 6, 7], [8]], cfg, False, hole_tokens=8, max_new_tokens=8, stop_ids=stop)
     assert len(out.fills[0]) < 8 and len(out.tokens_per_step) < 8
     assert sum(out.tokens_per_step) == 8  # the slots after the stop were filled with EOS at once
+
+
+def test_first_slot_constraint_and_its_own_stop_rule():
+    allowed = torch.zeros(A.vocab_size, dtype=torch.bool)
+    allowed[[6, 7]] = True
+    model = ScriptedModel(lambda p: 7 if p == 2 else 5)  # canvas: bos, 3, slots 2.. (slot 0 wants 7)
+    out = _run(model, [[3], [9]], hole_tokens=4, max_new_tokens=4, first=FirstSlot(allowed))
+    assert out.fills == [[7, 5, 5, 5]]
+    only6 = torch.zeros(A.vocab_size, dtype=torch.bool)
+    only6[6] = True
+    out = _run(ScriptedModel(lambda p: 7 if p == 2 else 5), [[3], [9]], hole_tokens=4, max_new_tokens=4,
+               first=FirstSlot(only6))
+    assert out.fills[0][0] == 6  # the scripted favourite is not allowed there
+    stop = torch.zeros(A.vocab_size, dtype=torch.bool)
+    stop[7] = True  # 7 ends a fill anywhere, except in the first slot, whose own rule says no
+    out = _run(ScriptedModel(lambda p: 7 if p in (2, 4) else 5), [[3], [9]], SamplingConfig(grow_tokens=4),
+               hole_tokens=4, max_new_tokens=12, stop_ids=stop,
+               first=FirstSlot(allowed, stop=torch.zeros(A.vocab_size, dtype=torch.bool)))
+    assert out.fills == [[7, 5, 7]]
 
 
 def test_several_holes_are_denoised_jointly():
