@@ -92,6 +92,7 @@ class _Run:
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.temperature > 0 else None
         self.forbid = torch.tensor([i for i in (self.a.mask_id, self.a.bos_id, self.a.expand_id) if i is not None],
                                    device=device)
+        self.ends = torch.tensor(sorted({self.a.eos_id, self.a.pad_id}), device=device)
 
     def layout(self) -> None:
         ids, starts = _canvas(self.a, self.segments, self.holes.fills)
@@ -129,6 +130,12 @@ class _Run:
         h = self.hidden[0, src] if self.hidden_is_full else self.hidden[0, self.row_of[src]]  # (M, D)
         logits = self.model.logits(h)  # (M, V)
         logits[:, self.forbid] = float("-inf")
+        if self.cfg.eos_frontier:  # EOS only at the first masked slot of each hole
+            n_h = len(self.holes.fills)
+            lead = torch.full((n_h,), int(self.pos.max()) + 1, device=mpos.device).scatter_reduce(
+                0, mhole, mpos, "amin")
+            behind = mpos != lead[mhole]
+            logits[behind.nonzero().flatten()[:, None], self.ends[None, :]] = float("-inf")
         at_first = mpos == self.pos[0]  # hole 0's first slot (when still masked)
         if self.first is not None and bool(at_first.any()):
             logits[at_first] = logits[at_first].masked_fill(~self.first.allowed, float("-inf"))

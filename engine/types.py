@@ -30,6 +30,9 @@ class SamplingConfig:
         refresh_every: recompute the cached keys/values of the context every R steps (0 = never).
         grow_tokens: tokens added to a hole when it is full, not finished and the budget allows.
         eos_fill: once EOS is committed in a hole, fill the rest of that hole with EOS at once.
+        eos_frontier: EOS/pad may only be proposed at the first masked slot of a hole, so a fill
+            ends where its text ends instead of EOS spreading leftwards from the far end of the
+            hole (the most predictable slots, which otherwise empty the fill one step at a time).
     """
 
     sampler: str = "fast"
@@ -43,6 +46,7 @@ class SamplingConfig:
     refresh_every: int = 0
     grow_tokens: int = 8
     eos_fill: bool = True
+    eos_frontier: bool = True
 
 
 @dataclass(frozen=True)

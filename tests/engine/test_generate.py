@@ -73,9 +73,12 @@ def test_fast_sampler_runs_cached_steps_on_a_real_model(tiny_ckpt):
 def test_threshold_commits_many_per_step_and_eos_shortens():
     script = lambda p: 5 if p < 4 else 1  # noqa: E731  positions 1..3 (after bos) get 5, then EOS
     model = ScriptedModel(script)
-    out = _run(model, [[], [7, 7]], hole_tokens=8, max_new_tokens=32)
+    out = _run(model, [[], [7, 7]], SamplingConfig(eos_frontier=False), hole_tokens=8, max_new_tokens=32)
     assert out.fills == [[5, 5, 5]]
     assert out.forward_passes == 1 and out.tokens_per_step == [8]  # every slot confident: one step
+    # with EOS allowed only at the first masked slot: the text first, then the EOS that ends it
+    out = _run(ScriptedModel(script), [[], [7, 7]], hole_tokens=8, max_new_tokens=32)
+    assert out.fills == [[5, 5, 5]] and out.tokens_per_step == [3, 5]
 
 
 def test_hole_grows_until_eos_or_budget():
@@ -133,9 +136,32 @@ def test_first_slot_constraint_and_its_own_stop_rule():
     assert out.fills == [[7, 5, 7]]
 
 
+def test_eos_only_at_the_frontier_keeps_a_confident_far_end_from_emptying_the_fill():
+    # the model is sure of EOS at the far end of the hole and only fairly sure of the text
+    class Model(ScriptedModel):
+        def logits(self, h):
+            out = torch.full((h.shape[0], self.args.vocab_size), -20.0)
+            for i, p in enumerate(h[:, 0].long().tolist()):
+                if p >= 5:
+                    out[i, 1] = 20.0  # EOS, confidence ~1
+                else:
+                    out[i, 5], out[i, 1] = 2.0, 1.6  # text, EOS close behind
+            return out
+
+    cfg = SamplingConfig(threshold=0.9, eos_fill=True)
+    spread = _run(Model(None), [[3], [9]], replace(cfg, eos_frontier=False), hole_tokens=8, max_new_tokens=8)
+    front = _run(Model(None), [[3], [9]], cfg, hole_tokens=8, max_new_tokens=8)
+    assert spread.fills == [[5, 5, 5]] and front.fills == [[5, 5, 5]]
+    # canvas: bos, 3, slots 2..9: slots 2-4 carry text, 5-9 EOS
+    assert spread.tokens_per_step[0] == 5  # the far end's EOS first: the fill shrinks from the right
+    # EOS only at the first masked slot: slots 3-4 lose their EOS option and commit text at once,
+    # slot 2 follows, and the end comes when the frontier reaches slot 5 (the rest is EOS-filled)
+    assert front.tokens_per_step == [2, 1, 5]
+
+
 def test_several_holes_are_denoised_jointly():
     model = ScriptedModel(lambda p: 5 if p < 5 else (6 if 7 <= p < 9 else 1))
-    out = _run(model, [[3], [9], [8]], hole_tokens=4, max_new_tokens=4)
+    out = _run(model, [[3], [9], [8]], SamplingConfig(eos_frontier=False), hole_tokens=4, max_new_tokens=4)
     # canvas: bos 3 [2..5] 9 [7..10] 8 eos
     assert out.fills == [[5, 5, 5], [6, 6]]
     assert out.forward_passes == 1
