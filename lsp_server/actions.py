@@ -25,13 +25,16 @@ _BODY_FIELDS = ("body", "consequence")
 @dataclass(frozen=True)
 class EditPlan:
     """Holes of one action. The document reads text[:spans[0][0]], hole 0, ..., text[spans[-1][1]:];
-    each fill is written as lead + fill + trail over its span (the original is kept if empty)."""
+    each fill is written as lead + fill + trail over its span (the original is kept if empty).
+    `block`: the fills belong inside a block (a body, a placeholder in one), so a fill is cut at
+    its first line that dedents below the hole's indentation (the model went on past the block)."""
 
     spans: tuple[tuple[int, int], ...]
     lead: tuple[str, ...]
     trail: tuple[str, ...]
     hole_tokens: int
     max_new_tokens: int
+    block: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,34 @@ def edits(text: str, plan: EditPlan, fills: Sequence[str], unit: str) -> list[tu
     out = []
     for (s, e), lead, trail, fill in zip(plan.spans, plan.lead, plan.trail, fills):
         fill = _tidy(fill, unit)
+        if plan.block:
+            fill = _within_block(fill, _hole_indent(text, s, lead, unit), unit)
         if fill.strip():
             out.append((s, e, lead + fill + trail))
     return out
+
+
+def _width(ws: str, unit: str) -> int:
+    return len(ws.expandtabs(len(unit) if unit != "\t" else 4))
+
+
+def _hole_indent(text: str, start: int, lead: str, unit: str) -> int:
+    """Indentation (columns) a fill's later lines must keep: the lead's when it opens a new line,
+    else that of the line the hole starts on."""
+    if lead.startswith("\n") and not lead[1:].strip():
+        return _width(lead[1:], unit)
+    return _width(_indent_of(text, start), unit)
+
+
+def _within_block(fill: str, floor: int, unit: str) -> str:
+    """The fill up to (not including) its first non-blank line indented less than `floor` columns."""
+    lines = fill.split("\n")
+    out = lines[:1]
+    for line in lines[1:]:
+        if line.strip() and _width(line[:len(line) - len(line.lstrip(" \t"))], unit) < floor:
+            break
+        out.append(line)
+    return "\n".join(out).rstrip()
 
 
 def _tidy(fill: str, unit: str) -> str:
@@ -140,7 +168,7 @@ def fill_holes_plan(text: str, cursor: int, spec: LangSpec | None, syntax: Synta
         return None
     n = len(holes)
     return EditPlan(spans=tuple(holes), lead=("",) * n, trail=("",) * n,
-                    hole_tokens=min(16, max_tokens), max_new_tokens=max_tokens)
+                    hole_tokens=min(16, max_tokens), max_new_tokens=max_tokens, block=True)
 
 
 def _indent_of(text: str, offset: int) -> str:
@@ -162,10 +190,11 @@ def body_plan(text: str, cursor: int, spec: LangSpec | None, syntax: Syntax | No
         if text[s:s + 1] == "{":
             close = e - 1 if text[e - 1:e] == "}" and e - 1 > s else e
             return EditPlan(((s + 1, close),), ("\n" + indent + unit,), ("\n" + indent if close < e else "",),
-                            min(32, max_tokens), max_tokens)
+                            min(32, max_tokens), max_tokens, block=True)
         if spec is not None and spec.opener == ":":
             start = syntax.header_end(node)
-            return EditPlan(((start, max(start, e)),), ("\n" + indent + unit,), ("",), min(32, max_tokens), max_tokens)
+            return EditPlan(((start, max(start, e)),), ("\n" + indent + unit,), ("",), min(32, max_tokens), max_tokens,
+                            block=True)
     return _bare_header_plan(text, cursor, spec, unit, max_tokens)
 
 
@@ -176,4 +205,5 @@ def _bare_header_plan(text: str, cursor: int, spec: LangSpec | None, unit: str, 
     if not opener or not line.endswith(opener):
         return None
     at = ls + len(line)
-    return EditPlan(((at, at),), ("\n" + _indent_of(text, ls) + unit,), ("",), min(32, max_tokens), max_tokens)
+    return EditPlan(((at, at),), ("\n" + _indent_of(text, ls) + unit,), ("",), min(32, max_tokens), max_tokens,
+                    block=True)

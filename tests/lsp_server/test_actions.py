@@ -57,6 +57,20 @@ def test_complete_body_plans(lang, text, fill, expected):
     assert apply_edits(text, actions.edits(text, plan, [fill], unit)) == expected
 
 
+def test_block_fills_stop_where_the_code_leaves_the_block():
+    text = "class A:\n    def f(self, x):\n        pass\n\n    def g(self):\n        return 1\n"
+    spec, syntax = _parse(text, "python")
+    plan = actions.body_plan(text, text.index("f(") + 1, spec, syntax, 64)
+    fill = "y = x + 1\n        return y\n\n\nclass B:\n    pass"
+    assert apply_edits(text, actions.edits(text, plan, [fill], "    ")) == (
+        "class A:\n    def f(self, x):\n        y = x + 1\n        return y\n\n    def g(self):\n        return 1\n")
+    holes = actions.fill_holes_plan(text, text.index("pass"), spec, syntax, 64)
+    out = apply_edits(text, actions.edits(text, holes, ["return x\n    def h(self):\n        pass"], "    "))
+    assert "return x\n\n    def g" in out and "def h" not in out  # dedented below `pass`: cut
+    sel = actions.regenerate_plan(text, text.index("pass"), text.index("pass") + 4, 64, None)
+    assert not sel.block  # a selection is the user's span: nothing is cut
+
+
 def test_complete_body_without_grammar_after_bare_header():
     assert actions.body_plan("x", 0, None, None, 64) is None
     spec = spec_for("python")
