@@ -131,14 +131,13 @@ class _Run:
         logits = self.model.logits(h)  # (M, V)
         logits[:, self.forbid] = float("-inf")
         if self.cfg.eos_frontier:  # EOS only at the first masked slot of each hole
-            n_h = len(self.holes.fills)
-            lead = torch.full((n_h,), int(self.pos.max()) + 1, device=mpos.device).scatter_reduce(
+            lead = torch.full((len(self.holes.fills),), self.canvas.shape[1], device=mpos.device).scatter_reduce(
                 0, mhole, mpos, "amin")
-            behind = mpos != lead[mhole]
-            logits[behind.nonzero().flatten()[:, None], self.ends[None, :]] = float("-inf")
-        at_first = mpos == self.pos[0]  # hole 0's first slot (when still masked)
-        if self.first is not None and bool(at_first.any()):
-            logits[at_first] = logits[at_first].masked_fill(~self.first.allowed, float("-inf"))
+            behind = (mpos != lead[mhole])[:, None]  # (M, 1)
+            logits[:, self.ends] = logits[:, self.ends].masked_fill(behind, float("-inf"))
+        if self.first is not None:  # hole 0's first slot, while still masked
+            barred = (mpos == self.pos[0])[:, None] & ~self.first.allowed[None, :]  # (M, V)
+            logits.masked_fill_(barred, float("-inf"))
         tokens, conf = propose(logits, self.cfg.confidence, self.cfg.temperature, self.gen)
         n_holes = len(self.holes.fills)
         if self.naive:
