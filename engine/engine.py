@@ -4,9 +4,10 @@ about documents, positions or the protocol."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,17 @@ def best_device() -> str:
 def _clean(text: str) -> str:
     """Lone surrogates (from undecodable bytes) become U+FFFD so the tokenizer never fails."""
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def checkpoint_sampling(ckpt: Path) -> SamplingConfig:
+    """Decoding defaults a checkpoint recommends (`"dlsp_sampling"` in its config.json, chosen by
+    `dlsp eval` for the shipped model); unknown keys are ignored, anything else stays default."""
+    try:
+        rec = json.loads((ckpt / "config.json").read_text(encoding="utf-8")).get("dlsp_sampling") or {}
+    except (OSError, ValueError, AttributeError):
+        rec = {}
+    known = {f.name for f in fields(SamplingConfig)} - {"sampler"}
+    return SamplingConfig(**{k: v for k, v in rec.items() if k in known}) if isinstance(rec, dict) else SamplingConfig()
 
 
 def split_budget(n_prefix: int, n_suffix: int, budget: int, prefix_share: float = 0.75) -> tuple[int, int]:
@@ -77,7 +89,7 @@ class Engine:
         device = device or best_device()
         dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
         model, _ = load_model(ckpt, device=device, dtype=dtype)
-        return cls(model, load_tokenizer(ckpt), name=str(ckpt))
+        return cls(model, load_tokenizer(ckpt), name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(_clean(text)))

@@ -205,3 +205,14 @@ def test_token_healing_constrains_the_first_slot_to_the_last_prefix_token(engine
     healed, plain = engine.infill(req), engine.infill(replace(req, token_healing=False))
     assert healed.context_tokens == plain.context_tokens  # the healed token still counts as context
     assert healed.forward_passes >= 1 and plain.forward_passes >= 1
+
+
+def test_checkpoint_recommends_sampling_defaults(tiny_ckpt, tmp_path):
+    ckpt = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["dlsp_sampling"] = {"min_per_step": 4, "threshold": 0.8, "sampler": "naive", "bogus": 1}
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    eng = Engine.from_pretrained(ckpt)
+    assert eng.default_sampling == SamplingConfig(min_per_step=4, threshold=0.8)  # unknown/sampler ignored
+    assert Engine.from_pretrained(tiny_ckpt).default_sampling == SamplingConfig()
