@@ -222,6 +222,12 @@ class Trainer:
                                   "warm_start": Path(self.a.init_from).name if self.a.init_from else None}}
         # positions beyond the trained sequence length are out of distribution for RoPE: the engine
         # clips its context to what the model saw
+        try:  # decoding defaults chosen by evaluation stay with the exported weights
+            old = json.loads((Path(self.a.export) / "config.json").read_text(encoding="utf-8"))
+            if isinstance(old.get("dlsp_sampling"), dict):
+                meta["dlsp_sampling"] = old["dlsp_sampling"]
+        except (OSError, ValueError, AttributeError):
+            pass
         save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta,
                         max_positions=min(self.args.max_positions, self.a.seq_len))
 

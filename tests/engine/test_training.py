@@ -102,6 +102,10 @@ def test_export_writes_a_loadable_checkpoint(tmp_path):
     cfg = json.loads((tmp_path / "ex" / "config.json").read_text())
     assert cfg["model_type"] == "llada" and cfg["dlsp_training"]["step"] == 3
     assert eng.infill(InfillRequest(prefix="def f(x):\n", hole_tokens=4, max_new_tokens=4)).forward_passes >= 1
+    cfg["dlsp_sampling"] = {"min_per_step": 2}
+    (tmp_path / "ex" / "config.json").write_text(json.dumps(cfg))
+    Trainer(parse(base + ["--out", str(tmp_path / "r2"), "--max-steps", "3", "--export", str(tmp_path / "ex")])).run()
+    assert json.loads((tmp_path / "ex" / "config.json").read_text())["dlsp_sampling"] == {"min_per_step": 2}
 
 
 def test_warm_start_from_an_exported_directory_carries_weights_and_hours(tmp_path):
