@@ -43,6 +43,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--corpus", default="data/v1/corpus/test.jsonl", help="held-out split (JSON lines)")
     p.add_argument("--n-per-kind", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--balance", choices=("package", "file"), default="package",
+                   help="draw a package first, then a file of it (default), or files uniformly")
     p.add_argument("--samplers", default="fast,naive",
                    help="engine samplers separated by ';' (or ',' when no spec has options): a name, "
                         "optionally with settings, e.g. 'fast;naive;fast:min_per_step=4;fast:factor=1'")
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.threads:
         torch.set_num_threads(a.threads)
-    tasks = make_tasks(load_documents(corpus), a.n_per_kind, a.seed)
+    tasks = make_tasks(load_documents(corpus), a.n_per_kind, a.seed, balance=a.balance)
     if not tasks:
         print(f"dlsp eval: no usable files in {corpus} (all too short)", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ KINDS = ("single_line", "multi_line", "span")
 class Document:
     source: str  # "package/path"
     text: str
+    package: str = ""  # provenance; tasks are balanced over packages
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def load_documents(path: str | Path) -> list[Document]:
                 continue
             row = json.loads(line)
             source = "/".join(str(row[k]) for k in ("package", "path") if row.get(k)) or f"line{i + 1}"
-            docs.append(Document(source=source, text=row["text"]))
+            docs.append(Document(source=source, text=row["text"], package=str(row.get("package") or "")))
     return docs
 
 
@@ -181,14 +182,23 @@ def _window(doc: Document, start: int, end: int, cfg: TaskConfig) -> tuple[str, 
 
 
 def make_tasks(docs: Iterable[Document], n_per_kind: int, seed: int = 0, kinds: Iterable[str] = KINDS,
-               cfg: TaskConfig | None = None) -> list[FimTask]:
+               cfg: TaskConfig | None = None, balance: str = "package") -> list[FimTask]:
     """Draw `n_per_kind` tasks of each kind; the same docs and seed give the same tasks.
 
-    Tasks are interleaved by kind (single, multi, span, single, ...) so that a run stopped early
-    still covers every kind. Files shorter than `cfg.min_chars` / `cfg.min_lines` are skipped.
+    balance="package" draws a package uniformly, then a file of it, so that one large held-out
+    package (IPython holds most files of the test split) does not make the whole evaluation;
+    balance="file" draws files uniformly. Tasks are interleaved by kind (single, multi, span,
+    single, ...) so that a run stopped early still covers every kind. Files shorter than
+    `cfg.min_chars` / `cfg.min_lines` are skipped.
     """
+    if balance not in ("package", "file"):
+        raise ValueError(f"balance must be 'package' or 'file', not {balance!r}")
     cfg = cfg or TaskConfig()
     pool = [d for d in docs if len(d.text) >= cfg.min_chars and d.text.count("\n") + 1 >= cfg.min_lines]
+    by_package: dict[str, list[Document]] = {}
+    for d in pool:
+        by_package.setdefault(d.package or d.source, []).append(d)
+    groups = list(by_package.values()) if balance == "package" else [[d] for d in pool]
     per_kind: dict[str, list[FimTask]] = {}
     for kind in kinds:
         rng = random.Random(f"{seed}:{kind}")  # str seeds hash with sha512: stable across runs
@@ -197,7 +207,7 @@ def make_tasks(docs: Iterable[Document], n_per_kind: int, seed: int = 0, kinds: 
         attempts = 0
         while pool and len(tasks) < n_per_kind and attempts < 50 * n_per_kind + 100:
             attempts += 1
-            doc = rng.choice(pool)
+            doc = rng.choice(rng.choice(groups))
             lines = doc.text.split("\n")
             span = EXTRACTORS[kind](doc.text, lines, _line_starts(doc.text), rng, cfg)
             if span is None or (doc.source, *span) in seen:

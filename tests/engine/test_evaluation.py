@@ -58,6 +58,7 @@ def docs(corpus):
 
 def test_load_documents_keeps_provenance(docs):
     assert [d.source for d in docs][:2] == ["pkg0/mod_0.py", "pkg1/mod_1.py"]
+    assert [d.package for d in docs][:2] == ["pkg0", "pkg1"]
 
 
 def test_tasks_are_deterministic_with_the_seed(docs):
@@ -97,6 +98,19 @@ def test_kinds_have_their_shape(docs):
             for cut in (len(t.prefix), len(t.prefix) + len(t.middle)):
                 if 0 < cut < len(whole):
                     assert not (whole[cut - 1].isalnum() and whole[cut].isalnum())
+
+
+def test_tasks_are_balanced_over_packages():
+    """One package with many files must not make the whole evaluation (IPython holds most files of
+    the held-out split): balance="package" draws the package first; balance="file" does not."""
+    big = [("big", _synthetic_file(k)) for k in range(40)]
+    small = [(f"small{k}", _synthetic_file(100 + k)) for k in range(3)]
+    docs = [Document(f"{p}/m{i}.py", t, package=p) for i, (p, t) in enumerate(big + small)]
+    share = {b: sum(t.source.startswith("big/") for t in make_tasks(docs, 40, seed=0, balance=b)) / 120
+             for b in ("package", "file")}
+    assert share["package"] < 0.45 < 0.8 < share["file"]
+    with pytest.raises(ValueError, match="balance"):
+        make_tasks(docs, 1, balance="repo")
 
 
 def test_short_files_are_skipped():
