@@ -23,7 +23,7 @@ import torch
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.model import Transformer
-from engine.samplers import commit_rows, factor_commits, min_commits, propose
+from engine.samplers import commit_rows, copy_prior, factor_commits, min_commits, propose
 from engine.types import SamplingConfig
 
 
@@ -93,6 +93,9 @@ class _Run:
         self.forbid = torch.tensor([i for i in (self.a.mask_id, self.a.bos_id, self.a.expand_id) if i is not None],
                                    device=device)
         self.ends = torch.tensor(sorted({self.a.eos_id, self.a.pad_id}), device=device)
+        self.special = torch.tensor(sorted({i for i in (self.a.mask_id, self.a.bos_id, self.a.expand_id,
+                                                         self.a.eos_id, self.a.pad_id) if i is not None}),
+                                    device=device)
 
     def layout(self) -> None:
         ids, starts = _canvas(self.a, self.segments, self.holes.fills)
@@ -129,6 +132,9 @@ class _Run:
         src = mpos - self.shift
         h = self.hidden[0, src] if self.hidden_is_full else self.hidden[0, self.row_of[src]]  # (M, D)
         logits = self.model.logits(h)  # (M, V)
+        if self.cfg.copy_weight > 0:
+            usable = ~torch.isin(self.canvas[0], self.special)
+            logits = copy_prior(logits, self.canvas[0], mpos, usable, self.cfg.copy_weight, self.cfg.copy_order)
         logits[:, self.forbid] = float("-inf")
         if self.cfg.eos_frontier:  # EOS only at the first masked slot of each hole
             lead = torch.full((len(self.holes.fills),), self.canvas.shape[1], device=mpos.device).scatter_reduce(

@@ -77,3 +77,51 @@ def commit_rows(canvas: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor, c
     Returns the (N,) bool of committed rows."""
     masked = torch.ones_like(hole, dtype=torch.bool)
     return commit(canvas, pos, tokens, conf, masked, hole, threshold, n_min)
+
+
+def copy_prior(logits: torch.Tensor, canvas: torch.Tensor, pos: torch.Tensor, usable: torch.Tensor,
+               weight: float, order: int = 3) -> torch.Tensor:
+    """Mix an n-gram cache of the visible text into the model's distribution (code repeats its own
+    identifiers; Tu, Su & Devanbu, "On the localness of software", FSE 2014, gain from such a cache;
+    prompt-lookup decoding copies the same way). Bidirectional, as the canvas is: a masked slot
+    whose left neighbour is known looks up what followed the same tokens elsewhere in the canvas,
+    and one whose right neighbour is known what preceded it. A match of n tokens counts n (up to
+    `order`), so longer matches dominate. Slots with no known neighbour or no match keep the model's
+    distribution.
+
+        p = (1 - weight) * softmax(logits) + weight * counts / sum(counts)
+
+    Args:
+        logits: (M, V) model logits of the masked slots (before any -inf constraints).
+        canvas: (L,) current ids; pos: (M,) canvas positions of the slots (0 < pos < L - 1).
+        usable: (L,) bool, canvas positions whose token may be counted (committed, not special).
+        weight: mixture weight in [0, 1]; order: the longest match counted.
+    Returns:
+        (M, V) log-probabilities.
+    """
+    m, v = logits.shape
+    n = canvas.shape[0]
+    counts = torch.zeros(m, v, dtype=torch.float32, device=logits.device)
+    j = torch.arange(n, device=canvas.device)
+    for side in (-1, 1):  # -1: known tokens on the left predict the slot, +1: on the right
+        run = torch.ones(m, n, dtype=torch.bool, device=canvas.device)  # match of k tokens ending at j
+        score = torch.zeros(m, n, dtype=torch.float32, device=logits.device)
+        target = j - side  # the token the matched context points to (after it for side -1)
+        valid_t = (target >= 0) & (target < n)
+        tgt = target.clamp(0, n - 1)
+        for k in range(1, order + 1):
+            q = pos + side * k  # (M,) the slot's k-th neighbour
+            c = j + side * (k - 1)  # (L,) the candidate's k-th neighbour
+            inside = (q >= 0) & (q < n)
+            qc, cc = q.clamp(0, n - 1), c.clamp(0, n - 1)
+            ok_c = (c >= 0) & (c < n)
+            run = run & inside[:, None] & usable[qc][:, None] & ok_c[None, :] & usable[cc][None, :] \
+                & (canvas[cc][None, :] == canvas[qc][:, None])
+            score = score + run.float()
+        hit = score * (valid_t & usable[tgt])[None, :].float()  # (M, L)
+        hit = hit * (tgt[None, :] != pos[:, None]).float()  # never the slot itself
+        counts.scatter_add_(1, canvas[tgt][None, :].expand(m, -1), hit)
+    total = counts.sum(-1, keepdim=True)
+    probs = torch.softmax(logits.float(), dim=-1)
+    mixed = torch.where(total > 0, (1 - weight) * probs + weight * counts / total.clamp(min=1e-9), probs)
+    return torch.log(mixed.clamp(min=1e-30))

@@ -33,6 +33,10 @@ class SamplingConfig:
         eos_frontier: EOS/pad may only be proposed at the first masked slot of a hole, so a fill
             ends where its text ends instead of EOS spreading leftwards from the far end of the
             hole (the most predictable slots, which otherwise empty the fill one step at a time).
+        copy_weight: mix an n-gram cache of the visible text into the model's distribution with
+            this weight (0 = off): a slot next to known tokens favours what followed (or preceded)
+            the same tokens elsewhere in the file. See `engine.samplers.copy_prior`.
+        copy_order: the longest match the cache counts (tokens).
     """
 
     sampler: str = "fast"
@@ -47,6 +51,8 @@ class SamplingConfig:
     grow_tokens: int = 8
     eos_fill: bool = True
     eos_frontier: bool = True
+    copy_weight: float = 0.0
+    copy_order: int = 3
 
 
 @dataclass(frozen=True)

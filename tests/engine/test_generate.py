@@ -10,7 +10,7 @@ import torch
 from engine.checkpoint import load_model, load_tokenizer
 from engine.config import ModelArgs
 from engine.generate import FirstSlot, generate
-from engine.samplers import factor_commits, min_commits
+from engine.samplers import copy_prior, factor_commits, min_commits
 from engine.types import SamplingConfig
 
 A = ModelArgs(vocab_size=16, dim=2, mask_id=0, eos_id=1, pad_id=1, bos_id=2)
@@ -184,6 +184,44 @@ def test_min_per_step_floors_parallelism_when_nothing_is_confident(tiny_ckpt):
     out = generate(model, [[5, 6, 7], [8]], SamplingConfig(threshold=2.0, eos_fill=False, min_per_step=4), False,
                    hole_tokens=10, max_new_tokens=10)
     assert out.tokens_per_step == [4, 4, 2]
+
+
+def _usable(canvas):
+    return (canvas > 2)  # not mask / eos / bos
+
+
+def test_copy_prior_favours_what_followed_the_same_token_and_longer_matches():
+    # canvas: 9 4 5 | 8 4 6 | 8 4 [M]: after "4", 5 and 6 both followed once, but "8 4" was
+    # followed by 6: the longer match (2 tokens) counts double
+    canvas = torch.tensor([2, 9, 4, 5, 8, 4, 6, 8, 4, 0, 1])
+    flat = torch.zeros(1, 16)
+    p = copy_prior(flat, canvas, torch.tensor([9]), _usable(canvas), 0.5).exp()[0]
+    assert p[6] > p[5] > p[7]
+    assert torch.allclose(p[[5, 6]], torch.tensor([0.5 / 16 + 0.5 / 3, 0.5 / 16 + 0.5 * 2 / 3]))
+    assert torch.isclose(p.sum(), torch.tensor(1.0))
+    # order 1: single tokens only, the two followers tie
+    p1 = copy_prior(flat, canvas, torch.tensor([9]), _usable(canvas), 0.5, order=1).exp()[0]
+    assert torch.isclose(p1[5], p1[6])
+
+
+def test_copy_prior_looks_right_too_and_leaves_slots_without_evidence_alone():
+    canvas = torch.tensor([2, 7, 3, 0, 0, 3, 1])  # "7 3" earlier: the slot before 3 favours 7
+    logits = torch.randn(2, 16)
+    out = copy_prior(logits, canvas, torch.tensor([3, 4]), _usable(canvas), 0.4)
+    assert torch.allclose(out[0], torch.log_softmax(logits[0], -1), atol=1e-5)  # "3" was followed only by EOS
+    assert out[1].exp()[7] > torch.softmax(logits[1], -1)[7] + 0.3
+    same = copy_prior(logits, canvas, torch.tensor([3, 4]), _usable(canvas), 0.0)
+    assert torch.allclose(same, torch.log_softmax(logits, -1), atol=1e-5)
+
+
+def test_copy_weight_in_the_loop_copies_a_repeated_sequence(tiny_ckpt):
+    model, _ = load_model(tiny_ckpt)
+    ctx = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5]
+    cfg = SamplingConfig(eos_fill=False, eos_frontier=False)
+    plain = generate(model, [ctx, []], cfg, False, hole_tokens=4, max_new_tokens=4)
+    copied = generate(model, [ctx, []], replace(cfg, copy_weight=1.0), False, hole_tokens=4, max_new_tokens=4)
+    assert copied.fills == [[6, 7, 8, 9]]
+    assert plain.fills != copied.fills
 
 
 def test_factor_rule_commits_the_confident_leaders():
