@@ -23,7 +23,7 @@ import torch
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.model import Transformer
-from engine.samplers import commit_rows, copy_prior, factor_commits, min_commits, propose
+from engine.samplers import commit_rows, copy_prior, factor_commits, in_block, min_commits, propose
 from engine.types import SamplingConfig
 
 
@@ -158,7 +158,8 @@ class _Run:
                 n_min = torch.maximum(n_min, remaining.clamp(max=self.cfg.min_per_step))
             if self.cfg.factor is not None:
                 n_min = torch.maximum(n_min, factor_commits(conf, mhole, n_holes, self.cfg.factor))
-        chosen = commit_rows(self.canvas[0], mpos, tokens, conf, group, thr, n_min)
+        eligible = None if self.naive or self.cfg.block is None else in_block(mhole, n_holes, self.cfg.block)
+        chosen = commit_rows(self.canvas[0], mpos, tokens, conf, group, thr, n_min, eligible)
         for hh in torch.unique(mhole).tolist():
             self.holes.used[hh] += 1
         n = int(chosen.sum())

@@ -70,12 +70,25 @@ def factor_commits(conf: torch.Tensor, hole: torch.Tensor, n_holes: int, factor:
     return out
 
 
+def in_block(hole: torch.Tensor, n_holes: int, block: int | None) -> torch.Tensor:
+    """Rows within the first `block` masked slots of their hole (rows sorted by hole, then position),
+    all rows when `block` is None: semi-autoregressive decoding (LLaDA's block schedule, Nie et al.
+    2025, arXiv:2502.09992) as a window sliding from each hole's frontier."""
+    if block is None:
+        return torch.ones_like(hole, dtype=torch.bool)
+    idx = torch.arange(len(hole), device=hole.device)
+    first = torch.full((n_holes,), len(hole), dtype=torch.long, device=hole.device).scatter_reduce(
+        0, hole, idx, "amin")
+    return (idx - first[hole]) < block
+
+
 def commit_rows(canvas: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor, conf: torch.Tensor,
-                hole: torch.Tensor, threshold: float, n_min: torch.Tensor) -> torch.Tensor:
-    """Commit rows (all masked) whose confidence >= threshold, or among the n_min[h] best of hole h:
-    their tokens are written into `canvas` (L,) at `pos` on the device (one fused kernel on CUDA).
-    Returns the (N,) bool of committed rows."""
-    masked = torch.ones_like(hole, dtype=torch.bool)
+                hole: torch.Tensor, threshold: float, n_min: torch.Tensor,
+                eligible: torch.Tensor | None = None) -> torch.Tensor:
+    """Commit rows (all masked, `eligible` ones only when given) whose confidence >= threshold, or
+    among the n_min[h] best of hole h: their tokens are written into `canvas` (L,) at `pos` on the
+    device (one fused kernel on CUDA). Returns the (N,) bool of committed rows."""
+    masked = torch.ones_like(hole, dtype=torch.bool) if eligible is None else eligible
     return commit(canvas, pos, tokens, conf, masked, hole, threshold, n_min)
 
 

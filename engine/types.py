@@ -37,6 +37,8 @@ class SamplingConfig:
             this weight (0 = off): a slot next to known tokens favours what followed (or preceded)
             the same tokens elsewhere in the file. See `engine.samplers.copy_prior`.
         copy_order: the longest match the cache counts (tokens).
+        block: semi-autoregressive window (fast sampler): only the first `block` masked slots of
+            each hole may be committed in a step, by the same rule; None = any slot.
     """
 
     sampler: str = "fast"
@@ -53,6 +55,7 @@ class SamplingConfig:
     eos_frontier: bool = True
     copy_weight: float = 0.0
     copy_order: int = 3
+    block: int | None = None
 
 
 @dataclass(frozen=True)

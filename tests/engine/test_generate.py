@@ -10,7 +10,7 @@ import torch
 from engine.checkpoint import load_model, load_tokenizer
 from engine.config import ModelArgs
 from engine.generate import FirstSlot, generate
-from engine.samplers import copy_prior, factor_commits, min_commits
+from engine.samplers import copy_prior, factor_commits, in_block, min_commits
 from engine.types import SamplingConfig
 
 A = ModelArgs(vocab_size=16, dim=2, mask_id=0, eos_id=1, pad_id=1, bos_id=2)
@@ -222,6 +222,18 @@ def test_copy_weight_in_the_loop_copies_a_repeated_sequence(tiny_ckpt):
     copied = generate(model, [ctx, []], replace(cfg, copy_weight=1.0), False, hole_tokens=4, max_new_tokens=4)
     assert copied.fills == [[6, 7, 8, 9]]
     assert plain.fills != copied.fills
+
+
+def test_block_window_commits_from_the_frontier_only():
+    # every slot is confident: without a window the whole hole goes in one step, with block=2
+    # two slots per step, leftmost first (the far slots' text is the same, the order is not)
+    model = ScriptedModel(lambda p: 5)
+    cfg = SamplingConfig(eos_fill=False, eos_frontier=False)
+    assert _run(model, [[3], [9]], cfg, hole_tokens=6, max_new_tokens=6).tokens_per_step == [6]
+    out = _run(model, [[3], [9], [8]], replace(cfg, block=2, min_per_step=4), hole_tokens=5, max_new_tokens=5)
+    assert out.tokens_per_step == [4, 4, 2]  # two per hole and step, both holes at once
+    assert in_block(torch.tensor([0, 0, 0, 1, 1]), 2, 2).tolist() == [True, True, False, True, True]
+    assert in_block(torch.tensor([0, 1]), 2, None).all()
 
 
 def test_factor_rule_commits_the_confident_leaders():
