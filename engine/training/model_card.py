@@ -41,8 +41,20 @@ def _curriculum(tr: dict) -> str:
     return "see Experiments for each run's schedule"
 
 
+def _decoding(cfg: dict, notes: str) -> list[str]:
+    """The decoding defaults the checkpoint recommends (`dlsp_sampling`), with the why (`notes`)."""
+    rec = cfg.get("dlsp_sampling") or {}
+    if not rec and not notes.strip():
+        return []
+    out = ["## Decoding defaults", ""]
+    if rec:
+        out += [f"`config.json` carries `\"dlsp_sampling\": {json.dumps(rec)}`, which `Engine.from_pretrained`",
+                "applies on top of the engine's defaults (a request's own settings still win).", ""]
+    return out + ([notes.strip(), ""] if notes.strip() else [])
+
+
 def render(ckpt: Path, run: Path, corpus: Path, eval_json: Path | None, experiments: str,
-           tokenizer_experiment: Path | None = None) -> str:
+           tokenizer_experiment: Path | None = None, notes: str = "") -> str:
     model, a = load_model(ckpt)
     cfg = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
     tr = cfg.get("dlsp_training", {})
@@ -101,7 +113,8 @@ def render(ckpt: Path, run: Path, corpus: Path, eval_json: Path | None, experime
         "## Evaluation (held-out test packages)", "",
     ]
     lines += _eval_table(_load_json(eval_json)) if eval_json else ["(not run)"]
-    lines += ["", "## Limits", "",
+    lines += [""] + _decoding(cfg, notes)
+    lines += ["## Limits", "",
               "A 5M-parameter model trained for a few CPU-hours: it completes common Python idioms,",
               "names and brackets, not whole algorithms. Use a larger checkpoint of the Dream or LLaDA",
               "family (`--model DIR`) for real work; the engine runs them unchanged.", ""]
@@ -117,10 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiments", default="", help="markdown file with the experiments table (or the text)")
     p.add_argument("--tokenizer-experiment", default=None, type=Path,
                    help="experiment.json written by `dlsp train-tokenizer --experiment`")
+    p.add_argument("--notes", default="", help="markdown file (or text): why the decoding defaults were chosen")
     a = p.parse_args(argv or [])
-    if a.experiments and Path(a.experiments).is_file():
-        a.experiments = Path(a.experiments).read_text(encoding="utf-8")
-    card = render(a.ckpt, a.run, a.corpus, a.eval, a.experiments, a.tokenizer_experiment)
+    for key in ("experiments", "notes"):
+        value = getattr(a, key)
+        if value and Path(value).is_file():
+            setattr(a, key, Path(value).read_text(encoding="utf-8"))
+    card = render(a.ckpt, a.run, a.corpus, a.eval, a.experiments, a.tokenizer_experiment, a.notes)
     (a.ckpt / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     png = a.run / "loss_curve.png"
     if png.is_file():

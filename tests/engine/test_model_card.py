@@ -36,3 +36,19 @@ def test_card_reports_model_training_and_evaluation(tmp_path):
     assert "| a | b |" in card
     assert "| 8192 | 3.4 |" in card
     assert (ckpt / "loss_curve.png").is_file()
+    assert "## Decoding defaults" not in card  # nothing recommended, nothing said
+
+
+def test_card_states_the_recommended_decoding_defaults_and_why(tmp_path):
+    base = _data(tmp_path)
+    run, ckpt = tmp_path / "run", tmp_path / "ex"
+    Trainer(parse(base + ["--out", str(run), "--max-steps", "2", "--export", str(ckpt)])).run()
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["dlsp_sampling"] = {"min_per_step": 4, "copy_weight": 0.5}
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "notes.md").write_text("Chosen by eval: 0.21 vs 0.19.")
+    assert model_card.main(["--ckpt", str(ckpt), "--run", str(run), "--corpus", str(tmp_path),
+                            "--notes", str(tmp_path / "notes.md")]) == 0
+    card = (ckpt / "MODEL_CARD.md").read_text()
+    assert '"dlsp_sampling": {"min_per_step": 4, "copy_weight": 0.5}' in card
+    assert card.index("## Decoding defaults") < card.index("Chosen by eval: 0.21 vs 0.19.") < card.index("## Limits")
