@@ -43,6 +43,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--corpus", default="data/v1/corpus/test.jsonl", help="held-out split (JSON lines)")
     p.add_argument("--n-per-kind", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kinds", default=",".join(KINDS), help=f"comma list of task kinds ({', '.join(KINDS)})")
     p.add_argument("--balance", choices=("package", "file"), default="package",
                    help="draw a package first, then a file of it (default), or files uniformly")
     p.add_argument("--samplers", default="fast,naive",
@@ -71,8 +72,17 @@ def _line_above(task: FimTask) -> str:
     return above[len(typed):] if typed and above.startswith(typed) else above
 
 
+def _nonblank_line_above(task: FimTask) -> str:
+    """The nearest non-blank line above, minus what is already typed on the hole's line when it matches."""
+    lines = task.prefix.split("\n")
+    typed = lines[-1]
+    above = next((line for line in reversed(lines[:-1]) if line.strip()), "")
+    return above[len(typed):] if typed and above.startswith(typed) else above
+
+
 HEURISTICS: dict[str, Callable[[FimTask], str]] = {
     "heuristic/repeat_line_above": _line_above,
+    "heuristic/repeat_nonblank_above": _nonblank_line_above,
     "heuristic/empty": lambda task: "",
 }
 
@@ -210,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.threads:
         torch.set_num_threads(a.threads)
-    tasks = make_tasks(load_documents(corpus), a.n_per_kind, a.seed, balance=a.balance)
+    kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - set(KINDS):
+        print(f"dlsp eval: --kinds takes a comma list of {', '.join(KINDS)}", file=sys.stderr)
+        return 2
+    tasks = make_tasks(load_documents(corpus), a.n_per_kind, a.seed, kinds=kinds, balance=a.balance)
     if not tasks:
         print(f"dlsp eval: no usable files in {corpus} (all too short)", file=sys.stderr)
         return 2

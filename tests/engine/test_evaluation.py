@@ -16,7 +16,7 @@ from engine.evaluation.metrics import (
     normalize,
     score,
 )
-from engine.evaluation.tasks import Document, TaskConfig, load_documents, make_tasks
+from engine.evaluation.tasks import Document, FimTask, TaskConfig, load_documents, make_tasks
 
 
 def _synthetic_file(k: int) -> str:
@@ -185,7 +185,7 @@ def test_main_end_to_end_writes_json(tiny_ckpt, corpus, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert {"settings", "model", "results", "best_heuristic", "bar", "outcomes", "n_tasks"} <= set(report)
     assert set(report["results"]) == {"model/fast", "model/naive", "untrained", "heuristic/repeat_line_above",
-                                      "heuristic/empty"}
+                                      "heuristic/repeat_nonblank_above", "heuristic/empty"}
     for system in report["results"].values():
         assert set(system) == {"single_line", "multi_line", "span", "all"} and system["all"]["n"] == 6
         assert 0.0 <= system["all"]["edit_similarity"] <= 1.0
@@ -208,6 +208,23 @@ def test_heuristic_scores_one_on_repeated_lines(tiny_ckpt, tmp_path):
     assert report["results"]["heuristic/repeat_line_above"]["single_line"]["exact_match"] == 1.0
     assert report["results"]["heuristic/empty"]["single_line"]["exact_match"] == 0.0
     assert report["best_heuristic"]["single_line"]["system"] == "heuristic/repeat_line_above"
+
+
+def test_nonblank_heuristic_skips_blank_lines_and_what_is_typed():
+    task = FimTask("t", "single_line", "def f():\n    return g(x)\n\n    ret", "", "\n", "p/m.py")
+    assert run._line_above(task) == ""
+    assert run._nonblank_line_above(task) == "urn g(x)"
+    assert run._nonblank_line_above(FimTask("t", "single_line", "", "", "", "p/m.py")) == ""
+
+
+def test_kinds_option_draws_only_those_kinds(tiny_ckpt, corpus, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert run.main(["--model", str(tiny_ckpt), "--corpus", str(corpus), "--kinds", "single_line",
+                     "--n-per-kind", "3", "--samplers", "", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {o["kind"] for o in report["outcomes"]} == {"single_line"} and report["n_tasks"] == 3
+    assert run.main(["--model", str(tiny_ckpt), "--corpus", str(corpus), "--kinds", "paragraph", "--out", ""]) == 2
+    assert "--kinds" in capsys.readouterr().err
 
 
 def test_sampler_specs_become_separate_systems(tiny_ckpt, corpus, tmp_path, capsys):
@@ -235,4 +252,4 @@ def test_limit_seconds_keeps_systems_on_the_same_tasks(docs):
     outs, stopped = run.evaluate(tasks, systems, limit_seconds=-1.0)
     assert stopped and outs == []
     outs, stopped = run.evaluate(tasks, systems, limit_seconds=None)
-    assert not stopped and len(outs) == 2 * len(tasks)
+    assert not stopped and len(outs) == len(systems) * len(tasks)
