@@ -35,6 +35,8 @@ def _eval_table(ev: dict) -> list[str]:
 
 
 def _curriculum(tr: dict) -> str:
+    if "t_max_start" in tr and float(tr["t_max_start"]) >= 1:
+        return "none in the last run, t ~ U(0, 1) from its start; the runs before it are listed under Experiments"
     if "t_max_start" in tr:
         return (f"in the last run from {float(tr['t_max_start']):g} over the first "
                 f"{100 * float(tr.get('t_ramp', 0.5)):.0f}% of its budget; the runs before it are listed under Experiments")

@@ -51,4 +51,5 @@ def test_card_states_the_recommended_decoding_defaults_and_why(tmp_path):
                             "--notes", str(tmp_path / "notes.md")]) == 0
     card = (ckpt / "MODEL_CARD.md").read_text()
     assert '"dlsp_sampling": {"min_per_step": 4, "copy_weight": 0.5}' in card
+    assert "none in the last run, t ~ U(0, 1) from its start" in card  # default: no curriculum
     assert card.index("## Decoding defaults") < card.index("Chosen by eval: 0.21 vs 0.19.") < card.index("## Limits")
