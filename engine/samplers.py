@@ -131,8 +131,7 @@ def copy_prior(logits: torch.Tensor, canvas: torch.Tensor, pos: torch.Tensor, us
             run = run & inside[:, None] & usable[qc][:, None] & ok_c[None, :] & usable[cc][None, :] \
                 & (canvas[cc][None, :] == canvas[qc][:, None])
             score = score + run.float()
-        hit = score * (valid_t & usable[tgt])[None, :].float()  # (M, L)
-        hit = hit * (tgt[None, :] != pos[:, None]).float()  # never the slot itself
+        hit = score * (valid_t & usable[tgt])[None, :].float()  # (M, L); masked slots are not usable
         counts.scatter_add_(1, canvas[tgt][None, :].expand(m, -1), hit)
     total = counts.sum(-1, keepdim=True)
     probs = torch.softmax(logits.float(), dim=-1)

@@ -63,21 +63,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
 Prediction = tuple[str, float, int, int]
 
 
-def _line_above(task: FimTask) -> str:
-    """The previous line, minus what is already typed on the hole's line when it matches."""
+def _line_above(task: FimTask, skip_blank: bool = False) -> str:
+    """The previous line (the nearest non-blank one with `skip_blank`), minus what is already typed
+    on the hole's line when it matches."""
     lines = task.prefix.split("\n")
-    if len(lines) < 2:
-        return ""
-    above, typed = lines[-2], lines[-1]
+    typed, above_lines = lines[-1], lines[-2::-1]
+    above = next((line for line in above_lines if line.strip() or not skip_blank), "")
     return above[len(typed):] if typed and above.startswith(typed) else above
 
 
 def _nonblank_line_above(task: FimTask) -> str:
-    """The nearest non-blank line above, minus what is already typed on the hole's line when it matches."""
-    lines = task.prefix.split("\n")
-    typed = lines[-1]
-    above = next((line for line in reversed(lines[:-1]) if line.strip()), "")
-    return above[len(typed):] if typed and above.startswith(typed) else above
+    return _line_above(task, skip_blank=True)
 
 
 HEURISTICS: dict[str, Callable[[FimTask], str]] = {
