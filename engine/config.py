@@ -35,6 +35,12 @@ class ModelArgs:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """mask, eos, pad, bos and expand ids that are set, sorted, without repeats."""
+        return tuple(sorted({i for i in (self.mask_id, self.eos_id, self.pad_id, self.bos_id, self.expand_id)
+                             if i is not None}))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -175,8 +175,7 @@ class Engine:
         if key in self._heal_cache:
             return self._heal_cache[key]
         texts = self.tokenizer.token_texts()
-        special = {i for i in (self.args.mask_id, self.args.eos_id, self.args.pad_id, self.args.bos_id,
-                               self.args.expand_id) if i is not None}
+        special = set(self.args.special_ids)
         text = texts[last] if last < len(texts) else ""
         out = None
         if text and "\ufffd" not in text and last not in special:

@@ -93,7 +93,7 @@ class _Run:
         self.forbid = torch.tensor([i for i in (self.a.mask_id, self.a.bos_id, self.a.expand_id) if i is not None],
                                    device=device)
         self.ends = torch.tensor(sorted({self.a.eos_id, self.a.pad_id}), device=device)
-        self.special = torch.cat([self.forbid, self.ends])  # never counted by the copy prior
+        self.special = torch.tensor(self.a.special_ids, device=device)  # never counted by the copy prior
 
     def layout(self) -> None:
         ids, starts = _canvas(self.a, self.segments, self.holes.fills)
