@@ -7,7 +7,7 @@ dialect its checkpoints use. One native implementation (`engine.model`) serves a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 
@@ -30,6 +30,10 @@ class ModelArgs:
     pad_id: int = 1
     bos_id: int | None = 2
     expand_id: int | None = None
+    # The first `causal_layers` layers attend causally (query i sees keys <= i): an AR-initialised
+    # model keeps its pretrained lower layers exact, and their prefix keys/values never change when
+    # text after them does (reusable across keystrokes). The layers above are bidirectional.
+    causal_layers: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -174,9 +178,36 @@ def _llada_write(a: ModelArgs) -> dict[str, Any]:
     }
 
 
+# ---- llama: Hugging Face Llama names (the same module names as Qwen2, no QKV bias) with shifted
+# logits: an AR Llama (the embedded default is adapted from SmolLM2-135M) turned into a diffusion
+# infiller the way Dream was from Qwen2.
+
+def _llama_read(cfg: dict[str, Any]) -> ModelArgs:
+    args = _dream_read({"qkv_bias": bool(cfg.get("attention_bias", False)), **cfg})
+    return replace(args, family="llama", tie_embeddings=bool(cfg.get("tie_word_embeddings", True)))
+
+
+def _llama_write(a: ModelArgs) -> dict[str, Any]:
+    cfg = _dream_write(a)
+    del cfg["qkv_bias"]
+    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"], attention_bias=a.qkv_bias,
+               dlsp_family="llama")
+    return cfg
+
+
+def _with_causal(read: Callable[[dict[str, Any]], ModelArgs]) -> Callable[[dict[str, Any]], ModelArgs]:
+    """Every dialect carries `dlsp_causal_layers` (0 when absent: all layers bidirectional)."""
+    return lambda cfg: replace(read(cfg), causal_layers=int(cfg.get("dlsp_causal_layers", 0)))
+
+
+def _write_causal(write: Callable[[ModelArgs], dict[str, Any]]) -> Callable[[ModelArgs], dict[str, Any]]:
+    return lambda a: {**write(a), **({"dlsp_causal_layers": a.causal_layers} if a.causal_layers else {})}
+
+
 FAMILIES: dict[str, Family] = {
-    "dream": Family("dream", True, _dream_weight, _dream_read, _dream_write),
-    "llada": Family("llada", False, _llada_weight, _llada_read, _llada_write),
+    "dream": Family("dream", True, _dream_weight, _with_causal(_dream_read), _write_causal(_dream_write)),
+    "llada": Family("llada", False, _llada_weight, _with_causal(_llada_read), _write_causal(_llada_write)),
+    "llama": Family("llama", True, _dream_weight, _with_causal(_llama_read), _write_causal(_llama_write)),
 }
 
 # config.json "model_type" -> family

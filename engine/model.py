@@ -11,12 +11,14 @@ The LM head is separate (`logits(h)`) so that callers run it on the rows they ne
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelArgs
-from kernels.attention import attention
+from kernels.attention import attention, causal_attention
 from kernels.norm import rms_norm
 from kernels.rope import apply_rope, rope_tables
 
@@ -75,23 +77,39 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
 
     # ---- full forward ------------------------------------------------------------------
-    def prefill(self, ids: torch.Tensor, keep_cache: bool = True) -> tuple[torch.Tensor, KVCache]:
-        """Full bidirectional forward.
+    def prefill(self, ids: torch.Tensor, keep_cache: bool = True,
+                open_frac: float | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Full forward (the first `args.causal_layers` layers causal, the rest bidirectional).
 
         Args:
             ids: (B, L) token ids; positions are 0..L-1.
+            open_frac: training only: in the bidirectional layers, attention to keys ahead of the
+                query is scaled by this factor (0 = causal, 1 or None = fully open); attention is
+                opened gradually while an AR-initialised model adapts.
         Returns:
             hidden (B, L, D) after the final norm, and the per-layer cache (empty if not kept).
         """
-        pos = torch.arange(ids.shape[1], device=ids.device)
+        n = ids.shape[1]
+        pos = torch.arange(n, device=ids.device)
         cos, sin = rope_tables(self.args.head_dim, pos, self.args.rope_theta)
+        bias = None
+        if open_frac is not None and open_frac < 1.0:
+            ahead = pos[None, :] > pos[:, None]  # (L, L)
+            bias = torch.zeros(n, n, device=ids.device).masked_fill(ahead, math.log(max(open_frac, 1e-12)))
         x = self.tok_emb(ids)
         cache: KVCache = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             q, k, v = layer.qkv(x, cos, sin)
             if keep_cache:
                 cache.append((k, v))
-            x = layer.finish(x, attention(q, k, v))
+            if i < self.args.causal_layers:
+                o = causal_attention(q, k, v)
+            elif bias is not None:
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                                   enable_gqa=k.shape[1] != q.shape[1])
+            else:
+                o = attention(q, k, v)
+            x = layer.finish(x, o)
         return self.norm(x), cache
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -114,11 +132,15 @@ class Transformer(nn.Module):
         """
         cos, sin = rope_tables(self.args.head_dim, index, self.args.rope_theta)
         x = self.tok_emb(ids)
-        for layer, (kc, vc) in zip(self.layers, cache):
+        for i, (layer, (kc, vc)) in enumerate(zip(self.layers, cache)):
             q, k, v = layer.qkv(x, cos, sin)
             kc[:, :, index] = k
             vc[:, :, index] = v
-            x = layer.finish(x, attention(q, kc, vc, kv_len))
+            if i < self.args.causal_layers:
+                o = causal_attention(q, kc, vc, index, kv_len)
+            else:
+                o = attention(q, kc, vc, kv_len)
+            x = layer.finish(x, o)
         return self.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Non-causal grouped-query attention of a query block over keys/values: reference and dispatcher."""
+"""Grouped-query attention of a query block over keys/values (bidirectional, or causal for the
+lower layers of an AR-initialised model): reference and dispatcher."""
 
 from __future__ import annotations
 
@@ -41,6 +42,33 @@ def _flash_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     # flash-attn takes (B, L, H, d) and does grouped-query attention natively
     o = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=False)
     return o.transpose(1, 2)
+
+
+def future_mask(q_pos: torch.Tensor, lk: int) -> torch.Tensor:
+    """(Lq, Lk) bool, True where key position <= query position (causal visibility)."""
+    return torch.arange(lk, device=q_pos.device)[None, :] <= q_pos[:, None]
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None = None,
+                     kv_len: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal grouped-query attention: the query at position p sees keys at positions <= p.
+
+    Args:
+        q: (B, Hq, Lq, d); k, v: (B, Hkv, Lk, d).
+        q_pos: (Lq,) int64 canvas positions of the queries; None = 0..Lq-1 with Lq == Lk (prefill).
+        kv_len: as in `attention_ref`.
+    Returns:
+        (B, Hq, Lq, d) in q.dtype.
+    """
+    gqa = k.shape[1] != q.shape[1]
+    if q_pos is None and kv_len is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if q_pos is None:
+        q_pos = torch.arange(q.shape[2], device=q.device)
+    mask = future_mask(q_pos, k.shape[2])  # (Lq, Lk)
+    if kv_len is not None:
+        mask = mask & _key_mask(kv_len, k.shape[2])[None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
