@@ -76,10 +76,15 @@ def _read_tensors(files: list[Path]) -> dict[str, tuple[Path, Any]]:
 
 
 def load_model(ckpt: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Transformer, ModelArgs]:
-    """Build the native model for a checkpoint and load its weights (shape-checked)."""
+    """Build the native model for a checkpoint and load its weights (shape-checked). An adapter
+    directory (config.json with `dlsp_base`) is assembled from the base package first."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         raise CheckpointError(ckpt, "checkpoint directory does not exist")
+    from engine.assembly import assemble, is_adapter_dir  # imports the checkpoint reader itself
+
+    if is_adapter_dir(ckpt):  # a shipped adapter: merged into the pinned base on first load, cached
+        ckpt = assemble(ckpt)
     args = read_args(ckpt)
     family = FAMILIES[args.family]
     with torch.device("meta"):

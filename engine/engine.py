@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from engine.assembly import is_adapter_dir
 from engine.checkpoint import load_model, load_tokenizer
 from engine.config import FAMILIES, ModelArgs
 from engine.cuda_graphs import StepGraphs
@@ -70,7 +71,12 @@ class Engine:
         self.name = name
         self.shifted = FAMILIES[self.args.family].shifted
         self.default_sampling = default_sampling or SamplingConfig()
+        self.adapted_from_base = False  # set by from_pretrained for a shipped adapter (see engine.assembly)
         self._newlines: torch.Tensor | None = None
+        # control tokens of a pretrained vocabulary (<|im_start|>, <|im_end|>, <file_sep>...) never
+        # belong in code; EOS/pad stay allowed (they end a fill)
+        self._banned = [i for i in tokenizer.added_special_ids()
+                        if i < self.args.vocab_size and i not in (self.args.eos_id, self.args.pad_id)]
         self._heal_cache: dict[tuple[int, bool], tuple[str, FirstSlot] | None] = {}
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -89,7 +95,9 @@ class Engine:
         device = device or best_device()
         dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
         model, _ = load_model(ckpt, device=device, dtype=dtype)
-        return cls(model, load_tokenizer(ckpt), name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
+        engine = cls(model, load_tokenizer(ckpt), name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
+        engine.adapted_from_base = is_adapter_dir(ckpt)
+        return engine
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(_clean(text)))
@@ -150,7 +158,7 @@ class Engine:
         out = generate(self.model, segments, cfg, self.shifted, hole_tokens=hole_tokens,
                        max_new_tokens=max_new, should_stop=req.should_stop, graphs=self.graphs,
                        stop_ids=self._newline_ids() if req.single_line else None,
-                       first=heal[1] if heal is not None else None)
+                       first=heal[1] if heal is not None else None, banned=self._banned)
         t2 = time.perf_counter()
         texts = [self.tokenizer.decode(f) for f in out.fills]
         generated = sum(map(len, out.fills))
@@ -175,7 +183,7 @@ class Engine:
         if key in self._heal_cache:
             return self._heal_cache[key]
         texts = self.tokenizer.token_texts()
-        special = set(self.args.special_ids)
+        special = set(self.args.special_ids) | set(self._banned)
         text = texts[last] if last < len(texts) else ""
         out = None
         if text and "\ufffd" not in text and last not in special:

@@ -79,7 +79,8 @@ class _Run:
 
     def __init__(self, model: Transformer, shifted: bool, cfg: SamplingConfig, holes: _Holes,
                  segments: list[list[int]], device: torch.device, graphs: StepGraphs | None = None,
-                 stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None) -> None:
+                 stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None,
+                 banned: list[int] | None = None) -> None:
         self.model, self.a, self.cfg, self.graphs = model, model.args, cfg, graphs
         self.stop = None if stop_ids is None else stop_ids.to(device)
         self.first = None if first is None else FirstSlot(
@@ -90,8 +91,9 @@ class _Run:
         self.naive = cfg.sampler == "naive"
         self.full_every_step = self.naive or cfg.refresh_every == 1
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.temperature > 0 else None
-        self.forbid = torch.tensor([i for i in (self.a.mask_id, self.a.bos_id, self.a.expand_id) if i is not None],
-                                   device=device)
+        ends = {self.a.eos_id, self.a.pad_id}
+        forbid = {i for i in (self.a.mask_id, self.a.bos_id, self.a.expand_id, *(banned or ())) if i is not None} - ends
+        self.forbid = torch.tensor(sorted(forbid), device=device)
         self.ends = torch.tensor(sorted({self.a.eos_id, self.a.pad_id}), device=device)
         self.special = torch.tensor(self.a.special_ids, device=device)  # never counted by the copy prior
 
@@ -234,7 +236,8 @@ def _strip(a: ModelArgs, fill: list[int], stop: set[int] | None = None,
 def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig, shifted: bool,
              hole_tokens: int = 16, max_new_tokens: int = 64,
              should_stop: Callable[[], bool] | None = None, graphs: StepGraphs | None = None,
-             stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None) -> GenOutput:
+             stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None,
+             banned: list[int] | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -248,6 +251,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             line break, for single-line fills): later slots of that hole become EOS and it does
             not grow. The stop token itself stays in the fill.
         first: a constraint on hole 0's first slot (see `FirstSlot`).
+        banned: ids never proposed (besides mask/bos/expand), e.g. a pretrained vocabulary's
+            control tokens; EOS/pad are never banned.
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """
@@ -257,7 +262,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     if n0 == 0:
         return GenOutput(fills=[[] for _ in range(n_holes)])
     holes = _Holes([[a.mask_id] * n0 for _ in range(n_holes)], [cfg.steps or n0] * n_holes, [0] * n_holes)
-    run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids, first)
+    run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids, first,
+               banned)
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
     first_stop = None if first is None or first.stop is None else set(torch.nonzero(first.stop).flatten().tolist())
     while True:

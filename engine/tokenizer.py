@@ -42,6 +42,10 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def added_special_ids(self) -> list[int]:
+        """Ids of the tokenizer's special added tokens (control tokens such as `<|im_end|>`)."""
+        return sorted(i for i, t in self._tok.get_added_tokens_decoder().items() if t.special)
+
     def token_texts(self) -> list[str]:
         """The text of every id on its own (special tokens included). Computed once."""
         if self._texts is None:

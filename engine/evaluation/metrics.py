@@ -42,6 +42,14 @@ def edit_similarity(prediction: str, reference: str) -> float:
     return 1.0 if longest == 0 else 1.0 - levenshtein(p, r) / longest
 
 
+def repetition(prediction: str, n: int = 4) -> float:
+    """Share of the fill's token n-grams (whitespace-split words) that repeat an earlier one:
+    0 for text without repeats, near 1 for a fill that loops."""
+    words = prediction.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 0.0 if not grams else 1.0 - len(set(grams)) / len(grams)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """One system's answer to one task.
@@ -59,12 +67,14 @@ class Outcome:
     ms: float = 0.0
     forward_passes: int = 0
     generated_tokens: int = 0
+    repetition: float = 0.0
 
 
 def score(task_id: str, kind: str, system: str, prediction: str, reference: str, ms: float = 0.0,
           forward_passes: int = 0, generated_tokens: int = 0) -> Outcome:
     return Outcome(task_id, kind, system, prediction, exact_match(prediction, reference),
-                   edit_similarity(prediction, reference), ms, forward_passes, generated_tokens)
+                   edit_similarity(prediction, reference), ms, forward_passes, generated_tokens,
+                   repetition(prediction))
 
 
 def _summary(outcomes: list[Outcome]) -> dict[str, float | int | None]:
@@ -78,12 +88,15 @@ def _summary(outcomes: list[Outcome]) -> dict[str, float | int | None]:
         "ms_per_task": sum(o.ms for o in outcomes) / n,
         "forward_passes_per_token": passes / tokens if tokens else None,
         "generated_tokens": tokens,
+        "repetition": sum(o.repetition for o in outcomes) / n,
+        "looping": sum(o.repetition > 0.5 for o in outcomes) / n,  # share of fills that mostly repeat
     }
 
 
 def aggregate(outcomes: Iterable[Outcome]) -> dict[str, dict[str, dict[str, float | int | None]]]:
     """system -> kind (and "all") -> n, exact_match, edit_similarity, ms_per_task,
-    forward_passes_per_token (None when nothing was generated), generated_tokens."""
+    forward_passes_per_token (None when nothing was generated), generated_tokens, repetition
+    (mean repeated 4-gram share) and looping (share of fills over half repeats)."""
     groups: dict[str, dict[str, list[Outcome]]] = defaultdict(lambda: defaultdict(list))
     for o in outcomes:
         groups[o.system][o.kind].append(o)

@@ -4,6 +4,10 @@ Systems, all on the same tasks (see `engine.evaluation.tasks`):
   * model/<sampler>: the checkpoint with each requested sampler;
   * untrained: the same shape and tokenizer with random weights (fixed seed, the training init),
     run with the first sampler: what the model scores before it learns anything;
+  * base_ar: for a model adapted from a pretrained AR base (config `dlsp_base`), the same base
+    weights read left to right: every layer causal, greedy, one token per step, prefix only: the
+    floor that seeing the suffix must beat;
+  * other/<name>: another checkpoint (`--compare name=DIR`), e.g. the earlier 5M model, first sampler;
   * heuristic/repeat_line_above and heuristic/empty: trivial answers; the best one is the bar.
 
 The model never sees the true length of the middle: every hole starts at a fixed size (16 tokens
@@ -20,6 +24,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,7 @@ from engine.engine import SAMPLERS as ENGINE_SAMPLERS
 from engine.evaluation.metrics import Outcome, aggregate, score
 from engine.evaluation.tasks import KINDS, FimTask, load_documents, make_tasks
 from engine.model import Transformer
-from engine.types import InfillRequest, parse_sampling
+from engine.types import InfillRequest, SamplingConfig, parse_sampling
 
 HOLE_TOKENS = {"single_line": 16, "multi_line": 48, "span": 48}
 BAR_FACTOR = 2.0  # single-line exact match must reach this multiple of the best heuristic's
@@ -49,7 +54,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--samplers", default="fast,naive",
                    help="engine samplers separated by ';' (or ',' when no spec has options): a name, "
                         "optionally with settings, e.g. 'fast;naive;fast:min_per_step=4;fast:factor=1'")
-    p.add_argument("--baselines", default="untrained,heuristic", help="comma list: untrained, heuristic")
+    p.add_argument("--baselines", default="untrained,heuristic,base_ar",
+                   help="comma list: untrained, heuristic, base_ar (adapted models only)")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                   help="another checkpoint to run on the same tasks with the first sampler (repeatable)")
     p.add_argument("--out", default="runs/eval/eval.json", help="JSON report path")
     p.add_argument("--max-new-tokens", type=int, default=64, help="the most a hole may grow to")
     p.add_argument("--limit-seconds", type=float, default=None, help="stop after this long (same tasks for all)")
@@ -93,12 +101,28 @@ def untrained_engine(engine: Engine, seed: int = 0) -> Engine:
     return Engine(model, engine.tokenizer, name="untrained", default_sampling=engine.default_sampling)
 
 
-def model_system(engine: Engine, spec: str, max_new_tokens: int) -> Callable[[FimTask], Prediction]:
+def base_ar_engine(engine: Engine) -> Engine:
+    """The pinned AR base under the adapted model, every layer causal (exactly the pretrained
+    model), decoded left to right by the fast sampler with a one-slot window (`block=1`): greedy."""
+    from engine.gguf_import import read_base
+
+    base = read_base()
+    args = replace(base.args, causal_layers=base.args.n_layers, max_positions=engine.args.max_positions)
+    model = Transformer(args)
+    model.load_state_dict(base.state, strict=False)
+    model.lm_head.weight = model.tok_emb.weight
+    model = model.to(device=engine.device, dtype=engine.dtype).eval()
+    return Engine(model, engine.tokenizer, name="base_ar", default_sampling=SamplingConfig(block=1))
+
+
+def model_system(engine: Engine, spec: str, max_new_tokens: int,
+                 see_suffix: bool = True) -> Callable[[FimTask], Prediction]:
     cfg = parse_sampling(spec, engine.default_sampling)
 
     def run(task: FimTask) -> Prediction:
         hole = min(HOLE_TOKENS[task.kind], max_new_tokens)
-        res = engine.infill(InfillRequest(prefix=task.prefix, suffix=task.suffix, hole_tokens=hole,
+        res = engine.infill(InfillRequest(prefix=task.prefix, suffix=task.suffix if see_suffix else "",
+                                          hole_tokens=hole,
                                           max_new_tokens=max_new_tokens, sampling=cfg,
                                           single_line=task.kind == "single_line"))
         return res.text, res.timings_ms["total"], res.forward_passes, res.generated_tokens
@@ -122,10 +146,18 @@ def build_systems(engine: Engine, a: argparse.Namespace) -> dict[str, Callable[[
         if parse_sampling(spec).sampler not in ENGINE_SAMPLERS:
             raise ValueError(f"unknown sampler in {spec!r}; known: {', '.join(ENGINE_SAMPLERS)}")
     baselines = {b for b in a.baselines.split(",") if b}
-    unknown = baselines - {"untrained", "heuristic"}
+    unknown = baselines - {"untrained", "heuristic", "base_ar"}
     if unknown:
-        raise ValueError(f"unknown baseline(s) {', '.join(sorted(unknown))}; known: untrained, heuristic")
+        raise ValueError(f"unknown baseline(s) {', '.join(sorted(unknown))}; known: untrained, heuristic, base_ar")
+    compare = [c.partition("=") for c in getattr(a, "compare", [])]
+    if any(not name or not path for name, _, path in compare):
+        raise ValueError("--compare takes NAME=DIR")
     systems = {f"model/{s}": model_system(engine, s, a.max_new_tokens) for s in samplers}
+    if "base_ar" in baselines and getattr(engine, "adapted_from_base", False):
+        systems["base_ar"] = model_system(base_ar_engine(engine), "fast", a.max_new_tokens, see_suffix=False)
+    for name, _, path in compare:
+        other = Engine.from_pretrained(path, device=str(engine.device))
+        systems[f"other/{name}"] = model_system(other, samplers[0] if samplers else "fast", a.max_new_tokens)
     if "untrained" in baselines and samplers:
         systems["untrained"] = model_system(untrained_engine(engine, a.seed), samplers[0], a.max_new_tokens)
     if "heuristic" in baselines:
@@ -195,7 +227,8 @@ def table(results: dict[str, Any]) -> str:
     def fmt(v: float | None, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    head = f"{'system':<30} {'kind':<12} {'n':>4} {'EM':>6} {'edit sim':>8} {'ms/task':>9} {'fwd/token':>9}"
+    head = (f"{'system':<30} {'kind':<12} {'n':>4} {'EM':>6} {'edit sim':>8} {'ms/task':>9} {'fwd/token':>9} "
+            f"{'repeat':>6} {'loops':>6}")
     rows = [head, "-" * len(head)]
     for system, kinds in results.items():
         for kind in [*KINDS, "all"]:
@@ -203,7 +236,8 @@ def table(results: dict[str, Any]) -> str:
                 r = kinds[kind]
                 rows.append(f"{system:<30} {kind:<12} {r['n']:>4} {r['exact_match']:>6.3f} "
                             f"{r['edit_similarity']:>8.3f} {fmt(r['ms_per_task'], '9.1f')} "
-                            f"{fmt(r['forward_passes_per_token'], '9.3f')}")
+                            f"{fmt(r['forward_passes_per_token'], '9.3f')} {r.get('repetition', 0.0):>6.3f} "
+                            f"{r.get('looping', 0.0):>6.3f}")
     return "\n".join(rows)
 
 

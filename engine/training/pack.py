@@ -45,11 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", default="data/tokenizer/tokenizer.json", type=Path)
     p.add_argument("--out", default="data/tokens", type=Path)
     p.add_argument("--max-chars", type=int, default=None)
+    p.add_argument("--eos-token", default="<|eos|>", help="document separator (<|endoftext|> for the SmolLM2 base)")
     a = p.parse_args(argv or [])
     tok = Tokenizer.from_file(str(a.tokenizer))
     if tok.get_vocab_size() > 65535:
         raise SystemExit("uint16 streams need a vocabulary below 65536")
-    eos = tok.token_to_id("<|eos|>")
+    eos = tok.token_to_id(a.eos_token)
+    if eos is None:
+        raise SystemExit(f"{a.tokenizer} has no token {a.eos_token!r}")
     a.out.mkdir(parents=True, exist_ok=True)
     meta = {"vocab_size": tok.get_vocab_size(),
             "tokenizer_sha256": hashlib.sha256(a.tokenizer.read_bytes()).hexdigest()}

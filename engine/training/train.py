@@ -20,9 +20,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from engine.checkpoint import load_model, save_checkpoint
-from engine.config import CONFIGS, ModelArgs
+from engine.config import CONFIGS, FAMILIES, ModelArgs
 from engine.model import Transformer
 from engine.tokenizer import Tokenizer
+from engine.training import adapt
 from engine.training.data import PackedTokens
 from engine.training.objective import DiffusionLoss, ObjectiveConfig, corrupt
 from engine.training.plot import plot_curve
@@ -59,6 +60,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="flat: mean CE over masked tokens; elbo: the 1/t-weighted bound (see objective.py)")
     p.add_argument("--init-from", default=None,
                    help="warm start: model weights (and their training hours) from another run's last.pt or an exported model directory")
+    p.add_argument("--base", default=None, choices=["smollm2"],
+                   help="adapt the pinned pretrained base (LoRA on the upper layers) instead of training from scratch")
+    p.add_argument("--causal-layers", type=int, default=20, help="with --base: lower layers kept causal and frozen")
+    p.add_argument("--lora-rank", type=int, default=32)
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--open-steps", type=int, default=300,
+                   help="with --base: steps over which attention ahead of the query opens in the upper layers")
+    p.add_argument("--holes-per-row", type=int, default=1, help="FIM rows: independent middles per row")
+    p.add_argument("--max-pad", type=int, default=24, help="FIM rows: EOS pads after a middle, uniform in [0, N]")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -109,22 +119,32 @@ class Trainer:
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
         if a.threads:
             torch.set_num_threads(a.threads)
-        self.tok = Tokenizer.from_file(a.tokenizer)
-        self.args = model_args(a, self.tok)
         torch.manual_seed(a.seed)
-        self.model = Transformer(self.args).to(self.device)
-        self._init_weights()
-        self.loss_mod = DiffusionLoss(self.model)
+        self.adapter = None
+        if a.base:
+            self.model, self.args, self.adapter, trainable, tok_path = adapt.build(a, Path(a.out))
+            a.tokenizer = str(tok_path)
+            self.tok = Tokenizer.from_file(tok_path)
+            self.model = self.model.to(self.device)
+        else:
+            self.tok = Tokenizer.from_file(a.tokenizer)
+            self.args = model_args(a, self.tok)
+            self.model = Transformer(self.args).to(self.device)
+            self._init_weights()
+            trainable = list(self.model.parameters())
+        self.loss_mod = DiffusionLoss(self.model, shifted=FAMILIES[self.args.family].shifted)
         self.loss_ddp = torch.nn.parallel.DistributedDataParallel(self.loss_mod) if self.ddp else self.loss_mod
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
+        decay = [p for p in trainable if p.dim() >= 2]
+        no_decay = [p for p in trainable if p.dim() < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.95))
         self.train_data = PackedTokens(Path(a.data) / "train.bin")
-        self.val = PackedTokens(Path(a.data) / "val.bin").fixed_batches(a.eval_batches, a.batch_size, a.seq_len,
-                                                                      self.args.bos_id)
+        self.val = PackedTokens(Path(a.data) / "val.bin").fixed_batches(
+            a.eval_batches, a.batch_size, a.seq_len, self.args.bos_id if self.args.bos_id is not None else self.args.eos_id)
         self.is_nl = torch.tensor(self.tok.newline_ids(self.args.vocab_size), dtype=torch.bool)  # line boundaries
-        self.obj = ObjectiveConfig(fim_rate=a.fim_rate, weighting=a.loss_weighting, region=a.region)
+        self.lead = self.args.bos_id if self.args.bos_id is not None else self.args.eos_id
+        self.obj = ObjectiveConfig(fim_rate=a.fim_rate, weighting=a.loss_weighting, region=a.region,
+                                   holes_per_row=a.holes_per_row, max_pad=a.max_pad)
         self.g = torch.Generator().manual_seed(a.seed * 1000 + self.rank)
         self.step, self.best_val, self.tokens_seen, self.train_seconds = 0, float("inf"), 0, 0.0
         self.prior = {"seconds": 0.0, "tokens": 0}  # training the warm start had before this run
@@ -137,7 +157,8 @@ class Trainer:
         self.model.init_weights()
 
     def _state(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
+        model = self.model.state_dict() if self.adapter is None else adapt.state(self.model, self.adapter)
+        return {"model": model, "opt": self.opt.state_dict(), "step": self.step,
                 "best_val": self.best_val, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
                 "data_rng": self.g.get_state(), "torch_rng": torch.get_rng_state(),
                 "model_args": json.dumps(asdict(self.args)), "prior": json.dumps(self.prior)}
@@ -145,7 +166,11 @@ class Trainer:
     def _warm_start(self, path: Path) -> None:
         """From a run's `last.pt`, or from an exported checkpoint directory (such as the shipped
         model: weights are fp16 on disk, training totals come from its config's `dlsp_training`)."""
-        if path.is_dir():
+        if self.adapter is not None:  # an adapter directory
+            info = adapt.warm_start(self.model, self.adapter, path)
+            self.prior = {"seconds": 3600.0 * float(info.get("train_hours", 0.0)),
+                          "tokens": int(info.get("tokens_seen", 0))}
+        elif path.is_dir():
             model, args = load_model(path)
             if replace(args, max_positions=self.args.max_positions) != self.args:
                 raise SystemExit(f"{path}: another model shape; cannot warm start from it")
@@ -171,7 +196,10 @@ class Trainer:
         st = torch.load(path, map_location="cpu", weights_only=True)
         if json.loads(st["model_args"]) != asdict(self.args):
             raise SystemExit(f"{path}: the run was started with another model shape; use a new --out")
-        self.model.load_state_dict(st["model"])
+        if self.adapter is not None:
+            adapt.load_adapter_tensors(self.model, self.adapter, st["model"])
+        else:
+            self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.step, self.best_val = int(st["step"]), float(st["best_val"])
         self.tokens_seen, self.train_seconds = int(st["tokens_seen"]), float(st["train_seconds"])
@@ -228,6 +256,11 @@ class Trainer:
                 meta["dlsp_sampling"] = old["dlsp_sampling"]
         except (OSError, ValueError, AttributeError):
             pass
+        if self.adapter is not None:
+            meta["dlsp_training"].update(base="smollm2", causal_layers=self.a.causal_layers,
+                                         lora_rank=self.a.lora_rank, open_steps=self.a.open_steps)
+            adapt.export(self.model, self.args, self.adapter, Path(self.a.export), Path(self.a.tokenizer), meta)
+            return
         save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta,
                         max_positions=min(self.args.max_positions, self.a.seq_len))
 
@@ -240,13 +273,15 @@ class Trainer:
         a = self.a
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, a, self.train_seconds)
-        batch = self.train_data.batch(a.batch_size, a.seq_len, self.args.bos_id, self.g)
+        batch = self.train_data.batch(a.batch_size, a.seq_len, self.lead, self.g)
         noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.obj, self.g,
                                         t_max=t_max_at(self.step, a, self.train_seconds))
-        loss, ce = self.loss_ddp(noisy.to(self.device), clean.to(self.device), mask.to(self.device), w.to(self.device))
+        open_frac = adapt.open_frac_at(self.step, a.open_steps) if self.adapter is not None else None
+        loss, ce = self.loss_ddp(noisy.to(self.device), clean.to(self.device), mask.to(self.device), w.to(self.device),
+                                 open_frac)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)
         self.opt.step()
         self.step += 1
         self.tokens_seen += batch.numel() * (dist.get_world_size() if self.ddp else 1)

