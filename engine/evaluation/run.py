@@ -60,6 +60,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="another checkpoint to run on the same tasks with the first sampler (repeatable)")
     p.add_argument("--out", default="runs/eval/eval.json", help="JSON report path")
     p.add_argument("--max-new-tokens", type=int, default=64, help="the most a hole may grow to")
+    p.add_argument("--context-tokens", type=int, default=None,
+                   help="token budget for prefix + suffix, the same for every system (default: the model's positions)")
     p.add_argument("--limit-seconds", type=float, default=None, help="stop after this long (same tasks for all)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -115,8 +117,8 @@ def base_ar_engine(engine: Engine) -> Engine:
     return Engine(model, engine.tokenizer, name="base_ar", default_sampling=SamplingConfig(block=1))
 
 
-def model_system(engine: Engine, spec: str, max_new_tokens: int,
-                 see_suffix: bool = True) -> Callable[[FimTask], Prediction]:
+def model_system(engine: Engine, spec: str, max_new_tokens: int, see_suffix: bool = True,
+                 context_tokens: int | None = None) -> Callable[[FimTask], Prediction]:
     cfg = parse_sampling(spec, engine.default_sampling)
 
     def run(task: FimTask) -> Prediction:
@@ -124,6 +126,7 @@ def model_system(engine: Engine, spec: str, max_new_tokens: int,
         res = engine.infill(InfillRequest(prefix=task.prefix, suffix=task.suffix if see_suffix else "",
                                           hole_tokens=hole,
                                           max_new_tokens=max_new_tokens, sampling=cfg,
+                                          max_context_tokens=context_tokens,
                                           single_line=task.kind == "single_line"))
         return res.text, res.timings_ms["total"], res.forward_passes, res.generated_tokens
 
@@ -152,14 +155,18 @@ def build_systems(engine: Engine, a: argparse.Namespace) -> dict[str, Callable[[
     compare = [c.partition("=") for c in getattr(a, "compare", [])]
     if any(not name or not path for name, _, path in compare):
         raise ValueError("--compare takes NAME=DIR")
-    systems = {f"model/{s}": model_system(engine, s, a.max_new_tokens) for s in samplers}
+    ctx = getattr(a, "context_tokens", None)
+    systems = {f"model/{s}": model_system(engine, s, a.max_new_tokens, context_tokens=ctx) for s in samplers}
     if "base_ar" in baselines and getattr(engine, "adapted_from_base", False):
-        systems["base_ar"] = model_system(base_ar_engine(engine), "fast", a.max_new_tokens, see_suffix=False)
+        systems["base_ar"] = model_system(base_ar_engine(engine), "fast", a.max_new_tokens, see_suffix=False,
+                                          context_tokens=ctx)
     for name, _, path in compare:
         other = Engine.from_pretrained(path, device=str(engine.device))
-        systems[f"other/{name}"] = model_system(other, samplers[0] if samplers else "fast", a.max_new_tokens)
+        systems[f"other/{name}"] = model_system(other, samplers[0] if samplers else "fast", a.max_new_tokens,
+                                                context_tokens=ctx)
     if "untrained" in baselines and samplers:
-        systems["untrained"] = model_system(untrained_engine(engine, a.seed), samplers[0], a.max_new_tokens)
+        systems["untrained"] = model_system(untrained_engine(engine, a.seed), samplers[0], a.max_new_tokens,
+                                            context_tokens=ctx)
     if "heuristic" in baselines:
         systems.update({name: heuristic_system(fn) for name, fn in HEURISTICS.items()})
     return systems

@@ -133,12 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer-experiment", default=None, type=Path,
                    help="experiment.json written by `dlsp train-tokenizer --experiment`")
     p.add_argument("--notes", default="", help="markdown file (or text): why the decoding defaults were chosen")
+    p.add_argument("--curve", default="", help="adapted models: markdown file (or text), quality against tokens")
     a = p.parse_args(argv or [])
-    for key in ("experiments", "notes"):
+    for key in ("experiments", "notes", "curve"):
         value = getattr(a, key)
         if value and Path(value).is_file():
             setattr(a, key, Path(value).read_text(encoding="utf-8"))
-    card = render(a.ckpt, a.run, a.corpus, a.eval, a.experiments, a.tokenizer_experiment, a.notes)
+    if "dlsp_base" in _load_json(a.ckpt / "config.json"):  # a shipped adapter over the pretrained base
+        from engine.training.model_card_adapted import render_adapted
+
+        card = render_adapted(a.ckpt, a.run, a.eval, a.experiments, a.notes, a.curve)
+    else:
+        card = render(a.ckpt, a.run, a.corpus, a.eval, a.experiments, a.tokenizer_experiment, a.notes)
     (a.ckpt / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     png = a.run / "loss_curve.png"
     if png.is_file():

@@ -258,7 +258,8 @@ class Trainer:
             pass
         if self.adapter is not None:
             meta["dlsp_training"].update(base="smollm2", causal_layers=self.a.causal_layers,
-                                         lora_rank=self.a.lora_rank, open_steps=self.a.open_steps)
+                                         lora_rank=self.a.lora_rank, open_steps=self.a.open_steps,
+                                         holes_per_row=self.a.holes_per_row, max_pad=self.a.max_pad)
             adapt.export(self.model, self.args, self.adapter, Path(self.a.export), Path(self.a.tokenizer), meta)
             return
         save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta,

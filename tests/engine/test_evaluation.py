@@ -253,3 +253,39 @@ def test_limit_seconds_keeps_systems_on_the_same_tasks(docs):
     assert stopped and outs == []
     outs, stopped = run.evaluate(tasks, systems, limit_seconds=None)
     assert not stopped and len(outs) == len(systems) * len(tasks)
+
+
+def test_repetition_metric_flags_loops():
+    from engine.evaluation.metrics import repetition
+
+    assert repetition("x = compute(a, b)\nreturn x") == 0.0
+    assert repetition("foo(bar) " * 20) > 0.8
+    out = aggregate([score("t", "multi_line", "s", "a b c d e " * 10, "ref")])
+    assert out["s"]["all"]["looping"] == 1.0
+
+
+def test_base_ar_reads_left_to_right_and_ignores_the_suffix(tiny_ckpt, monkeypatch):
+    """The floor for adapted models: the base weights with every layer causal, prefix only."""
+    from dataclasses import replace
+
+    from engine import gguf_import
+    from engine.engine import Engine
+
+    engine = Engine.from_pretrained(tiny_ckpt, device="cpu")
+    base = gguf_import.BaseModel(args=replace(engine.args, family="llama"),
+                                 state={k: v.clone() for k, v in engine.model.state_dict().items()},
+                                 tokenizer_json="")
+    monkeypatch.setattr(gguf_import, "read_base", lambda *a, **k: base)
+    engine.adapted_from_base = True
+    a = run.parse(["--samplers", "fast", "--baselines", "base_ar"])
+    systems = run.build_systems(engine, a)
+    assert set(systems) == {"model/fast", "base_ar"}
+    ar = run.base_ar_engine(engine)
+    assert ar.args.causal_layers == ar.args.n_layers and ar.default_sampling.block == 1
+    t1 = FimTask("t1", "single_line", "def add(a, b):\n    ", "return a + b", "\nprint(1)\n", "p/f.py")
+    t2 = replace(t1, id="t2", suffix="\nclass Point:\n    pass\n")
+    got1, got2 = systems["base_ar"](t1), systems["base_ar"](t2)
+    assert got1[0] == got2[0]  # the suffix is not read
+    assert got1[2] >= got1[3]  # one forward (at least) per generated token: left to right
+    engine.adapted_from_base = False  # models trained from scratch have no AR floor
+    assert "base_ar" not in run.build_systems(engine, a)
