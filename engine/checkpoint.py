@@ -132,3 +132,15 @@ def save_checkpoint(model: Transformer, out: str | Path, tokenizer_json: str | P
     if tokenizer_json is not None and Path(tokenizer_json).resolve() != (out / "tokenizer.json").resolve():
         (out / "tokenizer.json").write_bytes(Path(tokenizer_json).read_bytes())
     return out
+
+
+def checkpoint_languages(ckpt: str | Path) -> tuple[str, ...] | None:
+    """The languages a checkpoint's model card says it was evaluated on (`"dlsp_languages"` in
+    config.json), or None when it does not say (third-party checkpoints)."""
+    try:
+        langs = json.loads((Path(ckpt) / "config.json").read_text(encoding="utf-8")).get("dlsp_languages")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(langs, list) or not all(isinstance(x, str) for x in langs):
+        return None
+    return tuple(langs) or None
