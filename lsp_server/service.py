@@ -3,6 +3,10 @@ and statistics. Handlers in `lsp_server.server` call these methods and convert t
 
 A completion goes: type-through check -> latest-wins claim -> debounce -> context (tree-sitter)
 -> context cache or one engine run on the worker -> post-processing -> stale check.
+
+Inline completion and the completion list ask for the same thing on a keystroke (VS Code sends
+both): they share one run per (document, version, cursor) instead of superseding each other.
+The shared run stops only when every request waiting on it is cancelled.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+class _Shared:
+    """One suggestion run and how many requests wait on it."""
+
+    def __init__(self, task: asyncio.Future) -> None:
+        self.task = task
+        self.waiters = 0
+
+
 class Service:
     def __init__(self, host: ModelHost, settings: Settings | None = None) -> None:
         self.host = host
@@ -49,6 +61,8 @@ class Service:
         self.typed = TypeThrough()
         self.stats = Stats()
         self.encoding = UTF16
+        self._shared: dict[tuple[str, int, int], _Shared] = {}
+        self._last: dict[str, tuple[str, int, int]] = {}  # the latest suggestion key per document
 
     # -- documents and settings ---------------------------------------------------------------
     def did_change(self, uri: str, version: int | None, changes: list) -> None:
@@ -57,6 +71,7 @@ class Service:
 
     def did_close(self, uri: str) -> None:
         self.docs.close(uri)
+        self._last.pop(uri, None)
         self.typed.forget(uri)
         self.scheduler.stop_all(lambda key: isinstance(key, tuple) and key[0] == uri, "closed")
 
@@ -84,12 +99,32 @@ class Service:
     # -- inline completion ----------------------------------------------------------------------
     async def suggest(self, uri: str, position: types.Position) -> tuple[LineIndex, Spans] | None:
         """Suggestion spans at a position, or None when there is nothing to say."""
-        t0 = time.perf_counter()
         doc = self.docs.get(uri)
         if doc is None or not self.settings.language_enabled(doc.language_id):
             return None
-        text, version, index = doc.text, doc.version, doc.index
-        cursor = to_offset(index, position, self.encoding)
+        key = (uri, doc.version, to_offset(doc.index, position, self.encoding))
+        shared = self._shared.get(key)
+        if shared is None or shared.task.done() or self._last.get(uri) != key:  # join only the latest ask
+            self._last[uri] = key
+            run = self._suggest(uri, doc.language_id, doc.text, doc.version, doc.index, key[2])
+            shared = self._shared[key] = _Shared(asyncio.ensure_future(run))
+            shared.task.add_done_callback(lambda _, done=shared: self._forget(key, done))
+        shared.waiters += 1
+        try:
+            return await asyncio.shield(shared.task)
+        except asyncio.CancelledError:
+            shared.waiters -= 1
+            if shared.waiters <= 0:  # nobody else waits for it
+                shared.task.cancel()
+            raise
+
+    def _forget(self, key: tuple[str, int, int], shared: _Shared) -> None:
+        if self._shared.get(key) is shared:
+            del self._shared[key]
+
+    async def _suggest(self, uri: str, language_id: str, text: str, version: int, index: LineIndex,
+                       cursor: int) -> tuple[LineIndex, Spans] | None:
+        t0 = time.perf_counter()
         rest = self.typed.lookup(uri, text, cursor)
         if rest is not None:
             self.stats.count("cached")
@@ -103,7 +138,7 @@ class Service:
         job = self.scheduler.claim((uri, "complete"), is_stale=lambda: self._stale(uri, version))
         try:
             await self.scheduler.debounce(job, self.settings.debounce_ms / 1000.0)
-            out, timings = await self._complete(job, uri, doc.language_id, text, cursor)
+            out, timings = await self._complete(job, uri, language_id, text, cursor)
         except Stopped as stop:
             self.stats.count("cancelled" if stop.reason == "cancelled" else "dropped")
             return None

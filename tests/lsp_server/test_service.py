@@ -235,3 +235,42 @@ def test_single_line_contexts_ask_the_engine_to_stop_at_the_line_break():
     asyncio.run(svc.suggest("file:///w/b.py", _pos(0, 14)))  # end of a block header: a body
     assert engine.calls[-1].single_line is False
     svc.scheduler.shutdown()
+
+
+def test_inline_and_completion_list_share_one_run():
+    """VS Code asks for both on a keystroke: neither may supersede the other (issue 12, 7)."""
+    gate = threading.Event()
+    engine = FakeEngine(fill=lambda req: ("a + b",), gate=gate)
+    svc = _service(engine)
+
+    async def main():
+        inline = asyncio.ensure_future(svc.suggest(URI, _pos(3, 11)))
+        listed = asyncio.ensure_future(svc.complete_word(URI, _pos(3, 11)))
+        while not engine.started.is_set():
+            await asyncio.sleep(0.001)
+        gate.set()
+        (_, a), (_, b) = await inline, await listed
+        assert a == b == [(37, 37, "a + b")]
+        assert len(engine.calls) == 1
+
+    asyncio.run(main())
+
+
+def test_shared_run_survives_one_cancelled_waiter():
+    gate = threading.Event()
+    engine = FakeEngine(fill=lambda req: ("a + b",), gate=gate)
+    svc = _service(engine)
+
+    async def main():
+        inline = asyncio.ensure_future(svc.suggest(URI, _pos(3, 11)))
+        listed = asyncio.ensure_future(svc.complete_word(URI, _pos(3, 11)))
+        while not engine.started.is_set():
+            await asyncio.sleep(0.001)
+        inline.cancel()
+        gate.set()
+        _, spans = await listed
+        assert spans == [(37, 37, "a + b")]
+        with pytest.raises(asyncio.CancelledError):
+            await inline
+
+    asyncio.run(main())
