@@ -66,7 +66,7 @@ class DlspServer(HardenedServer):
 
     def close(self, timeout: float = 0.0) -> bool:
         """Stop model work and abandon loading; False if a load is still running after `timeout`."""
-        self.service.scheduler.shutdown()
+        self.service.close()
         return self.host.close(timeout)
 
     def client_supports(self, path: str) -> bool:
@@ -225,7 +225,7 @@ def _register_features(ls: DlspServer) -> None:
         arg = {"uri": uri, "range": ls.converter.unstructure(params.range)}
         return [types.CodeAction(title=f"dlsp: {TITLES[name]}", kind=types.CodeActionKind.RefactorRewrite,
                                  command=types.Command(title=TITLES[name], command=name, arguments=[arg]))
-                for name in ls.service.available_actions(uri, params.range)]
+                for name in await ls.service.available_actions(uri, params.range)]
 
     for name in TITLES:
         ls.command(name)(_command_handler(name))

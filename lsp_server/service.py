@@ -7,6 +7,10 @@ A completion goes: type-through check -> latest-wins claim -> debounce -> contex
 Inline completion and the completion list ask for the same thing on a keystroke (VS Code sends
 both): they share one run per (document, version, cursor) instead of superseding each other.
 The shared run stops only when every request waiting on it is cancelled.
+
+Nothing that parses or walks a tree runs on the event loop: context building and action plans
+run on one syntax thread under a time budget (`lsp_server.syntax.budget`); past it, a
+completion's context is plain text and the code-action list offers what needs no parse.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from lsprotocol import types
 
@@ -32,11 +38,14 @@ from lsp_server.postprocess import postprocess
 from lsp_server.scheduler import Scheduler, Stopped
 from lsp_server.settings import Settings
 from lsp_server.stats import Stats
-from lsp_server.syntax import Syntax, line_end, line_start
+from lsp_server.syntax import Syntax, budget, line_end, line_start
 
 log = logging.getLogger(__name__)
 Spans = list[tuple[int, int, str]]
+T = TypeVar("T")
 ENGINE_STAGES = ("tokenize", "prefill", "steps", "detokenize")
+CONTEXT_BUDGET_S = 0.25  # syntax work for one completion or one code-action list
+EDIT_BUDGET_S = 2.0  # syntax work for one action the user asked to run
 
 
 def _ms(t0: float) -> float:
@@ -63,6 +72,26 @@ class Service:
         self.encoding = UTF16
         self._shared: dict[tuple[str, int, int], _Shared] = {}
         self._last: dict[str, tuple[str, int, int]] = {}  # the latest suggestion key per document
+        self._syntax = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlsp-syntax")
+
+    async def off_loop(self, work: Callable[[], T], fallback: Callable[[], T], seconds: float) -> T:
+        """`work()` on the syntax thread under a budget of `seconds`; `fallback()` (cheap, on the
+        loop) if it is not done in about twice that (the budget is checked between parse chunks,
+        so the thread is soon free again)."""
+        def call() -> T:
+            with budget(seconds):
+                return work()
+
+        future = asyncio.wrap_future(self._syntax.submit(call))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), 2 * seconds + 0.1)
+        except asyncio.TimeoutError:
+            log.info("syntax work over its %.2f s budget: degraded", seconds)
+            return fallback()
+
+    def close(self) -> None:
+        self.scheduler.shutdown()
+        self._syntax.shutdown(wait=False, cancel_futures=True)
 
     # -- documents and settings ---------------------------------------------------------------
     def did_change(self, uri: str, version: int | None, changes: list) -> None:
@@ -163,8 +192,11 @@ class Service:
                         cursor: int) -> tuple[str, dict[str, float]]:
         t = time.perf_counter()
         s, engine = self.settings, self.host.engine
-        ctx = build_context(text, cursor, spec_for(language_id, uri), s.context_tokens, s.max_tokens,
-                            self._count, self.docs.others(uri))
+        others = self.docs.others(uri)
+        ctx = await self.off_loop(
+            lambda: build_context(text, cursor, spec_for(language_id, uri), s.context_tokens, s.max_tokens,
+                                  self._count, others),
+            lambda: build_context(text, cursor, None, s.context_tokens, s.max_tokens), CONTEXT_BUDGET_S)
         timings = {"context": _ms(t)}
         raw = self.cache.get(ctx.key())
         if raw is None:
@@ -220,16 +252,18 @@ class Service:
             return actions.body_plan(text, a, spec, syntax, s.max_tokens)
         raise BadParams(f"unknown action {name}")
 
-    def available_actions(self, uri: str, rng: types.Range) -> list[str]:
-        """Actions that apply at a range (cheap: no model call)."""
+    async def available_actions(self, uri: str, rng: types.Range) -> list[str]:
+        """Actions that apply at a range (no model call; one parse, off the loop, in budget)."""
         doc = self.docs.get(uri)
         if doc is None or not self.host.ready or not self.settings.language_enabled(doc.language_id):
             return []
         a, b = range_offsets(doc.index, rng, self.encoding)
-        spec = spec_for(doc.language_id, uri)
+        spec, text = spec_for(doc.language_id, uri), doc.text
         names = [actions.REGENERATE] if b > a else []
-        names += [n for n in (actions.FILL_HOLES, actions.COMPLETE_BODY) if self._plan(n, doc.text, a, a, spec)]
-        return names
+        found = await self.off_loop(
+            lambda: [n for n in (actions.FILL_HOLES, actions.COMPLETE_BODY) if self._plan(n, text, a, a, spec)],
+            list, CONTEXT_BUDGET_S)
+        return names + found
 
     async def edit(self, name: str, uri: str, rng: types.Range) -> tuple[LineIndex, int, Spans]:
         """Run one action; returns (index of the text it read, its version, offset edits)."""
@@ -239,11 +273,13 @@ class Service:
         text, version, index = doc.text, doc.version, doc.index
         a, b = range_offsets(index, rng, self.encoding)
         spec = spec_for(doc.language_id, uri)
-        plan = self._plan(name, text, a, b, spec)
+        plan = await self.off_loop(lambda: self._plan(name, text, a, b, spec), lambda: None, EDIT_BUDGET_S)
         if plan is None:
             raise BadParams(f"nothing to do for {name} here")
         t0 = time.perf_counter()
-        seg = actions.segments(text, plan, spec, self.settings.context_tokens, self._count)
+        seg = await self.off_loop(lambda: actions.segments(text, plan, spec, self.settings.context_tokens, self._count),
+                                  lambda: actions.segments(text, plan, None, self.settings.context_tokens, None),
+                                  EDIT_BUDGET_S)
         req = InfillRequest(prefix=seg.prefix, suffix=seg.suffix, middles=seg.middles, hole_tokens=plan.hole_tokens,
                             max_new_tokens=plan.max_new_tokens, max_context_tokens=self.settings.context_tokens,
                             sampling=self._sampling())

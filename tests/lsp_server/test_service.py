@@ -148,7 +148,7 @@ def test_cancel_request_stops_generation():
 def test_not_ready_disabled_and_unknown_documents_are_empty():
     svc = _service(None)
     assert asyncio.run(svc.suggest(URI, _pos(3, 11))) is None
-    assert svc.available_actions(URI, _rng((0, 0), (0, 3))) == []
+    assert asyncio.run(svc.available_actions(URI, _rng((0, 0), (0, 3)))) == []
     with pytest.raises(ModelNotReady):
         asyncio.run(svc.edit(actions.FILL_HOLES, URI, _rng((0, 0), (0, 0))))
     svc2 = _service(FakeEngine(), enabled_languages=("rust",))
@@ -209,7 +209,7 @@ def test_regenerate_selection_and_complete_body():
     engine.fill = lambda req: ("y = a\n    return y",)
     _, _, edits = asyncio.run(svc.edit(actions.COMPLETE_BODY, "file:///r.py", _rng((0, 2), (0, 2))))
     assert apply_edits(svc.docs.get("file:///r.py").text, edits) == "def f(a, b):\n    y = a\n    return y\n\nx = 1\n"
-    assert set(svc.available_actions("file:///r.py", _rng((1, 4), (1, 10)))) == {
+    assert set(asyncio.run(svc.available_actions("file:///r.py", _rng((1, 4), (1, 10))))) == {
         actions.REGENERATE, actions.COMPLETE_BODY}
     svc.scheduler.shutdown()
 
