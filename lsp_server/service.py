@@ -72,6 +72,7 @@ class Service:
         self.encoding = UTF16
         self._shared: dict[tuple[str, int, int], _Shared] = {}
         self._last: dict[str, tuple[str, int, int]] = {}  # the latest suggestion key per document
+        self._disabled_said: set[tuple[str, tuple[str, ...] | None]] = set()
         self._syntax = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlsp-syntax")
 
     async def off_loop(self, work: Callable[[], T], fallback: Callable[[], T], seconds: float) -> T:
@@ -110,6 +111,18 @@ class Service:
         self.cache.clear()
         return (old.model_path, old.device) != (self.settings.model_path, self.settings.device)
 
+    def _enabled(self, doc: Any) -> bool:
+        """Enabled languages (default: the model card's); others get nothing and one log line."""
+        spec = spec_for(doc.language_id, doc.uri)
+        if self.settings.language_enabled(doc.language_id, self.host.languages, spec.name if spec else None):
+            return True
+        said = (doc.language_id, self.settings.enabled_languages or self.host.languages)
+        if said not in self._disabled_said:
+            self._disabled_said.add(said)
+            log.info("no completions for language %r: enabled are %s (the model card's languages unless "
+                     "enabledLanguages is set)", doc.language_id[:40], ", ".join(said[1] or ()))
+        return False
+
     def _stale(self, uri: str, version: int) -> bool:
         doc = self.docs.get(uri)
         return doc is None or doc.version != version
@@ -129,7 +142,7 @@ class Service:
     async def suggest(self, uri: str, position: types.Position) -> tuple[LineIndex, Spans] | None:
         """Suggestion spans at a position, or None when there is nothing to say."""
         doc = self.docs.get(uri)
-        if doc is None or not self.settings.language_enabled(doc.language_id):
+        if doc is None or not self._enabled(doc):
             return None
         key = (uri, doc.version, to_offset(doc.index, position, self.encoding))
         shared = self._shared.get(key)
@@ -255,7 +268,7 @@ class Service:
     async def available_actions(self, uri: str, rng: types.Range) -> list[str]:
         """Actions that apply at a range (no model call; one parse, off the loop, in budget)."""
         doc = self.docs.get(uri)
-        if doc is None or not self.host.ready or not self.settings.language_enabled(doc.language_id):
+        if doc is None or not self.host.ready or not self._enabled(doc):
             return []
         a, b = range_offsets(doc.index, rng, self.encoding)
         spec, text = spec_for(doc.language_id, uri), doc.text

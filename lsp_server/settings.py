@@ -39,8 +39,13 @@ class Settings:
     context_tokens: int = 1024
     log_level: str = "info"
 
-    def language_enabled(self, language_id: str) -> bool:
-        return not self.enabled_languages or language_id in self.enabled_languages
+    def language_enabled(self, language_id: str, default: tuple[str, ...] | None = None,
+                         name: str | None = None) -> bool:
+        """Whether to complete in a language: `enabledLanguages` when set, else `default` (the
+        languages the loaded model was evaluated on), else all. `name` is the registry name of
+        the document's language (a languageId or an extension may name it differently)."""
+        allowed = self.enabled_languages or default
+        return not allowed or language_id in allowed or (name is not None and name in allowed)
 
     def updated(self, raw: Any) -> Settings:
         """A copy with the recognised keys of `raw` applied; accepts {"dlsp": {...}} or {...}."""

@@ -197,3 +197,46 @@ def test_tcp_beyond_loopback_warns(tiny_ckpt, tmp_path):
         assert "beyond this machine" in (tmp_path / "tcp.log").read_text()
     finally:
         _reap(proc)
+
+
+def _answer_time(client: LspClient, method: str, params) -> float:
+    """Seconds until a request sent now is answered."""
+    t0 = time.perf_counter()
+    msg_id = client.request_async(method, params)
+    client.wait(msg_id, timeout=120)
+    return client.received_at.get(msg_id, time.perf_counter()) - t0
+
+
+def test_deep_nesting_and_big_edits_do_not_stall_the_loop(tiny_ckpt, tmp_path):
+    """An unrelated request is answered while deep-nesting work and huge edits are in flight.
+    The bound (10 s) is generous: before issue 12 these cases took 20-95 s."""
+    client = _spawn(tiny_ckpt, tmp_path)
+    try:
+        client.initialize({"debounceMs": 0})
+        n = 16000
+        deep = "def f():\n    x = " + "(" * n + "1" + ")" * n + "\n"
+        client.open("file:///w/deep.py", deep)
+        col = deep.splitlines()[1].index("1")
+        action = client.request_async("textDocument/codeAction", {
+            "textDocument": {"uri": "file:///w/deep.py"}, "context": {"diagnostics": []},
+            "range": {"start": {"line": 1, "character": col}, "end": {"line": 1, "character": col}}})
+        inline = client.request_async("textDocument/inlineCompletion", client.inline_params("file:///w/deep.py", 1, col))
+        time.sleep(0.2)
+        assert _answer_time(client, "dlsp/stats", None) < 10
+        assert "result" in client.wait(action, timeout=120) and "result" in client.wait(inline, timeout=120)
+        client.open("file:///w/open.py", "x = " + "(" * 32000)
+        inline = client.request_async("textDocument/inlineCompletion", client.inline_params("file:///w/open.py", 0, 32004))
+        time.sleep(0.2)
+        assert _answer_time(client, "dlsp/stats", None) < 10
+        assert "result" in client.wait(inline, timeout=120)
+
+        big = "def g(x):\n    return x + 1\n\n" * 180_000  # ~5 MB
+        client.open("file:///w/big.py", big)
+        changes = [{"range": {"start": {"line": 3 * i, "character": 0}, "end": {"line": 3 * i, "character": 0}},
+                    "text": "#"} for i in range(300)]
+        client.change("file:///w/big.py", 2, changes)
+        assert _answer_time(client, "dlsp/stats", None) < 10
+        result = client.request("textDocument/inlineCompletion", client.inline_params("file:///w/big.py", 3 * 299, 1))
+        assert "items" in result
+    finally:
+        client.close()

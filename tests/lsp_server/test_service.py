@@ -274,3 +274,28 @@ def test_shared_run_survives_one_cancelled_waiter():
             await inline
 
     asyncio.run(main())
+
+
+def test_languages_default_to_the_model_cards(caplog):
+    """Issue 12 (6): a Python-only model gave Python in .rs files and garbage in .txt files."""
+    engine = FakeEngine(fill=lambda req: ("a + b",))
+    engine.languages = ("python",)
+    svc = _service(engine)
+    svc.docs.open("file:///w/m.rs", "rust", 1, "fn main() {\n    let x = \n}\n")
+    svc.docs.open("file:///w/n.txt", "plaintext", 1, "notes: \n")
+    svc.docs.open("file:///w/s.py", "", 1, "x = \n")  # no languageId: the extension names it
+
+    async def main():
+        assert await svc.suggest("file:///w/m.rs", _pos(1, 12)) is None
+        assert await svc.suggest("file:///w/m.rs", _pos(1, 11)) is None
+        assert await svc.suggest("file:///w/n.txt", _pos(0, 7)) is None
+        assert (await svc.suggest(URI, _pos(3, 11)))[1]
+        assert (await svc.suggest("file:///w/s.py", _pos(0, 4)))[1]
+        assert await svc.available_actions("file:///w/m.rs", _rng((0, 0), (0, 3))) == []
+
+    with caplog.at_level("INFO", logger="lsp_server"):
+        asyncio.run(main())
+    assert sum("'rust'" in r.getMessage() for r in caplog.records) == 1  # one line, not one per request
+    svc.configure({"enabledLanguages": ["rust"]})  # the user's setting wins
+    assert asyncio.run(svc.suggest("file:///w/m.rs", _pos(1, 12))) is not None
+    svc.scheduler.shutdown()

@@ -91,3 +91,20 @@ def test_scheduler_skips_superseded_jobs_without_running_them():
     asyncio.run(main())
     assert ran == ["b"]
     sched.shutdown()
+
+
+def test_default_loader_reads_the_model_cards_languages(tiny_ckpt, tmp_path):
+    import json
+    import shutil
+
+    from engine.checkpoint import checkpoint_languages
+    from engine.engine import DEFAULT_MODEL_DIR
+    from lsp_server.model_host import default_loader
+
+    assert checkpoint_languages(DEFAULT_MODEL_DIR) == ("python",)
+    assert default_loader(str(tiny_ckpt), "cpu").languages is None  # third-party: not said, all languages
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "dlsp_languages": ["python", "go"]}))
+    assert default_loader(str(ckpt), "cpu").languages == ("python", "go")
