@@ -17,7 +17,8 @@ from bisect import bisect_right
 from itertools import accumulate
 
 _EOL = re.compile(r"\r\n|\r|\n")
-CHUNK = 16384  # target chunk size in characters
+_OTHER_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")  # str.splitlines breaks LSP does not
+CHUNK = 4096  # target chunk size in characters
 _MAX = 4 * CHUNK  # an edited piece longer than this is split again
 
 
@@ -33,7 +34,14 @@ class _Chunk:
     def starts(self) -> list[int]:
         """Line starts relative to the chunk (computed on first use)."""
         if self._starts is None:
-            self._starts = [0] + [m.end() for m in _EOL.finditer(self.text)]
+            text = self.text
+            if _OTHER_BREAKS.search(text):  # str.splitlines would also split here: slow path
+                self._starts = [0] + [m.end() for m in _EOL.finditer(text)]
+            else:  # the same starts, computed in C
+                starts = list(accumulate(map(len, text.splitlines(True)), initial=0))
+                if text and text[-1] not in "\r\n":
+                    starts.pop()
+                self._starts = starts
         return self._starts
 
 
@@ -52,11 +60,14 @@ def _split(text: str) -> list[_Chunk]:
 class LineIndex:
     """Line starts of one text, for position <-> offset (see `lsp_server.convert`)."""
 
-    def __init__(self, text: str = "", *, _chunks: list[_Chunk] | None = None) -> None:
+    def __init__(self, text: str = "", *, _chunks: list[_Chunk] | None = None,
+                 _sums: tuple[list[int], list[int]] | None = None) -> None:
         self._chunks = _chunks if _chunks is not None else _split(text)
         self._text: str | None = text if _chunks is None else None
-        self._offsets = [0, *accumulate(len(c.text) for c in self._chunks)]  # chunk k starts at _offsets[k]
-        self._lines = [0, *accumulate(c.breaks for c in self._chunks)]  # first line of chunk k
+        if _sums is None:
+            _sums = ([0, *accumulate(len(c.text) for c in self._chunks)],
+                     [0, *accumulate(c.breaks for c in self._chunks)])
+        self._offsets, self._lines = _sums  # chunk k starts at offset _offsets[k], line _lines[k]
 
     @property
     def text(self) -> str:
@@ -131,6 +142,15 @@ class LineIndex:
         while j + 1 < len(self._chunks) and not piece.endswith("\n"):  # keep chunks line-aligned
             j += 1
             piece += self._chunks[j].text
-        middle = _split(piece) if len(piece) > _MAX else [_Chunk(piece)]
-        chunks = self._chunks[:i] + [c for c in middle if c.text] + self._chunks[j + 1:]
-        return LineIndex(_chunks=chunks or [_Chunk("")])
+        middle = [c for c in (_split(piece) if len(piece) > _MAX else [_Chunk(piece)]) if c.text]
+        if not middle and i == 0 and j + 1 == len(self._chunks):
+            return LineIndex("")
+        # prefix sums: kept before the edit, rebuilt over the new chunks, shifted after it
+        offsets, lines = self._offsets[:i + 1], self._lines[:i + 1]
+        for c in middle:
+            offsets.append(offsets[-1] + len(c.text))
+            lines.append(lines[-1] + c.breaks)
+        d_off, d_line = offsets[-1] - self._offsets[j + 1], lines[-1] - self._lines[j + 1]
+        offsets += [x + d_off for x in self._offsets[j + 2:]]
+        lines += [x + d_line for x in self._lines[j + 2:]]
+        return LineIndex(_chunks=self._chunks[:i] + middle + self._chunks[j + 1:], _sums=(offsets, lines))
