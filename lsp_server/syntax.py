@@ -6,7 +6,8 @@ so a 5 MB file costs what a small one does.
 
 Bounded in time (issue 12): py-tree-sitter holds the GIL for a whole parse, so text is fed to
 the parser in chunks (each chunk lets other threads run), and a parse that passes the current
-thread's `budget` stops early and counts as no parse (plain text). Parses are cached by their
+thread's `budget` stops early and counts as no parse (plain text); past the budget, queries
+find nothing. Parses are cached by their
 exact window, so asking twice at one document version parses once. Walks to the root go down
 from the root (py-tree-sitter's `parent` walks from the root on every call, which made
 ancestor walks quadratic in nesting depth) and stop at `MAX_DEPTH`.
@@ -156,7 +157,10 @@ class Syntax:
         import tree_sitter
 
         query = _query(self.spec.name, kind)
-        if query is None:
+        if query is None or over_budget():
+            # A query holds the GIL to its end; over deep error trees (32k unclosed "(") one
+            # takes seconds. py-tree-sitter 0.26's progress_callback could stop it, but crashes
+            # the process, so the budget is checked between queries only.
             return []
         cursor = tree_sitter.QueryCursor(query)
         if start is not None and end is not None:

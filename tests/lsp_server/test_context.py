@@ -130,3 +130,14 @@ def test_parse_over_budget_degrades_to_plain_text():
         assert Syntax.parse(text + "#", 0, spec_for("python")) is None
         ctx = build_context(text, len(text) // 2, spec_for("python"), 256, 64)
     assert ctx.prefix and text[:len(text) // 2].endswith(ctx.prefix[-50:])
+
+
+def test_queries_stop_at_the_budget():
+    """Queries over the error tree of 32k unclosed "(" take seconds; past the budget none runs."""
+    from lsp_server.syntax import Syntax, budget
+
+    text = "import os\ndef f():\n    pass\n"
+    syntax = Syntax.parse(text, 0, spec_for("python"))
+    assert syntax.nodes("scopes")
+    with budget(0.0):
+        assert syntax.nodes("scopes") == []
