@@ -11,7 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("editor_clients.headless.demo:main", "scripted editing run through the real server (prints completions and latencies)"),
     "serve": ("lsp_server.__main__:main", "run the language server (stdio, or --tcp on 127.0.0.1)"),
-    "complete": ("engine.cli_complete:main", "fill the hole at FILE:LINE:COL and print it with timings"),
+    "complete": ("lsp_server.cli_complete:main", "fill the hole at FILE:LINE:COL and print it with timings"),
     "profile": ("editor_clients.headless.profile:main", "replay typing traces through the server and report latency"),
     "build-corpus": ("engine.training.corpus:main", "build the training corpus from permissively licensed local source"),
     "train-tokenizer": ("engine.training.tokenizer_train:main", "train the byte-level BPE tokenizer"),

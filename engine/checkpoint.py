@@ -38,9 +38,28 @@ def read_args(ckpt: Path) -> ModelArgs:
         known = ", ".join(sorted(FAMILIES))
         raise CheckpointError(cfg_path, f"unknown model family (model_type={cfg.get('model_type')!r}); known: {known}")
     try:
-        return FAMILIES[family].read_config(cfg)
+        args = FAMILIES[family].read_config(cfg)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(cfg_path, f"missing or invalid field {exc}") from exc
+    problem = _shape_problem(args)
+    if problem:
+        raise CheckpointError(cfg_path, problem)
+    return args
+
+
+def _shape_problem(a: ModelArgs) -> str | None:
+    """A model shape that cannot be built (checked before building, so the error names the file
+    instead of surfacing as a division by zero inside the model)."""
+    for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "intermediate_size", "max_positions"):
+        if getattr(a, name) < 1:
+            return f"{name} must be >= 1 (got {getattr(a, name)})"
+    if a.dim % a.n_heads:
+        return f"the hidden size {a.dim} is not a multiple of the {a.n_heads} attention heads"
+    if a.n_heads % a.n_kv_heads:
+        return f"{a.n_heads} attention heads do not divide into {a.n_kv_heads} key/value heads"
+    if a.head_dim % 2:
+        return f"the head size {a.head_dim} is odd (rotary embeddings need pairs)"
+    return None
 
 
 def _weight_files(ckpt: Path) -> list[Path]:
@@ -137,3 +156,15 @@ def save_checkpoint(model: Transformer, out: str | Path, tokenizer_json: str | P
     if tokenizer_json is not None and Path(tokenizer_json).resolve() != (out / "tokenizer.json").resolve():
         (out / "tokenizer.json").write_bytes(Path(tokenizer_json).read_bytes())
     return out
+
+
+def checkpoint_languages(ckpt: str | Path) -> tuple[str, ...] | None:
+    """The languages a checkpoint's model card says it was evaluated on (`"dlsp_languages"` in
+    config.json), or None when it does not say (third-party checkpoints)."""
+    try:
+        langs = json.loads((Path(ckpt) / "config.json").read_text(encoding="utf-8")).get("dlsp_languages")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(langs, list) or not all(isinstance(x, str) for x in langs):
+        return None
+    return tuple(langs) or None

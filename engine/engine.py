@@ -17,7 +17,7 @@ from engine.assembly import is_adapter_dir
 from engine.checkpoint import load_model, load_tokenizer
 from engine.config import FAMILIES, ModelArgs
 from engine.cuda_graphs import StepGraphs
-from engine.errors import InvalidRequestError
+from engine.errors import CheckpointError, InvalidRequestError
 from engine.generate import FirstSlot, generate
 from engine.model import Transformer
 from engine.samplers import CONFIDENCE
@@ -39,13 +39,39 @@ def _clean(text: str) -> str:
 
 def checkpoint_sampling(ckpt: Path) -> SamplingConfig:
     """Decoding defaults a checkpoint recommends (`"dlsp_sampling"` in its config.json, chosen by
-    `dlsp eval` for the shipped model); unknown keys are ignored, anything else stays default."""
+    `dlsp eval` for the shipped model); unknown keys are ignored, anything else stays default.
+    Raises CheckpointError naming the file when a value is invalid (at load time, so a bad
+    checkpoint never loads as "ready" and then fails every request)."""
+    path = ckpt / "config.json"
     try:
-        rec = json.loads((ckpt / "config.json").read_text(encoding="utf-8")).get("dlsp_sampling") or {}
+        rec = json.loads(path.read_text(encoding="utf-8")).get("dlsp_sampling") or {}
     except (OSError, ValueError, AttributeError):
-        rec = {}
+        return SamplingConfig()  # an unreadable config.json is reported by the model loader
+    if not isinstance(rec, dict):
+        raise CheckpointError(path, "dlsp_sampling must be a JSON object")
     known = {f.name for f in fields(SamplingConfig)} - {"sampler"}
-    return SamplingConfig(**{k: v for k, v in rec.items() if k in known}) if isinstance(rec, dict) else SamplingConfig()
+    cfg = SamplingConfig(**{k: v for k, v in rec.items() if k in known})
+    problem = sampling_problem(cfg)
+    if problem:
+        raise CheckpointError(path, f"invalid dlsp_sampling: {problem}")
+    return cfg
+
+
+def sampling_problem(cfg: SamplingConfig) -> str | None:
+    """What is wrong with a sampling config (a value's type or range), or None."""
+    for f in fields(SamplingConfig):
+        value, default = getattr(cfg, f.name), f.default
+        kinds = ((bool,) if isinstance(default, bool) else (int,) if isinstance(default, int)
+                 else (str,) if isinstance(default, str) else (int, float))
+        if value is None and default is None:
+            continue
+        if isinstance(value, bool) != (kinds == (bool,)) or not isinstance(value, kinds):
+            return f"{f.name} must be {' or '.join(k.__name__ for k in kinds)}, not {value!r}"
+    try:
+        Engine._check_sampling(cfg)
+    except InvalidRequestError as exc:
+        return str(exc)
+    return None
 
 
 def split_budget(n_prefix: int, n_suffix: int, budget: int, prefix_share: float = 0.75) -> tuple[int, int]:
@@ -109,12 +135,16 @@ class Engine:
                 "max_positions": a.max_positions, "vocab_size": a.vocab_size}
 
     def _check(self, req: InfillRequest, cfg: SamplingConfig) -> None:
+        self._check_sampling(cfg)
+        if req.max_new_tokens < 0 or req.hole_tokens < 0:
+            raise InvalidRequestError("hole_tokens and max_new_tokens must be >= 0")
+
+    @staticmethod
+    def _check_sampling(cfg: SamplingConfig) -> None:
         if cfg.sampler not in SAMPLERS:
             raise InvalidRequestError(f"unknown sampler {cfg.sampler!r}; known: {', '.join(SAMPLERS)}")
         if cfg.confidence not in CONFIDENCE:
             raise InvalidRequestError(f"unknown confidence {cfg.confidence!r}; known: {', '.join(CONFIDENCE)}")
-        if req.max_new_tokens < 0 or req.hole_tokens < 0:
-            raise InvalidRequestError("hole_tokens and max_new_tokens must be >= 0")
         if cfg.steps is not None and cfg.steps < 1:
             raise InvalidRequestError("steps must be >= 1")
         if cfg.temperature < 0:

@@ -2,6 +2,10 @@
 
 stdout belongs to the protocol: the real stdout is kept for pygls and file descriptor 1 is
 pointed at stderr, so a stray print (ours or a library's) can never corrupt a message.
+
+The exit code is the LSP's: 0 after `shutdown` + `exit`, 1 otherwise. A model still loading at
+exit is abandoned: the process ends without waiting for torch to finish (or to tear down under
+a running thread, which aborts).
 """
 
 from __future__ import annotations
@@ -53,17 +57,43 @@ def _protocol_stdout() -> object:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     setup_logging(args.log_level)
+    log = logging.getLogger(__name__)
+    from lsp_server import transport
     from lsp_server.server import create_server
     from lsp_server.settings import Settings
 
+    problem = check_model_path(args.model)
+    if problem:
+        print(f"dlsp serve: {problem}", file=sys.stderr)
+        return 2
     settings = Settings(model_path=args.model, device=args.device, log_level=args.log_level)
     ls = create_server(settings=settings)
     if args.tcp:
-        logging.getLogger(__name__).info("serving on %s:%d", args.host, args.port)
-        ls.start_tcp(args.host, args.port)
+        if not transport.is_loopback(args.host):
+            ls.bind_warning = (f"dlsp serves {args.host}:{args.port}, beyond this machine: anyone who can reach "
+                               "it can read and edit the documents of the connected client")
+            log.warning("%s", ls.bind_warning)
+        code = transport.serve_tcp(ls, args.host, args.port,
+                                   on_listening=lambda addrs: log.info("serving on %s", addrs))
     else:
-        ls.start_io(sys.stdin.buffer, _protocol_stdout())
-    return 0
+        code = transport.serve_stdio(ls, sys.stdin.buffer, _protocol_stdout())
+    if not ls.close(timeout=2.0):  # a model load is still inside torch: do not tear down under it
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def check_model_path(path: str | None) -> str | None:
+    """Why `--model` cannot be a checkpoint directory, or None (checked before serving, so a
+    typo fails at once instead of after the client's `initialize`)."""
+    if path is None:
+        return None
+    if not os.path.isdir(path):
+        return f"--model {path}: no such directory"
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        return f"--model {path}: no config.json in this directory"
+    return None
 
 
 if __name__ == "__main__":

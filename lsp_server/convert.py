@@ -8,15 +8,17 @@ turns suggestions and edits (offset spans plus text) into lsprotocol objects.
 
 from __future__ import annotations
 
-import re
-from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 
 from lsprotocol import types
 
+from lsp_server.lineindex import LineIndex
+
+__all__ = ["LineIndex", "UTF8", "UTF16", "UTF32", "ENCODINGS", "units", "column_to_index", "to_offset",
+           "to_position", "to_range", "range_offsets", "negotiate_encoding", "inline_items", "completion_items",
+           "workspace_edit", "apply_edits"]
 UTF8, UTF16, UTF32 = "utf-8", "utf-16", "utf-32"
 ENCODINGS = (UTF8, UTF16, UTF32)
-_EOL = re.compile(r"\r\n|\r|\n")
 
 
 def units(s: str, encoding: str) -> int:
@@ -50,38 +52,6 @@ def column_to_index(line: str, column: int, encoding: str) -> int:
         if n > column:
             return i
     return len(line)
-
-
-class LineIndex:
-    """Line starts of one text (\\n, \\r\\n and \\r all end a line), for position <-> offset."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.starts = [0] + [m.end() for m in _EOL.finditer(text)]
-
-    def line_span(self, line: int) -> tuple[int, int]:
-        """(start, end) offsets of a line's content, without its line break."""
-        start = self.starts[line]
-        end = self.starts[line + 1] if line + 1 < len(self.starts) else len(self.text)
-        while end > start and self.text[end - 1] in "\r\n":
-            end -= 1
-        return start, end
-
-    def offset(self, line: int, character: int, encoding: str = UTF16) -> int:
-        """Offset of an LSP position; lines past the end clamp to the end of the text."""
-        if line < 0:
-            return 0
-        if line >= len(self.starts):
-            return len(self.text)
-        start, end = self.line_span(line)
-        return start + column_to_index(self.text[start:end], character, encoding)
-
-    def position(self, offset: int, encoding: str = UTF16) -> tuple[int, int]:
-        """(line, character) of an offset, clamped into the text."""
-        offset = max(0, min(offset, len(self.text)))
-        line = bisect_right(self.starts, offset) - 1
-        start, end = self.line_span(line)
-        return line, units(self.text[start:min(offset, end)], encoding)
 
 
 def to_offset(index: LineIndex, pos: types.Position, encoding: str) -> int:

@@ -1,7 +1,8 @@
 """Context from other open documents: definitions whose names appear near the cursor.
 
 Each document's definitions are indexed once per version (tree-sitter), then looked up by the
-identifiers around the cursor. Snippets are short (a whole small definition, else its header)
+identifiers around the cursor. A document whose parse does not fit the time budget is indexed as
+having none (for that version), so it does not cost every later completion its budget again. Snippets are short (a whole small definition, else its header)
 and are prefixed with a comment naming their file.
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from lsp_server.documents import Document
 from lsp_server.languages import LangSpec, spec_for
-from lsp_server.syntax import Syntax, line_end, line_start
+from lsp_server.syntax import Syntax, line_end, line_start, over_budget
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
 _MAX_DOC = 1_000_000
@@ -66,6 +67,8 @@ def related_definitions(text: str, cursor: int, spec: LangSpec | None, others: S
     names = set(_IDENT.findall(text[max(0, cursor - 1500):cursor + 500]))
     out, used = [], 0
     for doc in list(others)[:_MAX_DOCS]:
+        if over_budget():  # out of time: the definitions found so far
+            break
         if len(doc.text) > _MAX_DOC or spec_for(doc.language_id, doc.uri) != spec:
             continue
         snippets = [snip for name, snip in definitions(doc, spec).items() if name in names]

@@ -1,45 +1,50 @@
 """Open documents: text, version and language of each URI, kept in step with the client through
 full or incremental `didChange` events. Positions are converted by `lsp_server.convert`; this
-module never clamps or counts code units itself."""
+module never clamps or counts code units itself.
+
+A document's text lives in its `LineIndex` (`lsp_server.lineindex`): a ranged change costs the
+few chunks it touches, and the whole text is joined only when read, once per version."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from lsprotocol import types
 
 from lsp_server.convert import UTF16, LineIndex, range_offsets
 
 
-@dataclass
 class Document:
-    """One open document. `text` is replaced (never mutated) on change, so a reader that took
-    (text, version) holds a consistent snapshot."""
+    """One open document. Its index (and text) is replaced, never mutated, on change, so a
+    reader that took (text, version) or (index, version) holds a consistent snapshot."""
 
-    uri: str
-    language_id: str
-    version: int
-    text: str
-    _index: LineIndex | None = field(default=None, repr=False)
+    def __init__(self, uri: str, language_id: str, version: int, text: str = "",
+                 index: LineIndex | None = None) -> None:
+        self.uri, self.language_id, self.version = uri, language_id, version
+        self.index = index if index is not None else LineIndex(text)
 
     @property
-    def index(self) -> LineIndex:
-        if self._index is None or self._index.text is not self.text:
-            self._index = LineIndex(self.text)
-        return self._index
+    def text(self) -> str:
+        return self.index.text
 
     @property
     def name(self) -> str:
         return os.path.basename(self.uri.rstrip("/")) or self.uri
 
+    def snapshot(self) -> Document:
+        """A copy that later changes do not touch (for work off the event loop)."""
+        return Document(self.uri, self.language_id, self.version, index=self.index)
+
     def apply(self, change: object, encoding: str) -> None:
         """Apply one content change (a ranged partial change or a whole-text change)."""
         if isinstance(change, types.TextDocumentContentChangePartial):
             a, b = range_offsets(self.index, change.range, encoding)
-            self.text = self.text[:a] + change.text + self.text[b:]
+            self.index = self.index.edited(a, b, change.text)
         else:
-            self.text = change.text  # type: ignore[attr-defined]
+            self.index = LineIndex(change.text)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"Document({self.uri!r}, {self.language_id!r}, v{self.version}, {len(self.index)} chars)"
 
 
 class DocumentStore:
@@ -70,7 +75,8 @@ class DocumentStore:
         return self._docs.get(uri)
 
     def others(self, uri: str) -> list[Document]:
-        return [d for u, d in self._docs.items() if u != uri]
+        """Snapshots of the other open documents."""
+        return [d.snapshot() for u, d in self._docs.items() if u != uri]
 
     def __len__(self) -> int:
         return len(self._docs)

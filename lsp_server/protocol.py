@@ -1,38 +1,25 @@
-"""pygls protocol and server classes hardened for editors that send odd input.
+"""pygls protocol and server classes for dlsp.
 
 - Document sync is ours (`lsp_server.documents`): pygls's workspace copy is skipped, so there is
   one source of truth and one position codec (`lsp_server.convert`).
-- A request whose params do not fit the LSP types gets an InvalidParams error instead of silence;
-  invalid JSON gets a ParseError response (id null); non-message JSON gets InvalidRequest.
+- Malformed input (framing, JSON, params, lifecycle) is answered in `lsp_server.transport`
+  before it reaches pygls.
 - Server errors are logged (with parameters redacted), not shown as pop-ups.
+- The cattrs converter is made here and kept public (`converter`), so handlers never reach for
+  the protocol's private one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
-import attrs
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest, JsonRpcParseError
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
+from pygls.protocol import LanguageServerProtocol, default_converter
 from pygls.protocol.language_server import lsp_method
 
 log = logging.getLogger(__name__)
-
-
-@attrs.define
-class _Ignored:
-    """Stands for a message already answered with an error; `handle_message` drops it."""
-
-    jsonrpc: str = "ignored"
-    method: str = ""
-
-
-def _error_message(msg_id: Any, code: int, message: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}}
 
 
 class DlspProtocol(LanguageServerProtocol):
@@ -52,35 +39,15 @@ class DlspProtocol(LanguageServerProtocol):
     def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams):
         yield from self._user(types.TEXT_DOCUMENT_DID_CLOSE, params)
 
-    def structure_message(self, data: dict[str, Any]) -> Any:
-        try:
-            return super().structure_message(data)
-        except JsonRpcException:
-            if isinstance(data, dict) and "id" in data and "method" in data:
-                method = str(data.get("method"))[:100]
-                log.info("invalid params for %s", method)
-                self._send_data(_error_message(data["id"], JsonRpcInvalidParams.CODE, f"invalid params for {method}"))
-            else:
-                log.info("dropping a notification with invalid params")
-            return _Ignored()
-
-    def handle_message(self, message: Any) -> None:
-        if isinstance(message, _Ignored):
-            return
-        if not hasattr(message, "jsonrpc"):  # valid JSON that is not a JSON-RPC 2.0 message
-            msg_id = message.get("id") if isinstance(message, dict) else None
-            self._send_data(_error_message(msg_id, JsonRpcInvalidRequest.CODE, "not a JSON-RPC 2.0 message"))
-            return
-        super().handle_message(message)
-
 
 class HardenedServer(LanguageServer):
-    """A LanguageServer that answers malformed input with errors and keeps serving."""
+    """A LanguageServer with a public converter that logs server errors without their text."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.converter = default_converter()
+        super().__init__(*args, converter_factory=lambda: self.converter, **kwargs)
 
     def report_server_error(self, error: Exception, source: Any) -> None:
-        if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
-            self.protocol._send_data(_error_message(None, JsonRpcParseError.CODE, "parse error"))
-            return
         log.warning("server error (%s): %s", getattr(source, "__name__", source), type(error).__name__)
 
 

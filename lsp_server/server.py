@@ -62,6 +62,12 @@ class DlspServer(HardenedServer):
         self.loop: asyncio.AbstractEventLoop | None = None
         self._progress: str | None = None
         self._progress_lock: asyncio.Lock | None = None
+        self.bind_warning: str | None = None  # shown to the client once it is initialized
+
+    def close(self, timeout: float = 0.0) -> bool:
+        """Stop model work and abandon loading; False if a load is still running after `timeout`."""
+        self.service.close()
+        return self.host.close(timeout)
 
     def client_supports(self, path: str) -> bool:
         node: Any = getattr(self.protocol, "client_capabilities", None)
@@ -125,11 +131,13 @@ def _action_target(ls: DlspServer, args: tuple) -> tuple[str, types.Range]:
         raise BadParams("expected [{uri, range}] or [uri, range]")
     if not isinstance(uri, str) or not isinstance(where, dict):
         raise BadParams("expected a document URI and a range or position")
-    conv = ls.protocol._converter
-    if "line" in where:
-        pos = conv.structure(where, types.Position)
-        return uri, types.Range(start=pos, end=pos)
-    return uri, conv.structure(where, types.Range)
+    try:
+        if "line" in where:
+            pos = ls.converter.structure(where, types.Position)
+            return uri, types.Range(start=pos, end=pos)
+        return uri, ls.converter.structure(where, types.Range)
+    except Exception:  # cattrs names the field in a structured exception; the client gets a line
+        raise BadParams("malformed range or position") from None
 
 
 async def _run_action(ls: DlspServer, name: str, args: tuple) -> dict[str, Any]:
@@ -142,7 +150,7 @@ async def _run_action(ls: DlspServer, name: str, args: tuple) -> dict[str, Any]:
         params = types.ApplyWorkspaceEditParams(edit=edit, label=f"dlsp: {TITLES[name]}")
         result = await asyncio.wait_for(ls.workspace_apply_edit_async(params), 60)
         applied = bool(getattr(result, "applied", False))
-    return {"applied": applied, "edit": ls.protocol._converter.unstructure(edit)}
+    return {"applied": applied, "edit": ls.converter.unstructure(edit)}
 
 
 def _register_lifecycle(ls: DlspServer) -> None:
@@ -156,6 +164,9 @@ def _register_lifecycle(ls: DlspServer) -> None:
 
     @ls.feature(types.INITIALIZED)
     def initialized(ls: DlspServer, params: types.InitializedParams) -> None:
+        if ls.bind_warning:
+            ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Warning,
+                                                           message=f"dlsp: {ls.bind_warning}"))
         ls.load_model()
 
     @ls.feature(types.TEXT_DOCUMENT_DID_OPEN)
@@ -188,7 +199,7 @@ def _register_lifecycle(ls: DlspServer) -> None:
 
     @ls.feature(types.SHUTDOWN)
     def shutdown(ls: DlspServer, params: Any) -> None:
-        ls.service.scheduler.shutdown()
+        ls.close()
 
 
 def _register_features(ls: DlspServer) -> None:
@@ -211,10 +222,10 @@ def _register_features(ls: DlspServer) -> None:
     @lsp_errors
     async def code_action(ls: DlspServer, params: types.CodeActionParams) -> list[types.CodeAction]:
         uri = params.text_document.uri
-        arg = {"uri": uri, "range": ls.protocol._converter.unstructure(params.range)}
+        arg = {"uri": uri, "range": ls.converter.unstructure(params.range)}
         return [types.CodeAction(title=f"dlsp: {TITLES[name]}", kind=types.CodeActionKind.RefactorRewrite,
                                  command=types.Command(title=TITLES[name], command=name, arguments=[arg]))
-                for name in ls.service.available_actions(uri, params.range)]
+                for name in await ls.service.available_actions(uri, params.range)]
 
     for name in TITLES:
         ls.command(name)(_command_handler(name))

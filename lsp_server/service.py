@@ -3,6 +3,14 @@ and statistics. Handlers in `lsp_server.server` call these methods and convert t
 
 A completion goes: type-through check -> latest-wins claim -> debounce -> context (tree-sitter)
 -> context cache or one engine run on the worker -> post-processing -> stale check.
+
+Inline completion and the completion list ask for the same thing on a keystroke (VS Code sends
+both): they share one run per (document, version, cursor) instead of superseding each other.
+The shared run stops only when every request waiting on it is cancelled.
+
+Nothing that parses or walks a tree runs on the event loop: context building and action plans
+run on one syntax thread under a time budget (`lsp_server.syntax.budget`); past it, a
+completion's context is plain text and the code-action list offers what needs no parse.
 """
 
 from __future__ import annotations
@@ -10,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from lsprotocol import types
 
@@ -28,15 +38,26 @@ from lsp_server.postprocess import postprocess
 from lsp_server.scheduler import Scheduler, Stopped
 from lsp_server.settings import Settings
 from lsp_server.stats import Stats
-from lsp_server.syntax import Syntax, line_end, line_start
+from lsp_server.syntax import Syntax, budget, line_end, line_start
 
 log = logging.getLogger(__name__)
 Spans = list[tuple[int, int, str]]
+T = TypeVar("T")
 ENGINE_STAGES = ("tokenize", "prefill", "steps", "detokenize")
+CONTEXT_BUDGET_S = 0.25  # syntax work for one completion or one code-action list
+EDIT_BUDGET_S = 2.0  # syntax work for one action the user asked to run
 
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
+
+
+class _Shared:
+    """One suggestion run and how many requests wait on it."""
+
+    def __init__(self, task: asyncio.Future) -> None:
+        self.task = task
+        self.waiters = 0
 
 
 class Service:
@@ -49,6 +70,29 @@ class Service:
         self.typed = TypeThrough()
         self.stats = Stats()
         self.encoding = UTF16
+        self._shared: dict[tuple[str, int, int], _Shared] = {}
+        self._last: dict[str, tuple[str, int, int]] = {}  # the latest suggestion key per document
+        self._disabled_said: set[tuple[str, tuple[str, ...] | None]] = set()
+        self._syntax = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlsp-syntax")
+
+    async def off_loop(self, work: Callable[[], T], fallback: Callable[[], T], seconds: float) -> T:
+        """`work()` on the syntax thread under a budget of `seconds`; `fallback()` (cheap, on the
+        loop) if it is not done in about twice that (the budget is checked between parse chunks,
+        so the thread is soon free again)."""
+        def call() -> T:
+            with budget(seconds):
+                return work()
+
+        future = asyncio.wrap_future(self._syntax.submit(call))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), 2 * seconds + 0.1)
+        except asyncio.TimeoutError:
+            log.info("syntax work over its %.2f s budget: degraded", seconds)
+            return fallback()
+
+    def close(self) -> None:
+        self.scheduler.shutdown()
+        self._syntax.shutdown(wait=False, cancel_futures=True)
 
     # -- documents and settings ---------------------------------------------------------------
     def did_change(self, uri: str, version: int | None, changes: list) -> None:
@@ -57,6 +101,7 @@ class Service:
 
     def did_close(self, uri: str) -> None:
         self.docs.close(uri)
+        self._last.pop(uri, None)
         self.typed.forget(uri)
         self.scheduler.stop_all(lambda key: isinstance(key, tuple) and key[0] == uri, "closed")
 
@@ -65,6 +110,18 @@ class Service:
         old, self.settings = self.settings, self.settings.updated(raw)
         self.cache.clear()
         return (old.model_path, old.device) != (self.settings.model_path, self.settings.device)
+
+    def _enabled(self, doc: Any) -> bool:
+        """Enabled languages (default: the model card's); others get nothing and one log line."""
+        spec = spec_for(doc.language_id, doc.uri)
+        if self.settings.language_enabled(doc.language_id, self.host.languages, spec.name if spec else None):
+            return True
+        said = (doc.language_id, self.settings.enabled_languages or self.host.languages)
+        if said not in self._disabled_said:
+            self._disabled_said.add(said)
+            log.info("no completions for language %r: enabled are %s (the model card's languages unless "
+                     "enabledLanguages is set)", doc.language_id[:40], ", ".join(said[1] or ()))
+        return False
 
     def _stale(self, uri: str, version: int) -> bool:
         doc = self.docs.get(uri)
@@ -84,12 +141,32 @@ class Service:
     # -- inline completion ----------------------------------------------------------------------
     async def suggest(self, uri: str, position: types.Position) -> tuple[LineIndex, Spans] | None:
         """Suggestion spans at a position, or None when there is nothing to say."""
-        t0 = time.perf_counter()
         doc = self.docs.get(uri)
-        if doc is None or not self.settings.language_enabled(doc.language_id):
+        if doc is None or not self._enabled(doc):
             return None
-        text, version, index = doc.text, doc.version, doc.index
-        cursor = to_offset(index, position, self.encoding)
+        key = (uri, doc.version, to_offset(doc.index, position, self.encoding))
+        shared = self._shared.get(key)
+        if shared is None or shared.task.done() or self._last.get(uri) != key:  # join only the latest ask
+            self._last[uri] = key
+            run = self._suggest(uri, doc.language_id, doc.text, doc.version, doc.index, key[2])
+            shared = self._shared[key] = _Shared(asyncio.ensure_future(run))
+            shared.task.add_done_callback(lambda _, done=shared: self._forget(key, done))
+        shared.waiters += 1
+        try:
+            return await asyncio.shield(shared.task)
+        except asyncio.CancelledError:
+            shared.waiters -= 1
+            if shared.waiters <= 0:  # nobody else waits for it
+                shared.task.cancel()
+            raise
+
+    def _forget(self, key: tuple[str, int, int], shared: _Shared) -> None:
+        if self._shared.get(key) is shared:
+            del self._shared[key]
+
+    async def _suggest(self, uri: str, language_id: str, text: str, version: int, index: LineIndex,
+                       cursor: int) -> tuple[LineIndex, Spans] | None:
+        t0 = time.perf_counter()
         rest = self.typed.lookup(uri, text, cursor)
         if rest is not None:
             self.stats.count("cached")
@@ -103,7 +180,7 @@ class Service:
         job = self.scheduler.claim((uri, "complete"), is_stale=lambda: self._stale(uri, version))
         try:
             await self.scheduler.debounce(job, self.settings.debounce_ms / 1000.0)
-            out, timings = await self._complete(job, uri, doc.language_id, text, cursor)
+            out, timings = await self._complete(job, uri, language_id, text, cursor)
         except Stopped as stop:
             self.stats.count("cancelled" if stop.reason == "cancelled" else "dropped")
             return None
@@ -128,8 +205,11 @@ class Service:
                         cursor: int) -> tuple[str, dict[str, float]]:
         t = time.perf_counter()
         s, engine = self.settings, self.host.engine
-        ctx = build_context(text, cursor, spec_for(language_id, uri), s.context_tokens, s.max_tokens,
-                            self._count, self.docs.others(uri))
+        others = self.docs.others(uri)
+        ctx = await self.off_loop(
+            lambda: build_context(text, cursor, spec_for(language_id, uri), s.context_tokens, s.max_tokens,
+                                  self._count, others),
+            lambda: build_context(text, cursor, None, s.context_tokens, s.max_tokens), CONTEXT_BUDGET_S)
         timings = {"context": _ms(t)}
         raw = self.cache.get(ctx.key())
         if raw is None:
@@ -185,16 +265,18 @@ class Service:
             return actions.body_plan(text, a, spec, syntax, s.max_tokens)
         raise BadParams(f"unknown action {name}")
 
-    def available_actions(self, uri: str, rng: types.Range) -> list[str]:
-        """Actions that apply at a range (cheap: no model call)."""
+    async def available_actions(self, uri: str, rng: types.Range) -> list[str]:
+        """Actions that apply at a range (no model call; one parse, off the loop, in budget)."""
         doc = self.docs.get(uri)
-        if doc is None or not self.host.ready or not self.settings.language_enabled(doc.language_id):
+        if doc is None or not self.host.ready or not self._enabled(doc):
             return []
         a, b = range_offsets(doc.index, rng, self.encoding)
-        spec = spec_for(doc.language_id, uri)
+        spec, text = spec_for(doc.language_id, uri), doc.text
         names = [actions.REGENERATE] if b > a else []
-        names += [n for n in (actions.FILL_HOLES, actions.COMPLETE_BODY) if self._plan(n, doc.text, a, a, spec)]
-        return names
+        found = await self.off_loop(
+            lambda: [n for n in (actions.FILL_HOLES, actions.COMPLETE_BODY) if self._plan(n, text, a, a, spec)],
+            list, CONTEXT_BUDGET_S)
+        return names + found
 
     async def edit(self, name: str, uri: str, rng: types.Range) -> tuple[LineIndex, int, Spans]:
         """Run one action; returns (index of the text it read, its version, offset edits)."""
@@ -204,11 +286,13 @@ class Service:
         text, version, index = doc.text, doc.version, doc.index
         a, b = range_offsets(index, rng, self.encoding)
         spec = spec_for(doc.language_id, uri)
-        plan = self._plan(name, text, a, b, spec)
+        plan = await self.off_loop(lambda: self._plan(name, text, a, b, spec), lambda: None, EDIT_BUDGET_S)
         if plan is None:
             raise BadParams(f"nothing to do for {name} here")
         t0 = time.perf_counter()
-        seg = actions.segments(text, plan, spec, self.settings.context_tokens, self._count)
+        seg = await self.off_loop(lambda: actions.segments(text, plan, spec, self.settings.context_tokens, self._count),
+                                  lambda: actions.segments(text, plan, None, self.settings.context_tokens, None),
+                                  EDIT_BUDGET_S)
         req = InfillRequest(prefix=seg.prefix, suffix=seg.suffix, middles=seg.middles, hole_tokens=plan.hole_tokens,
                             max_new_tokens=plan.max_new_tokens, max_context_tokens=self.settings.context_tokens,
                             sampling=self._sampling())

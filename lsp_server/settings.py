@@ -1,5 +1,7 @@
 """Server settings from `initializationOptions` and `workspace/didChangeConfiguration` (section
-"dlsp"). Unknown keys and values of the wrong type are ignored with a warning, never fatal."""
+"dlsp"). Unknown keys are ignored; a value of the wrong type or out of range is ignored with a
+warning that names the setting (and the previous value stays), never fatal and never silently
+changed into something else."""
 
 from __future__ import annotations
 
@@ -39,8 +41,13 @@ class Settings:
     context_tokens: int = 1024
     log_level: str = "info"
 
-    def language_enabled(self, language_id: str) -> bool:
-        return not self.enabled_languages or language_id in self.enabled_languages
+    def language_enabled(self, language_id: str, default: tuple[str, ...] | None = None,
+                         name: str | None = None) -> bool:
+        """Whether to complete in a language: `enabledLanguages` when set, else `default` (the
+        languages the loaded model was evaluated on), else all. `name` is the registry name of
+        the document's language (a languageId or an extension may name it differently)."""
+        allowed = self.enabled_languages or default
+        return not allowed or language_id in allowed or (name is not None and name in allowed)
 
     def updated(self, raw: Any) -> Settings:
         """A copy with the recognised keys of `raw` applied; accepts {"dlsp": {...}} or {...}."""
@@ -56,6 +63,10 @@ class Settings:
             if isinstance(value, bool) or not isinstance(value, accepted):
                 log.warning("setting %s: ignoring a value of type %s", key, type(value).__name__)
                 continue
+            problem = _problem(name, value)
+            if problem:
+                log.warning("setting %s: %s; keeping %r", key, problem, getattr(self, name))
+                continue
             changes[name] = _clean(name, value)
         return replace(self, **changes)
 
@@ -63,17 +74,26 @@ class Settings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+# field -> (lowest, highest) accepted; None values ("the engine's default") are always accepted
+RANGES: dict[str, tuple[float, float]] = {
+    "max_tokens": (1, 4096), "context_tokens": (16, 1 << 16), "debounce_ms": (0, 5000),
+    "steps": (1, 4096), "min_per_step": (1, 256), "threshold": (0.0, 1.0),
+}
+
+
+def _problem(name: str, value: Any) -> str | None:
+    lo_hi = RANGES.get(name)
+    if lo_hi is None or value is None:
+        return None
+    lo, hi = lo_hi
+    return None if lo <= value <= hi else f"{value!r} is outside {lo}..{hi}"
+
+
 def _clean(name: str, value: Any) -> Any:
     if name == "enabled_languages":
         return tuple(str(v) for v in value if isinstance(v, str))
-    if name in ("max_tokens", "context_tokens"):
-        return max(1, min(int(value), 1 << 16))
-    if name == "debounce_ms":
-        return max(0.0, min(float(value), 5000.0))
-    if name == "steps" and value is not None:
-        return max(1, int(value))
-    if name == "min_per_step" and value is not None:
-        return max(1, min(int(value), 256))
-    if name == "threshold" and value is not None:
+    if name in ("max_tokens", "context_tokens", "steps", "min_per_step") and value is not None:
+        return int(value)
+    if name in ("debounce_ms", "threshold") and value is not None:
         return float(value)
     return value

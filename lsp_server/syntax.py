@@ -3,11 +3,25 @@
 Tree-sitter counts UTF-8 bytes; everything here answers in code-point offsets of the whole
 document (`base` is where the parsed window starts). Only a window around the cursor is parsed,
 so a 5 MB file costs what a small one does.
+
+Bounded in time (issue 12): py-tree-sitter holds the GIL for a whole parse, so text is fed to
+the parser in chunks (each chunk lets other threads run), and a parse that passes the current
+thread's `budget` stops early and counts as no parse (plain text); past the budget, queries
+find nothing. Parses are cached by their
+exact window, so asking twice at one document version parses once. Walks to the root go down
+from the root (py-tree-sitter's `parent` walks from the root on every call, which made
+ancestor walks quadratic in nesting depth) and stop at `MAX_DEPTH`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -16,6 +30,59 @@ from lsp_server.languages import SPECS, LangSpec, parser_for
 log = logging.getLogger(__name__)
 _COMMENT_TYPES = ("comment", "line_comment", "block_comment")
 _STRING_WORDS = ("string", "comment", "char_literal", "template")
+MAX_DEPTH = 10_000  # ancestors walked at most
+_CHUNK = 8192  # bytes handed to the parser per call
+_CACHED = 16  # parses kept
+_local = threading.local()
+_cache: OrderedDict[tuple[str, int, str], Syntax] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+class OverBudget(Exception):
+    """The thread's time budget for syntax work is spent."""
+
+
+@contextmanager
+def budget(seconds: float) -> Iterator[None]:
+    """Parses in this thread stop (and count as none) once `seconds` have passed."""
+    previous = getattr(_local, "deadline", math.inf)
+    _local.deadline = min(previous, time.perf_counter() + seconds)
+    try:
+        yield
+    finally:
+        _local.deadline = previous
+
+
+def over_budget() -> bool:
+    return time.perf_counter() > getattr(_local, "deadline", math.inf)
+
+
+def _parser(name: str) -> Any:
+    """This thread's parser for a language (a parser must not be shared between threads)."""
+    parsers = _local.__dict__.setdefault("parsers", {})
+    if name not in parsers:
+        import tree_sitter
+
+        parsers[name] = tree_sitter.Parser(parser_for(name).language)
+    return parsers[name]
+
+
+def _parse(name: str, data: bytes) -> Any:
+    if len(data) <= _CHUNK:
+        return _parser(name).parse(data)
+    stopped = False
+
+    def read(offset: int, _point: Any) -> bytes:
+        nonlocal stopped
+        if over_budget():
+            stopped = True
+            return b""
+        return data[offset:offset + _CHUNK]
+
+    tree = _parser(name).parse(read)
+    if stopped:
+        raise OverBudget
+    return tree
 
 
 @cache
@@ -43,17 +110,33 @@ class Syntax:
         self.text, self.base, self.spec = text, base, spec
         self._data = text.encode("utf-8", "surrogatepass")
         self._ascii = len(self._data) == len(text)
-        self.tree = parser_for(spec.name).parse(self._data)
+        self.tree = _parse(spec.name, self._data)
+        self._chains: dict[int, list[Any]] = {}
 
     @classmethod
     def parse(cls, text: str, base: int, spec: LangSpec | None) -> Syntax | None:
-        if spec is None or parser_for(spec.name) is None:
+        """The parse of a window (cached), or None: no grammar, a parser problem, or the
+        thread's budget is spent."""
+        if spec is None or parser_for(spec.name) is None or over_budget():
             return None
+        key = (spec.name, base, text)
+        with _cache_lock:
+            if key in _cache:
+                _cache.move_to_end(key)
+                return _cache[key]
         try:
-            return cls(text, base, spec)
+            syntax = cls(text, base, spec)
+        except OverBudget:
+            log.info("parse stopped: over its time budget (plain-text context)")
+            return None
         except Exception as exc:  # never let a parser problem fail a request
             log.warning("parse failed (%s): %s", spec.name, type(exc).__name__)
             return None
+        with _cache_lock:
+            _cache[key] = syntax
+            while len(_cache) > _CACHED:
+                _cache.popitem(last=False)
+        return syntax
 
     # -- offsets ---------------------------------------------------------------------------
     def c2b(self, offset: int) -> int:
@@ -74,7 +157,10 @@ class Syntax:
         import tree_sitter
 
         query = _query(self.spec.name, kind)
-        if query is None:
+        if query is None or over_budget():
+            # A query holds the GIL to its end; over deep error trees (32k unclosed "(") one
+            # takes seconds. py-tree-sitter 0.26's progress_callback could stop it, but crashes
+            # the process, so the budget is checked between queries only.
             return []
         cursor = tree_sitter.QueryCursor(query)
         if start is not None and end is not None:
@@ -87,12 +173,23 @@ class Syntax:
         return self.tree.root_node.descendant_for_byte_range(b, b)
 
     def ancestors(self, offset: int) -> list[Any]:
-        """Innermost first."""
-        out, node = [], self.node_at(offset)
-        while node is not None:
-            out.append(node)
-            node = node.parent
-        return out
+        """The node at `offset` and its ancestors up to the root, innermost first (in nesting
+        deeper than `MAX_DEPTH`, the node and the outermost `MAX_DEPTH` ancestors)."""
+        if offset in self._chains:
+            return self._chains[offset]
+        target = self.node_at(offset)
+        chain, node = [self.tree.root_node], self.tree.root_node
+        while node is not None and node != target and len(chain) < MAX_DEPTH:
+            node = node.child_with_descendant(target)
+            if node is not None:
+                chain.append(node)
+        if chain[-1] != target:  # the cap cut the walk: the innermost node still comes first
+            chain.append(target)
+        chain.reverse()
+        if len(self._chains) > 64:
+            self._chains.clear()
+        self._chains[offset] = chain
+        return chain
 
     def enclosing_scopes(self, offset: int, strict: bool = True) -> list[Any]:
         """Scope nodes around `offset`, innermost first (strict: offset is inside, not at an edge)."""
@@ -104,12 +201,11 @@ class Syntax:
         return out
 
     def in_comment_or_string(self, offset: int) -> bool:
-        node = self.node_at(offset)
-        while node is not None and node.parent is not None:
+        chain = self.ancestors(offset)
+        for node in chain[:-1] if len(chain) > 1 and chain[-1] == self.tree.root_node else chain:
             if any(w in node.type for w in _STRING_WORDS):
                 s, e = self.span(node)
                 return s < offset < e or (node.type in _COMMENT_TYPES and s < offset)
-            node = node.parent
         return False
 
     def header_end(self, node: Any) -> int:

@@ -104,3 +104,40 @@ def test_indent_unit_and_suffix_clip():
     assert indent_unit("if x:\n  y\n", 5) == "  "
     assert indent_unit("x", 0) == "    "
     assert clip_suffix("a\nbb\nccc\n", 0, 6) == "a\nbb\n"
+
+
+def test_deep_nesting_walks_are_linear_and_capped():
+    """16k nested parentheses (issue 12: quadratic parent walks stalled 37 s): ancestors still
+    reach both the innermost node and the enclosing function, past the depth cap."""
+    from lsp_server.syntax import MAX_DEPTH, Syntax
+
+    n = MAX_DEPTH + 6000
+    text = "def f():\n    x = " + "(" * n + "1" + ")" * n + "\n"
+    cursor = text.index("1")
+    syntax = Syntax.parse(text, 0, spec_for("python"))
+    chain = syntax.ancestors(cursor)
+    assert len(chain) == MAX_DEPTH + 1 and chain[0].type == "integer"
+    assert [n.type for n in syntax.enclosing_scopes(cursor)] == ["function_definition"]
+    assert not syntax.in_comment_or_string(cursor)
+    assert Syntax.parse(text, 0, spec_for("python")) is syntax  # cached per exact window
+
+
+def test_parse_over_budget_degrades_to_plain_text():
+    from lsp_server.syntax import Syntax, budget
+
+    text = "def f(x):\n    return x\n" * 5000
+    with budget(0.0):
+        assert Syntax.parse(text + "#", 0, spec_for("python")) is None
+        ctx = build_context(text, len(text) // 2, spec_for("python"), 256, 64)
+    assert ctx.prefix and text[:len(text) // 2].endswith(ctx.prefix[-50:])
+
+
+def test_queries_stop_at_the_budget():
+    """Queries over the error tree of 32k unclosed "(" take seconds; past the budget none runs."""
+    from lsp_server.syntax import Syntax, budget
+
+    text = "import os\ndef f():\n    pass\n"
+    syntax = Syntax.parse(text, 0, spec_for("python"))
+    assert syntax.nodes("scopes")
+    with budget(0.0):
+        assert syntax.nodes("scopes") == []

@@ -247,7 +247,10 @@ def test_utf8_encoding_over_the_wire(tiny_ckpt, tmp_path):
 
 
 def test_failed_model_load_is_reported_and_server_stays_up(tmp_path):
-    client = LspClient.spawn("--model", str(tmp_path / "missing"), stderr_path=tmp_path / "err.log")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    client = LspClient.spawn("--model", str(broken), stderr_path=tmp_path / "err.log")
     try:
         client.initialize()
         shown = client.wait_notification("window/showMessage", timeout=60)["params"]

@@ -148,7 +148,7 @@ def test_cancel_request_stops_generation():
 def test_not_ready_disabled_and_unknown_documents_are_empty():
     svc = _service(None)
     assert asyncio.run(svc.suggest(URI, _pos(3, 11))) is None
-    assert svc.available_actions(URI, _rng((0, 0), (0, 3))) == []
+    assert asyncio.run(svc.available_actions(URI, _rng((0, 0), (0, 3)))) == []
     with pytest.raises(ModelNotReady):
         asyncio.run(svc.edit(actions.FILL_HOLES, URI, _rng((0, 0), (0, 0))))
     svc2 = _service(FakeEngine(), enabled_languages=("rust",))
@@ -209,7 +209,7 @@ def test_regenerate_selection_and_complete_body():
     engine.fill = lambda req: ("y = a\n    return y",)
     _, _, edits = asyncio.run(svc.edit(actions.COMPLETE_BODY, "file:///r.py", _rng((0, 2), (0, 2))))
     assert apply_edits(svc.docs.get("file:///r.py").text, edits) == "def f(a, b):\n    y = a\n    return y\n\nx = 1\n"
-    assert set(svc.available_actions("file:///r.py", _rng((1, 4), (1, 10)))) == {
+    assert set(asyncio.run(svc.available_actions("file:///r.py", _rng((1, 4), (1, 10))))) == {
         actions.REGENERATE, actions.COMPLETE_BODY}
     svc.scheduler.shutdown()
 
@@ -234,4 +234,68 @@ def test_single_line_contexts_ask_the_engine_to_stop_at_the_line_break():
     svc.docs.open("file:///w/b.py", "python", 1, "def add(a, b):\n")
     asyncio.run(svc.suggest("file:///w/b.py", _pos(0, 14)))  # end of a block header: a body
     assert engine.calls[-1].single_line is False
+    svc.scheduler.shutdown()
+
+
+def test_inline_and_completion_list_share_one_run():
+    """VS Code asks for both on a keystroke: neither may supersede the other (issue 12, 7)."""
+    gate = threading.Event()
+    engine = FakeEngine(fill=lambda req: ("a + b",), gate=gate)
+    svc = _service(engine)
+
+    async def main():
+        inline = asyncio.ensure_future(svc.suggest(URI, _pos(3, 11)))
+        listed = asyncio.ensure_future(svc.complete_word(URI, _pos(3, 11)))
+        while not engine.started.is_set():
+            await asyncio.sleep(0.001)
+        gate.set()
+        (_, a), (_, b) = await inline, await listed
+        assert a == b == [(37, 37, "a + b")]
+        assert len(engine.calls) == 1
+
+    asyncio.run(main())
+
+
+def test_shared_run_survives_one_cancelled_waiter():
+    gate = threading.Event()
+    engine = FakeEngine(fill=lambda req: ("a + b",), gate=gate)
+    svc = _service(engine)
+
+    async def main():
+        inline = asyncio.ensure_future(svc.suggest(URI, _pos(3, 11)))
+        listed = asyncio.ensure_future(svc.complete_word(URI, _pos(3, 11)))
+        while not engine.started.is_set():
+            await asyncio.sleep(0.001)
+        inline.cancel()
+        gate.set()
+        _, spans = await listed
+        assert spans == [(37, 37, "a + b")]
+        with pytest.raises(asyncio.CancelledError):
+            await inline
+
+    asyncio.run(main())
+
+
+def test_languages_default_to_the_model_cards(caplog):
+    """Issue 12 (6): a Python-only model gave Python in .rs files and garbage in .txt files."""
+    engine = FakeEngine(fill=lambda req: ("a + b",))
+    engine.languages = ("python",)
+    svc = _service(engine)
+    svc.docs.open("file:///w/m.rs", "rust", 1, "fn main() {\n    let x = \n}\n")
+    svc.docs.open("file:///w/n.txt", "plaintext", 1, "notes: \n")
+    svc.docs.open("file:///w/s.py", "", 1, "x = \n")  # no languageId: the extension names it
+
+    async def main():
+        assert await svc.suggest("file:///w/m.rs", _pos(1, 12)) is None
+        assert await svc.suggest("file:///w/m.rs", _pos(1, 11)) is None
+        assert await svc.suggest("file:///w/n.txt", _pos(0, 7)) is None
+        assert (await svc.suggest(URI, _pos(3, 11)))[1]
+        assert (await svc.suggest("file:///w/s.py", _pos(0, 4)))[1]
+        assert await svc.available_actions("file:///w/m.rs", _rng((0, 0), (0, 3))) == []
+
+    with caplog.at_level("INFO", logger="lsp_server"):
+        asyncio.run(main())
+    assert sum("'rust'" in r.getMessage() for r in caplog.records) == 1  # one line, not one per request
+    svc.configure({"enabledLanguages": ["rust"]})  # the user's setting wins
+    assert asyncio.run(svc.suggest("file:///w/m.rs", _pos(1, 12))) is not None
     svc.scheduler.shutdown()

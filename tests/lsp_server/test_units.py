@@ -15,18 +15,21 @@ from lsp_server.settings import Settings
 from lsp_server.stats import Stats, percentile
 
 
-def test_settings_accept_known_keys_and_ignore_bad_values():
+def test_settings_accept_known_keys_and_ignore_bad_values(caplog):
     s = Settings().updated({"dlsp": {"modelPath": "/m", "device": "cpu", "threshold": 0.7, "steps": 4,
                                      "maxTokens": 32, "debounceMs": 10, "enabledLanguages": ["python", 3],
                                      "contextTokens": 256, "logLevel": "debug", "minPerStep": 999, "unknown": 1}})
     assert (s.model_path, s.device, s.threshold, s.steps, s.max_tokens) == ("/m", "cpu", 0.7, 4, 32)
     assert s.enabled_languages == ("python",) and s.context_tokens == 256 and s.debounce_ms == 10
-    assert s.min_per_step == 256  # clamped
+    assert s.min_per_step is None  # 999 is out of range: refused, not clamped
     assert s.language_enabled("python") and not s.language_enabled("go")
     bad = s.updated({"maxTokens": "many", "steps": True, "enabledLanguages": "python"})
     assert bad == s
     assert Settings().updated(None) == Settings() and Settings().updated([1]) == Settings()
-    assert Settings().updated({"maxTokens": -5}).max_tokens == 1
+    with caplog.at_level("WARNING", logger="lsp_server"):
+        assert Settings().updated({"maxTokens": -5}).max_tokens == 64  # issue 12: not silently 1
+    assert any("maxTokens" in r.getMessage() and "-5" in r.getMessage() for r in caplog.records)
+    assert Settings().updated({"threshold": 1.5, "debounceMs": -1}) == Settings()
 
 
 def test_context_cache_lru():
@@ -91,3 +94,54 @@ def test_scheduler_skips_superseded_jobs_without_running_them():
     asyncio.run(main())
     assert ran == ["b"]
     sched.shutdown()
+
+
+def test_default_loader_reads_the_model_cards_languages(tiny_ckpt, tmp_path):
+    import json
+    import shutil
+
+    from engine.checkpoint import checkpoint_languages
+    from engine.engine import DEFAULT_MODEL_DIR
+    from lsp_server.model_host import default_loader
+
+    assert checkpoint_languages(DEFAULT_MODEL_DIR) == ("python",)
+    assert default_loader(str(tiny_ckpt), "cpu").languages is None  # third-party: not said, all languages
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "dlsp_languages": ["python", "go"]}))
+    assert default_loader(str(ckpt), "cpu").languages == ("python", "go")
+
+
+def _broken_copy(tiny_ckpt, tmp_path, **changes):
+    import json
+    import shutil
+
+    ckpt = tmp_path / "broken"
+    shutil.copytree(tiny_ckpt, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, **changes}))
+    return ckpt
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"dlsp_sampling": {"min_per_step": 0}}, "min_per_step"),
+    ({"dlsp_sampling": {"temperature": "hot"}}, "temperature"),
+    ({"dlsp_sampling": {"eos_fill": 1}}, "eos_fill"),
+    ({"dlsp_sampling": [1]}, "dlsp_sampling"),
+    ({"n_heads": 0}, "n_heads"),
+    ({"n_heads": 3}, "multiple"),
+])
+def test_invalid_checkpoints_fail_at_load_naming_the_file(tiny_ckpt, tmp_path, changes, words):
+    """Issue 12 (5): these loaded as "ready" and then failed every request as the client's fault
+    (or reported a bare division by zero)."""
+    from engine.errors import CheckpointError
+    from lsp_server.model_host import ModelHost, default_loader
+
+    ckpt = _broken_copy(tiny_ckpt, tmp_path, **changes)
+    with pytest.raises(CheckpointError) as err:
+        default_loader(str(ckpt), "cpu")
+    assert "config.json" in str(err.value) and words in str(err.value)
+    host = ModelHost(default_loader)
+    host.load(str(ckpt), "cpu").join()
+    assert host.state == "failed" and "config.json" in host.message

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine import cli_complete
+from lsp_server import cli_complete
 
 
 def test_split_at_is_one_based_and_names_what_is_out_of_range():
@@ -39,3 +39,38 @@ def test_errors_exit_1_with_a_message(tiny_ckpt, tmp_path, capsys):
     assert "nope.py" in capsys.readouterr().err
     assert cli_complete.main([str(src), "--line", "1", "--col", "1", "--model", str(tmp_path)]) == 1
     assert "config.json" in capsys.readouterr().err
+
+
+def test_uses_the_checkpoints_decoding_defaults(tiny_ckpt, tmp_path, capsys):
+    """Issue 12 (6): the CLI dropped the checkpoint's `dlsp_sampling` (12-48 passes, not 1-5)."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["dlsp_sampling"] = {"min_per_step": 3, "threshold": 0.5}
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    src = tmp_path / "a.py"
+    src.write_text("def f(x):\n    return \n")
+    args = [str(src), "--line", "2", "--col", "12", "--model", str(ckpt), "--json"]
+    assert cli_complete.main(args) == 0
+    used = json.loads(capsys.readouterr().out)["sampling"]
+    assert used["min_per_step"] == 3 and used["threshold"] == 0.5
+    assert cli_complete.main(args + ["--threshold", "0.8"]) == 0
+    used = json.loads(capsys.readouterr().out)["sampling"]
+    assert used["min_per_step"] == 3 and used["threshold"] == 0.8
+
+
+def test_post_processing_matches_the_server_on_a_blank_line(tmp_path, capsys, monkeypatch):
+    """Token healing lets the model deepen the indent on a whitespace-only line; the server
+    strips it, and so does the CLI now (the fill compiles)."""
+    from tests.lsp_server.fakes import FakeEngine
+
+    fake = FakeEngine(fill=lambda req: ("    x = 1\n    return x",))
+    monkeypatch.setattr(cli_complete.Engine, "from_pretrained", classmethod(lambda cls, *a, **k: fake))
+    src = tmp_path / "a.py"
+    src.write_text("def f():\n    \n")
+    assert cli_complete.main([str(src), "--line", "2", "--col", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out == "x = 1\n    return x\n"
+    compile(src.read_text().replace("    \n", "    " + out), "a.py", "exec")
