@@ -59,6 +59,8 @@ def _shape_problem(a: ModelArgs) -> str | None:
         return f"{a.n_heads} attention heads do not divide into {a.n_kv_heads} key/value heads"
     if a.head_dim % 2:
         return f"the head size {a.head_dim} is odd (rotary embeddings need pairs)"
+    if not 0 <= a.causal_layers <= a.n_layers:
+        return f"dlsp_causal_layers must be between 0 and {a.n_layers} (got {a.causal_layers})"
     return None
 
 
