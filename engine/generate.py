@@ -22,7 +22,9 @@ import torch
 
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
+from engine.kv_cache import KVCache, splice
 from engine.model import Transformer
+from engine.reuse import ReusePolicy, Session, plan
 from engine.samplers import commit_rows, copy_prior, factor_commits, in_block, min_commits, propose
 from engine.types import SamplingConfig
 
@@ -50,6 +52,7 @@ class GenOutput:
     cancelled: bool = False
     prefill_ms: float = 0.0
     steps_ms: float = 0.0
+    reused_tokens: int = 0  # canvas rows of the first forward whose keys/values were reused
 
 
 @dataclass
@@ -97,6 +100,7 @@ class _Run:
 
     def layout(self) -> None:
         ids, starts = _canvas(self.a, self.segments, self.holes.fills)
+        self.ids, self.hole_span = ids, (starts[0], starts[-1] + len(self.holes.fills[-1]))
         self.canvas = torch.tensor([ids], device=self.device)  # (1, L)
         pos, hole_of, rows = [], [], []
         for h, (s, fill) in enumerate(zip(starts, self.holes.fills)):
@@ -106,21 +110,44 @@ class _Run:
         self.pos = torch.cat(pos).to(self.device)  # (P,) canvas positions of hole slots
         self.hole_of = torch.cat(hole_of).to(self.device)  # (P,)
         self.rows = torch.unique(torch.cat(rows)).to(self.device)  # (R,) rows a cached step runs
-        self.row_of = torch.full((len(ids),), -1, dtype=torch.long, device=self.device)
-        self.row_of[self.rows] = torch.arange(len(self.rows), device=self.device)
+        self.step_row_of = self._row_map(self.rows)
+
+    def _row_map(self, rows: torch.Tensor) -> torch.Tensor:
+        row_of = torch.full((self.canvas.shape[1],), -1, dtype=torch.long, device=self.device)  # (L,)
+        row_of[rows] = torch.arange(len(rows), device=self.device)
+        return row_of
 
     def full(self) -> None:
         t0 = time.perf_counter()
         self.hidden, self.cache = self.model.prefill(self.canvas, keep_cache=not self.full_every_step)
         self.hidden_is_full = True
+        self.age = 0
         self.out.forward_passes += 1
         self.out.prefill_ms += (time.perf_counter() - t0) * 1e3
+
+    def reuse(self, old_ids: list[int], old_span: tuple[int, int], old_cache: KVCache, age: int,
+              edit: bool, policy: ReusePolicy) -> bool:
+        """Instead of a prefill: splice the old canvas's cache and run one step over the rows in
+        between (edited tokens, holes, the shift neighbour). False when the plan says prefill.
+        `age`: reuses of edits behind the old cache; `edit`: this is one more (not a growth round)."""
+        t0 = time.perf_counter()
+        p = plan(old_ids, old_span, self.ids, self.hole_span, policy, age)
+        if p is None or old_cache.length != len(old_ids):
+            return False
+        self.cache = splice(old_cache, p.length, p.head, p.tail, self.a.rope_theta)
+        rows = torch.unique(torch.cat([torch.arange(p.head, p.length - p.tail, device=self.device), self.rows]))
+        self.hidden = self.model.step(self.canvas[:, rows], rows, self.cache)
+        self.row_of, self.hidden_is_full, self.age = self._row_map(rows), False, age + edit
+        self.out.forward_passes += 1
+        self.out.reused_tokens = p.reused
+        self.out.prefill_ms += (time.perf_counter() - t0) * 1e3
+        return True
 
     def cached_step(self) -> None:
         ids = self.canvas[:, self.rows]
         hidden = self.graphs.step(ids, self.rows, self.cache) if self.graphs is not None else None
         self.hidden = hidden if hidden is not None else self.model.step(ids, self.rows, self.cache)
-        self.hidden_is_full = False
+        self.hidden_is_full, self.row_of = False, self.step_row_of
         self.out.forward_passes += 1
 
     def commit_once(self) -> int:
@@ -234,7 +261,8 @@ def _strip(a: ModelArgs, fill: list[int], stop: set[int] | None = None,
 def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig, shifted: bool,
              hole_tokens: int = 16, max_new_tokens: int = 64,
              should_stop: Callable[[], bool] | None = None, graphs: StepGraphs | None = None,
-             stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None) -> GenOutput:
+             stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None,
+             session: Session | None = None, policy: ReusePolicy | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -248,6 +276,11 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             line break, for single-line fills): later slots of that hole become EOS and it does
             not grow. The stop token itself stays in the fill.
         first: a constraint on hole 0's first slot (see `FirstSlot`).
+        session: the previous canvas and cache of the same text (`engine.reuse`): the first forward
+            re-encodes only what changed when `policy` allows, and the session is updated with
+            this run's canvas and cache (also when cancelled). Growth rounds reuse the run's own
+            cache the same way (the suffix's keys re-rotated to its new positions).
+        policy: reuse settings (None = `ReusePolicy()`; with `enabled=False` every round prefills).
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """
@@ -260,9 +293,16 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids, first)
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
     first_stop = None if first is None or first.stop is None else set(torch.nonzero(first.stop).flatten().tolist())
+    policy = policy or ReusePolicy()
+    prior = None
+    if session is not None and session.canvas is not None and session.cache is not None:
+        prior = (session.canvas, session.holes, session.cache, session.age, True)
     while True:
         run.layout()
-        run.full()
+        if run.full_every_step or prior is None or not run.reuse(*prior, policy):
+            run.full()
+        if session is not None and not run.full_every_step:
+            session.canvas, session.holes, session.cache, session.age = run.ids, run.hole_span, run.cache, run.age
         t0, step = time.perf_counter(), 0
         while bool((run.canvas[0, run.pos] == a.mask_id).any()):
             if should_stop is not None and should_stop():
@@ -277,6 +317,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             step += 1
         run.out.steps_ms += (time.perf_counter() - t0) * 1e3
         run.read_fills()
+        prior = (run.ids, run.hole_span, run.cache, run.age, False)  # growth splices the run's own cache
         if not _grow(a, holes, cfg, max_new_tokens, stop, first_stop):
             break
     run.out.fills = [_strip(a, f, stop, first_stop if h == 0 else None) for h, f in enumerate(holes.fills)]
