@@ -11,11 +11,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from engine.types import InfillBackend
+
 log = logging.getLogger(__name__)
-Loader = Callable[[str | None, str | None], Any]
+Loader = Callable[[str | None, str | None], InfillBackend]
 
 
-def default_loader(path: str | None, device: str | None) -> Any:
+def default_loader(path: str | None, device: str | None) -> InfillBackend:
     from engine import Engine
 
     return Engine.from_pretrained(path, device=device)
@@ -28,7 +30,7 @@ class ModelHost:
                  on_change: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._loader = loader
         self.on_change = on_change or (lambda status: None)
-        self.engine: Any = None
+        self.engine: InfillBackend | None = None
         self.state = "loading"
         self.message = ""
         self.source: tuple[str | None, str | None] | None = None
