@@ -92,7 +92,8 @@ class _Run:
         self.out = GenOutput(fills=[])
         self.naive = cfg.sampler == "naive"
         self.full_every_step = self.naive or cfg.refresh_every == 1
-        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.temperature > 0 else None
+        # on the model's device: torch.multinomial needs the generator where the probabilities are
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
         self.forbid = torch.tensor([i for i in (self.a.mask_id, self.a.bos_id, self.a.expand_id) if i is not None],
                                    device=device)
         self.ends = torch.tensor(sorted({self.a.eos_id, self.a.pad_id}), device=device)

@@ -267,8 +267,11 @@ def test_cancellation_between_steps(tiny_ckpt):
     assert len(out.tokens_per_step) == 2
 
 
-def test_temperature_sampling_is_seeded(tiny_ckpt):
-    model, _ = load_model(tiny_ckpt)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_temperature_sampling_is_seeded(tiny_ckpt, device):
+    """On CUDA the generator must live on the model's device (a CPU generator with CUDA
+    probabilities makes torch.multinomial fail)."""
+    model, _ = load_model(tiny_ckpt, device=device)
     cfg = SamplingConfig(temperature=1.0, seed=7, threshold=2.0)
     run = lambda c: generate(model, [[5, 6], [8]], c, False, hole_tokens=8, max_new_tokens=8).fills  # noqa: E731
     assert run(cfg) == run(cfg)
