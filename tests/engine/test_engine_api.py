@@ -239,3 +239,15 @@ def test_engine_is_an_infill_backend(engine):
     from engine import InfillBackend
 
     assert isinstance(engine, InfillBackend)
+
+
+def test_thread_policy_for_an_editor_beside_other_work(monkeypatch):
+    from engine.runtime import configure_threads, default_threads
+
+    assert [default_threads(c) for c in (1, 2, 3, 4, 16, 64)] == [1, 2, 2, 3, 8, 8]
+    before = torch.get_num_threads()
+    monkeypatch.setenv("DLSP_THREADS", "1")
+    try:
+        assert configure_threads() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
