@@ -25,7 +25,7 @@ from engine.cuda_graphs import StepGraphs
 from engine.kv_cache import KVCache, splice
 from engine.model import Transformer
 from engine.reuse import ReusePolicy, Session, plan
-from engine.samplers import commit_rows, copy_prior, factor_commits, in_block, min_commits, propose
+from engine.samplers import commit_rows, copy_prior, factor_commits, in_block, min_commit, propose
 from engine.types import SamplingConfig
 
 
@@ -110,6 +110,7 @@ class _Run:
             rows.append(torch.arange(s - self.shift, s + len(fill)))
         self.pos = torch.cat(pos).to(self.device)  # (P,) canvas positions of hole slots
         self.hole_of = torch.cat(hole_of).to(self.device)  # (P,)
+        self.hole_host = [h for h, fill in enumerate(self.holes.fills) for _ in fill]  # (P,) on the host
         self.rows = torch.unique(torch.cat(rows)).to(self.device)  # (R,) rows a cached step runs
         self.step_row_of = self._row_map(self.rows)
 
@@ -151,10 +152,22 @@ class _Run:
         self.hidden_is_full, self.row_of = False, self.step_row_of
         self.out.forward_passes += 1
 
-    def commit_once(self) -> int:
-        """Propose tokens for masked slots and commit by the rule; return tokens committed."""
-        masked = self.canvas[0, self.pos] == self.a.mask_id  # (P,)
-        mpos, mhole = self.pos[masked], self.hole_of[masked]  # (M,)
+    def slots(self) -> list[int]:
+        """The ids at every hole slot, on the host: the step's one device-to-host read. Everything
+        the step decides on the host (which rows are masked, per-hole counts and budgets, whether
+        the run is done, tokens committed by the previous step) comes from it."""
+        return self.canvas[0, self.pos].tolist()
+
+    def commit_once(self, slots: list[int]) -> None:
+        """Propose tokens for the masked slots (`slots`, as read at the start of this step) and
+        commit by the rule, on the device, without reading anything back."""
+        n_holes = len(self.holes.fills)
+        masked = [i for i, t in enumerate(slots) if t == self.a.mask_id]
+        remaining = [0] * n_holes
+        for i in masked:
+            remaining[self.hole_host[i]] += 1
+        idx = torch.tensor(masked, device=self.device)  # (M,)
+        mpos, mhole = self.pos[idx], self.hole_of[idx]  # (M,)
         src = mpos - self.shift
         h = self.hidden[0, src] if self.hidden_is_full else self.hidden[0, self.row_of[src]]  # (M, D)
         logits = self.model.logits(h)  # (M, V)
@@ -163,7 +176,7 @@ class _Run:
             logits = copy_prior(logits, self.canvas[0], mpos, usable, self.cfg.copy_weight, self.cfg.copy_order)
         logits[:, self.forbid] = float("-inf")
         if self.cfg.eos_frontier:  # EOS only at the first masked slot of each hole
-            lead = torch.full((len(self.holes.fills),), self.canvas.shape[1], device=mpos.device).scatter_reduce(
+            lead = torch.full((n_holes,), self.canvas.shape[1], device=mpos.device).scatter_reduce(
                 0, mhole, mpos, "amin")
             behind = (mpos != lead[mhole])[:, None]  # (M, 1)
             logits[:, self.ends] = logits[:, self.ends].masked_fill(behind, float("-inf"))
@@ -171,47 +184,41 @@ class _Run:
             barred = (mpos == self.pos[0])[:, None] & ~self.first.allowed[None, :]  # (M, V)
             logits.masked_fill_(barred, float("-inf"))
         tokens, conf = propose(logits, self.cfg.confidence, self.cfg.temperature, self.gen)
-        n_holes = len(self.holes.fills)
         if self.naive:
-            group, thr = torch.zeros_like(mhole), float("inf")
-            n_min = torch.ones(1, dtype=torch.long, device=self.device)
+            group, thr, n_min = torch.zeros_like(mhole), float("inf"), [1]
         else:
             group, thr = mhole, self.cfg.threshold
-            remaining = torch.bincount(mhole, minlength=n_holes)
-            left = torch.tensor([b - u for b, u in zip(self.holes.budget, self.holes.used)], device=self.device)
-            n_min = min_commits(remaining, left)
+            n_min = [min_commit(r, b - u) for r, b, u in zip(remaining, self.holes.budget, self.holes.used)]
             if self.cfg.min_per_step > 1:
-                n_min = torch.maximum(n_min, remaining.clamp(max=self.cfg.min_per_step))
-            if self.cfg.factor is not None:
-                n_min = torch.maximum(n_min, factor_commits(conf, mhole, n_holes, self.cfg.factor))
+                n_min = [max(n, min(r, self.cfg.min_per_step)) for n, r in zip(n_min, remaining)]
+        n_min_t = torch.tensor(n_min, dtype=torch.long, device=self.device)  # (H,)
+        if not self.naive and self.cfg.factor is not None:
+            n_min_t = torch.maximum(n_min_t, factor_commits(conf, mhole, n_holes, self.cfg.factor))
         eligible = None if self.naive or self.cfg.block is None else in_block(mhole, n_holes, self.cfg.block)
-        chosen = commit_rows(self.canvas[0], mpos, tokens, conf, group, thr, n_min, eligible)
-        for hh in torch.unique(mhole).tolist():
+        chosen = commit_rows(self.canvas[0], mpos, tokens, conf, group, thr, n_min_t, eligible)
+        for hh in {self.hole_host[i] for i in masked}:
             self.holes.used[hh] += 1
-        n = int(chosen.sum())
         if self.cfg.eos_fill or self.stop is not None:
-            n += self._end_fill(mpos[chosen], mhole[chosen], tokens[chosen])
-        return n
+            self._end_fill(mpos, mhole, tokens, chosen)
 
-    def _end_fill(self, cpos: torch.Tensor, chole: torch.Tensor, ctok: torch.Tensor) -> int:
+    def _end_fill(self, mpos: torch.Tensor, mhole: torch.Tensor, tokens: torch.Tensor, chosen: torch.Tensor) -> None:
         """After an EOS/pad commit (with `eos_fill`) or a stop token, the rest of that hole is EOS
-        (the model was trained so: a FIM middle is followed by EOS pads)."""
-        ends = torch.zeros_like(ctok, dtype=torch.bool)
+        (the model was trained so: a FIM middle is followed by EOS pads). On the device: the
+        first ending commit of each hole, then every masked slot after it."""
+        ends = torch.zeros_like(chosen)
         if self.cfg.eos_fill:
-            ends |= (ctok == self.a.eos_id) | (ctok == self.a.pad_id)
+            ends |= (tokens == self.a.eos_id) | (tokens == self.a.pad_id)
         if self.stop is not None:
-            stop_here = self.stop[ctok]
+            stop_here = self.stop[tokens]
             if self.first is not None and self.first.stop is not None:  # the first slot has its own rule
-                stop_here = torch.where(cpos == self.pos[0], self.first.stop[ctok], stop_here)
+                stop_here = torch.where(mpos == self.pos[0], self.first.stop[tokens], stop_here)
             ends |= stop_here
-        filled = 0
-        for hh in torch.unique(chole[ends]).tolist():
-            first = int(cpos[ends & (chole == hh)].min())
-            tail = self.pos[(self.hole_of == hh) & (self.pos > first)]
-            tail = tail[self.canvas[0, tail] == self.a.mask_id]
-            self.canvas[0, tail] = self.a.eos_id
-            filled += len(tail)
-        return filled
+        never = self.canvas.shape[1]
+        first = torch.full((len(self.holes.fills),), never, device=self.device).scatter_reduce(
+            0, mhole, torch.where(ends & chosen, mpos, never), "amin")  # (H,)
+        row = self.canvas[0, self.pos]  # (P,)
+        tail = (self.pos > first[self.hole_of]) & (row == self.a.mask_id)
+        self.canvas[0, self.pos] = torch.where(tail, self.a.eos_id, row)
 
     def read_fills(self) -> None:
         for h in range(len(self.holes.fills)):
@@ -305,7 +312,9 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         if session is not None and not run.full_every_step:
             session.canvas, session.holes, session.cache, session.age = run.ids, run.hole_span, run.cache, run.age
         t0, step = time.perf_counter(), 0
-        while bool((run.canvas[0, run.pos] == a.mask_id).any()):
+        slots = run.slots()
+        left = slots.count(a.mask_id)
+        while left:
             if should_stop is not None and should_stop():
                 run.out.cancelled = True
                 run.out.steps_ms += (time.perf_counter() - t0) * 1e3
@@ -314,7 +323,10 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             if step > 0:
                 refresh = run.full_every_step or (cfg.refresh_every > 0 and step % cfg.refresh_every == 0)
                 run.full() if refresh else run.cached_step()
-            run.out.tokens_per_step.append(run.commit_once())
+            run.commit_once(slots)
+            slots = run.slots()  # the one host read of the step
+            run.out.tokens_per_step.append(left - slots.count(a.mask_id))
+            left -= run.out.tokens_per_step[-1]
             step += 1
         run.out.steps_ms += (time.perf_counter() - t0) * 1e3
         run.read_fills()
