@@ -24,7 +24,9 @@ from engine.errors import InvalidRequestError
 from engine.generate import generate
 from engine.healing import Healer
 from engine.model import Transformer
+from engine.quantize import MIN_PARAMS, int8_available, quantize_int8
 from engine.reuse import ReusePolicy, Session
+from engine.runtime import ThreadTuner
 from engine.samplers import CONFIDENCE
 from engine.tokenizer import Tokenizer
 from engine.types import ContextSegment, InfillRequest, InfillResult, SamplingConfig
@@ -78,6 +80,8 @@ class Engine:
         self.reuse = reuse or ReusePolicy(enabled=os.environ.get("DLSP_REUSE", "1") != "0")
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._sessions_lock = threading.Lock()
+        self.int8, self.params = False, model.num_params()
+        self.threads: ThreadTuner | None = None  # per-request thread count from measured speed (CPU)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         if cuda_graphs is None:
@@ -86,24 +90,35 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None,
-                        dtype: torch.dtype | None = None) -> Engine:
+                        dtype: torch.dtype | None = None, int8: bool | None = None) -> Engine:
         """Load a checkpoint directory (None = the embedded default model).
 
         fp32 on CPU (no native bf16 there), the checkpoint's fp16/bf16 weights upcast.
+        `int8`: int8 matmuls on CPU (`engine.quantize`); None = auto: on for models of at least
+        `engine.quantize.MIN_PARAMS` parameters unless DLSP_INT8=0 (DLSP_INT8=1 forces it on).
         """
         ckpt = Path(path) if path is not None else DEFAULT_MODEL_DIR
         device = device or best_device()
         dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
         model, _ = load_model(ckpt, device=device, dtype=dtype)
-        return cls(model, load_tokenizer(ckpt), name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
+        params = model.num_params()
+        if int8 is None:
+            env = os.environ.get("DLSP_INT8", "auto")
+            int8 = env == "1" or (env != "0" and params >= MIN_PARAMS)
+        int8 = int8 and device == "cpu" and int8_available()
+        if int8:
+            quantize_int8(model)
+        engine = cls(model, load_tokenizer(ckpt), name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
+        engine.int8, engine.params = bool(int8), params
+        return engine
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(_clean(text)))
 
     def info(self) -> dict[str, Any]:
         a = self.args
-        return {"model": self.name, "family": a.family, "params": self.model.num_params(),
-                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+        return {"model": self.name, "family": a.family, "params": self.params,
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "int8": self.int8,
                 "max_positions": a.max_positions, "vocab_size": a.vocab_size}
 
     def _check(self, req: InfillRequest, cfg: SamplingConfig) -> None:
@@ -182,11 +197,16 @@ class Engine:
             if req.token_healing and segments[0] and max_new else None
         if heal is not None:
             segments[0] = segments[0][:-1]
+        threads = self.threads.pick() if self.threads is not None else None
+        if threads is not None:
+            torch.set_num_threads(threads)
         out = generate(self.model, segments, cfg, self.shifted, hole_tokens=hole_tokens,
                        max_new_tokens=max_new, should_stop=req.should_stop, graphs=self.graphs,
                        stop_ids=self._newline_ids() if req.single_line else None,
                        first=heal[1] if heal is not None else None, session=session, policy=self.reuse)
         t2 = time.perf_counter()
+        if threads is not None and out.forward_passes and not out.cancelled:
+            self.threads.record(threads, (out.prefill_ms + out.steps_ms) / out.forward_passes)
         texts = [self.tokenizer.decode(f) for f in out.fills]
         generated = sum(map(len, out.fills))
         if heal is not None and out.fills[0]:

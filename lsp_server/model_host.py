@@ -18,9 +18,15 @@ Loader = Callable[[str | None, str | None], InfillBackend]
 
 
 def default_loader(path: str | None, device: str | None) -> InfillBackend:
-    from engine import Engine
+    import os
 
-    return Engine.from_pretrained(path, device=device)
+    from engine import Engine
+    from engine.runtime import ThreadTuner
+
+    engine = Engine.from_pretrained(path, device=device)
+    if engine.device.type == "cpu" and not os.environ.get("DLSP_THREADS"):  # an explicit count is kept
+        engine.threads = ThreadTuner.for_machine()
+    return engine
 
 
 class ModelHost:

@@ -251,3 +251,32 @@ def test_thread_policy_for_an_editor_beside_other_work(monkeypatch):
         assert configure_threads() == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_thread_tuner_prefers_the_faster_count_and_keeps_exploring():
+    from engine.runtime import ThreadTuner
+
+    t = ThreadTuner((1, 2), explore=4)
+    assert [t.pick(), t.pick()] == [1, 1]  # nothing measured yet: the untried ones first
+    t.record(1, 100.0)
+    assert t.pick() == 2
+    t.record(2, 300.0)
+    picks = [t.pick() for _ in range(8)]
+    assert picks.count(1) == 6 and picks.count(2) == 2
+    for _ in range(10):
+        t.record(2, 10.0)
+    assert t.pick() == 2 or t.pick() == 2
+    assert ThreadTuner.for_machine(1).choices == (1,) and ThreadTuner.for_machine(2).choices == (1, 2)
+
+
+def test_engine_uses_the_tuner(engine):
+    from engine.runtime import ThreadTuner
+
+    before = torch.get_num_threads()
+    engine.threads = ThreadTuner((1,))
+    try:
+        engine.infill(InfillRequest(prefix="x = ", suffix="\n", hole_tokens=3, max_new_tokens=3))
+        assert 1 in engine.threads.ms
+    finally:
+        engine.threads = None
+        torch.set_num_threads(before)
