@@ -93,6 +93,8 @@ def window_start(prefix: str, starts: Sequence[int], budget: int, anchor: str | 
     n = len(starts)
     if n <= budget:
         return 0
+    if budget <= 0:
+        return n
     if anchor:
         at = prefix.rfind(anchor)
         if at >= 0:
@@ -107,7 +109,7 @@ def window_start(prefix: str, starts: Sequence[int], budget: int, anchor: str | 
 
 def clip(prefix: str, prefix_ids: Sequence[int], starts: Sequence[int], suffix_ids: Sequence[int],
          pieces: Sequence[Piece], budget: int, anchor: str | None = None,
-         prefix_share: float = 0.75) -> Clipped:
+         prefix_share: float = 0.75, slack: float = 0.25) -> Clipped:
     """Choose what of the context fits `budget` tokens.
 
     The suffix gets its share (`split_budget`); the prefix side gets the rest. The window is
@@ -119,7 +121,8 @@ def clip(prefix: str, prefix_ids: Sequence[int], starts: Sequence[int], suffix_i
     Args:
         prefix: prefix text; prefix_ids, starts: its tokens and their character offsets.
         suffix_ids: suffix tokens (the window keeps their start).
-        pieces: ranked segments; budget: tokens for everything; anchor: see `window_start`.
+        pieces: ranked segments; budget: tokens for everything; anchor, slack: see `window_start`
+            (slack 0 for a one-off request: no keystroke follows that could reuse its canvas).
     Returns:
         the `Clipped` canvas context.
     """
@@ -139,7 +142,7 @@ def clip(prefix: str, prefix_ids: Sequence[int], starts: Sequence[int], suffix_i
                 continue
             chosen.append(piece)
             used += len(piece.ids)
-    w = window_start(prefix, starts, p_side - sum(len(c.ids) for c in chosen), anchor)
+    w = window_start(prefix, starts, p_side - sum(len(c.ids) for c in chosen), anchor, slack)
     w_char = starts[w] if w < n else len(prefix)
     chosen = [c for c in chosen if c.start is None or c.end <= w_char]  # the window covers the others
     left = budget - (n - w) - sum(len(c.ids) for c in chosen) - s_share

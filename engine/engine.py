@@ -156,7 +156,7 @@ class Engine:
             budget = min(budget, req.max_context_tokens)
         pieces = [self._piece(seg) for seg in req.context]
         out = clip(prefix_text, prefix, starts, suffix, [q for q in pieces if q is not None], budget,
-                   anchor=session.anchor if session is not None else None)
+                   anchor=session.anchor if session is not None else None, slack=0.25 if session is not None else 0.0)
         if session is not None:
             session.anchor = prefix_text[out.window_start:out.window_start + ANCHOR_CHARS] or None
         return [out.prefix, *middles, out.suffix], max_new, out

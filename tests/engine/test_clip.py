@@ -77,3 +77,12 @@ def test_outline_survives_a_long_prefix(engine):
     plain = engine.infill(InfillRequest(prefix=prefix, suffix="\n", hole_tokens=4, max_new_tokens=4,
                                         max_context_tokens=256))
     assert plain.kept == ()
+
+
+def test_one_off_requests_use_the_whole_budget_and_zero_budget_keeps_nothing():
+    prefix = "".join(f"row{i}\n" for i in range(200))
+    ids, starts = _chars(prefix)
+    assert len(ids) - window_start(prefix, starts, 300, slack=0.0) > 0.9 * 300
+    assert window_start(prefix, starts, 0) == len(ids)
+    out = clip(prefix, ids, starts, list(range(10)), [], budget=0)
+    assert out.prefix == [] and out.suffix == []
