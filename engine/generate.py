@@ -22,7 +22,7 @@ import torch
 
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
-from engine.kv_cache import KVCache, splice
+from engine.kv_cache import KVCache, splice_in_place
 from engine.model import Transformer
 from engine.reuse import ReusePolicy, Session, plan
 from engine.samplers import commit_rows, copy_prior, factor_commits, in_block, min_commit, propose
@@ -129,14 +129,15 @@ class _Run:
 
     def reuse(self, old_ids: list[int], old_span: tuple[int, int], old_cache: KVCache, age: int,
               edit: bool, policy: ReusePolicy) -> bool:
-        """Instead of a prefill: splice the old canvas's cache and run one step over the rows in
-        between (edited tokens, holes, the shift neighbour). False when the plan says prefill.
+        """Instead of a prefill: splice the old canvas's cache (in place: the session or the run
+        owns it) and run one step over the rows in between (edited tokens, holes, the shift
+        neighbour). False when the plan says prefill.
         `age`: reuses of edits behind the old cache; `edit`: this is one more (not a growth round)."""
         t0 = time.perf_counter()
         p = plan(old_ids, old_span, self.ids, self.hole_span, policy, age)
         if p is None or old_cache.length != len(old_ids):
             return False
-        self.cache = splice(old_cache, p.length, p.head, p.tail, self.a.rope_theta)
+        self.cache = splice_in_place(old_cache, p.length, p.head, p.tail, self.a.rope_theta)
         rows = torch.unique(torch.cat([torch.arange(p.head, p.length - p.tail, device=self.device), self.rows]))
         self.hidden = self.model.step(self.canvas[:, rows], rows, self.cache)
         self.row_of, self.hidden_is_full, self.age = self._row_map(rows), False, age + edit
@@ -307,6 +308,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         prior = (session.canvas, session.holes, session.cache, session.age, True)
     while True:
         run.layout()
+        if session is not None:
+            session.canvas = None  # the splice below edits its cache in place: invalid until updated
         if run.full_every_step or prior is None or not run.reuse(*prior, policy):
             run.full()
         if session is not None and not run.full_every_step:

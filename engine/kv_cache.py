@@ -33,6 +33,8 @@ class KVCache:
         self.keys, self.values = keys, values
         self.length = keys[0].shape[2] if length is None and keys else (length or 0)
         self.epoch = 0
+        # per layer: the storage `keys`/`values` are views of when it has spare rows (splice_in_place)
+        self.storage: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @classmethod
     def empty(cls) -> KVCache:
@@ -105,3 +107,42 @@ def splice(old: KVCache, new_length: int, head: int, tail: int, theta: float) ->
         keys.append(k2)
         values.append(v2)
     return KVCache(keys, values, new_length)
+
+
+HEADROOM = 256  # spare rows a spliced cache keeps, so that typing grows it in place
+
+
+def splice_in_place(cache: KVCache, new_length: int, head: int, tail: int, theta: float) -> KVCache:
+    """`splice` without copying the head: the tail moves within the same storage (re-rotated), the
+    rows in between are left for the caller's step to write, and `cache` now holds
+    `new_length` rows (its layer tensors are views of storage with `HEADROOM` spare rows; a
+    cache too small for the edit is reallocated). Bumps the epoch. `splice` is the reference.
+
+    Returns:
+        `cache` itself.
+    """
+    if head + tail > min(new_length, cache.length) or head < 0 or tail < 0:
+        raise ValueError(f"head {head} + tail {tail} do not fit {cache.length} -> {new_length} rows")
+    old, delta = cache.length, new_length - cache.length
+    storage = []
+    for i, (k, v) in enumerate(cache):
+        store_k, store_v = cache.storage[i] if cache.storage is not None else (k, v)
+        if store_k.shape[2] < new_length:  # grow: new storage, head copied
+            b, h, _, d = k.shape
+            grown_k = k.new_empty(b, h, new_length + HEADROOM, d)  # (B, Hkv, C, hd)
+            grown_v = v.new_empty(b, h, new_length + HEADROOM, d)
+            grown_k[:, :, :head] = k[:, :, :head]
+            grown_v[:, :, :head] = v[:, :, :head]
+            store_k, store_v = grown_k, grown_v
+        if tail:
+            src_k = k[:, :, old - tail:old]
+            moved_k = src_k.clone() if delta == 0 else rerotate_keys(src_k, delta, theta)  # a copy either way
+            moved_v = v[:, :, old - tail:old].clone()
+            store_k[:, :, new_length - tail:new_length] = moved_k
+            store_v[:, :, new_length - tail:new_length] = moved_v
+        cache.keys[i], cache.values[i] = store_k[:, :, :new_length], store_v[:, :, :new_length]
+        storage.append((store_k, store_v))
+    cache.storage = storage
+    cache.length = new_length
+    cache.touch()
+    return cache

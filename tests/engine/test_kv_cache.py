@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 
+import pytest
 import torch
 
 from engine import Engine, InfillRequest, SamplingConfig
@@ -79,3 +80,24 @@ def test_two_different_prompts_in_a_row_through_step_graphs(tiny_dream_ckpt, mon
     for req in reqs:
         gc.collect()
         assert graphed.infill(req).text == plain.infill(req).text
+
+
+@pytest.mark.parametrize("new_length,head,tail", [(15, 5, 4), (10, 3, 6), (12, 6, 6), (300, 4, 8)])
+def test_splice_in_place_equals_the_copying_splice(new_length, head, tail):
+    from engine.kv_cache import splice_in_place
+
+    g = torch.Generator().manual_seed(0)
+    make = lambda: [_rotated(torch.randn(1, 2, 12, 8, generator=g), 0) for _ in range(2)]  # noqa: E731
+    keys, values = make(), make()
+    want = splice(KVCache(keys, values), new_length, head, tail, 10000.0)
+    cache = KVCache([k.clone() for k in keys], [v.clone() for v in values])
+    epoch = cache.epoch
+    got = splice_in_place(cache, new_length, head, tail, 10000.0)
+    assert got is cache and cache.length == new_length and cache.epoch == epoch + 1
+    for (gk, gv), (wk, wv) in zip(got, want):
+        assert gk.shape == wk.shape
+        for lo, hi in ((0, head), (new_length - tail, new_length)):  # the rows in between are the step's
+            torch.testing.assert_close(gk[:, :, lo:hi], wk[:, :, lo:hi], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(gv[:, :, lo:hi], wv[:, :, lo:hi])
+    again = splice_in_place(cache, new_length + 3, head, tail, 10000.0)  # typing on: grows within its storage
+    assert again.storage[0][0].shape[2] >= new_length + 3 and again.keys[0].shape[2] == new_length + 3
