@@ -61,6 +61,7 @@ class Run:
     stats: dict[str, Any] = field(default_factory=dict)
     rss_mb: float | None = None
     suggestions: list[str] = field(default_factory=list)
+    debounce_ms: float = 0.0
 
 
 def random_checkpoint(shape: str, tokenizer: str | None, out: Path) -> Path:
@@ -153,7 +154,7 @@ def serve(model: Path, reuse: bool, threads: int | None, options: dict[str, Any]
 
 
 def run_mode(model: Path, reuse: bool, traces: list[Trace], a: argparse.Namespace, options: dict[str, Any]) -> Run:
-    run = Run("reuse" if reuse else "no reuse")
+    run = Run("reuse" if reuse else "no reuse", debounce_ms=float(options.get("debounceMs", 20.0)))
     client = serve(model, reuse, a.threads, options, Path(a.log + (".reuse" if reuse else ".noreuse")) if a.log else None)
     try:
         warm = client.open("file:///latency/warm.py", "def f(x):\n    return x\n")
@@ -222,15 +223,17 @@ def report(runs: list[Run], agree: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for r in runs:
         pc = percentiles(r.pauses_ms)
-        overhead = None
+        overhead = None  # the server's own time: not the engine, not waiting for it, not the debounce
         if _stage(r.stats, "total") is not None and _stage(r.stats, "engine") is not None:
-            overhead = _stage(r.stats, "total") - _stage(r.stats, "engine")
+            overhead = (_stage(r.stats, "total") - _stage(r.stats, "engine") - (_stage(r.stats, "queue") or 0)
+                        - r.debounce_ms)
         cells = " ".join(f"{_stage(r.stats, s) or 0:>8.1f}" for s in stages)
         print(f"{r.mode:<10} {len(r.pauses_ms):>4} {pc.get('p50', 0):>8.1f} {pc.get('p95', 0):>8.1f} {cells} "
               f"{overhead or 0:>8.1f} {r.rss_mb or 0:>7.0f}")
         out[r.mode] = {"pauses": pc, "outcomes": r.outcomes, "server_stats": r.stats, "rss_mb": r.rss_mb,
                        "server_minus_engine_p50_ms": overhead}
-    print("(server stages: p50 over every request the server answered, at pauses or not)")
+    print("(server stages: p50 over every request the server answered, at pauses or not; srv-eng = "
+          "p50 total - engine - queue - debounce)")
     checks = []
     on = out.get("reuse", {}).get("pauses", {})
     if on:
