@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import load_model, load_tokenizer
+from engine.checkpoint import load_model, load_tokenizer, read_args
 from engine.clip import Clipped, Piece, clip, split_budget
 from engine.config import FAMILIES, ModelArgs
 from engine.cuda_graphs import StepGraphs
@@ -46,6 +46,21 @@ def best_device() -> str:
 def _clean(text: str) -> str:
     """Lone surrogates (from undecodable bytes) become U+FFFD so the tokenizer never fails."""
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def stored_dtype(ckpt: Path) -> torch.dtype:
+    """The dtype of a checkpoint's floating tensors as stored (from the first safetensors header);
+    float32 when it cannot be read (the loader reports real problems)."""
+    names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+    try:
+        f = sorted(ckpt.glob("*.safetensors"))[0]
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(min(n, 1 << 24)))
+        kinds = {v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+        return names[kinds.pop()] if len(kinds) == 1 and kinds <= names.keys() else torch.float32
+    except (IndexError, OSError, ValueError, KeyError):
+        return torch.float32
 
 
 def checkpoint_sampling(ckpt: Path) -> SamplingConfig:
@@ -100,14 +115,20 @@ class Engine:
         ckpt = Path(path) if path is not None else DEFAULT_MODEL_DIR
         device = device or best_device()
         dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
-        model, _ = load_model(ckpt, device=device, dtype=dtype)
-        params = model.num_params()
+        params = 0
+        if ckpt.is_dir() and (ckpt / "config.json").is_file():  # else load_model names what is wrong
+            with torch.device("meta"):
+                params = Transformer(read_args(ckpt)).num_params()
         if int8 is None:
             env = os.environ.get("DLSP_INT8", "auto")
             int8 = env == "1" or (env != "0" and params >= MIN_PARAMS)
-        int8 = int8 and device == "cpu" and int8_available()
+        int8 = bool(int8) and device == "cpu" and dtype == torch.float32 and int8_available()
+        # int8: load the weights as stored when that is 16-bit, quantize the matmuls from there, and
+        # only then widen the rest (embedding, norms) to fp32: the peak never holds an fp32 copy
+        model, _ = load_model(ckpt, device=device, dtype=stored_dtype(ckpt) if int8 else dtype)
         if int8:
             quantize_int8(model)
+            model.to(dtype)
         engine = cls(model, load_tokenizer(ckpt), name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
         engine.int8, engine.params = bool(int8), params
         return engine

@@ -16,7 +16,7 @@ def test_report_checks_the_targets(capsys):
     off = _run("no reuse", [500, 600, 700, 900], total=700, engine=650, queue=10)
     out = latency.report([on, off], {"n": 3, "engine_p50_ms": 100.0, "server_p50_ms": 110.0, "ratio": 1.1})
     checks = {c["name"]: c["pass"] for c in out["checks"]}
-    assert checks == {"p50 at pauses": True, "p95 at pauses": True, "server peak RSS MB": True,
+    assert checks == {"p50 at pauses": True, "p95 at pauses": True, "server RSS MB after the replay": True,
                       "server - engine p50 ms": True, "speedup p50 (off / on)": True, "server / engine_speed": True}
     assert abs(out["speedup_p50"] - 650 / 130) < 1e-9 and out["same_suggestion_rate"] == 1.0
     assert "PASS  p50 at pauses" in capsys.readouterr().out
