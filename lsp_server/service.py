@@ -104,7 +104,9 @@ class Service:
             return None
         job = self.scheduler.claim((uri, "complete"), is_stale=lambda: self._stale(uri, version))
         try:
+            t_wait = time.perf_counter()
             await self.scheduler.debounce(job, self.settings.debounce_ms / 1000.0)
+            waited = _ms(t_wait)
             out, timings = await self._complete(job, uri, doc.language_id, text, cursor)
         except Stopped as stop:
             self.stats.count("cancelled" if stop.reason == "cancelled" else "dropped")
@@ -121,6 +123,8 @@ class Service:
             self.stats.count("dropped")
             return None
         timings["total"] = _ms(t0)
+        if "engine" in timings:  # the server's own time: neither the engine, nor waiting for it, nor the debounce
+            timings["server"] = timings["total"] - timings["engine"] - timings.get("queue", 0.0) - waited
         self.stats.record(timings)
         self.stats.count("completed" if out else "empty")
         self.typed.remember(uri, text, cursor, out)
