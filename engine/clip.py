@@ -128,7 +128,9 @@ def clip(prefix: str, prefix_ids: Sequence[int], starts: Sequence[int], suffix_i
     """
     extra = sum(len(p.ids) for p in pieces)
     n = len(prefix_ids)
-    p_side, s_share = split_budget(n + extra, len(suffix_ids), budget, prefix_share)
+    budget = max(0, budget)
+    s_share = min(len(suffix_ids), budget - int(budget * prefix_share))  # fixed: typing never moves it
+    p_side = min(n + extra, budget - s_share)
     chosen: list[Piece] = []
     if pieces:
         floor = min(n, p_side // 2)

@@ -86,3 +86,10 @@ def test_one_off_requests_use_the_whole_budget_and_zero_budget_keeps_nothing():
     assert window_start(prefix, starts, 0) == len(ids)
     out = clip(prefix, ids, starts, list(range(10)), [], budget=0)
     assert out.prefix == [] and out.suffix == []
+
+
+def test_suffix_end_does_not_move_while_typing_near_the_start_of_a_file():
+    """A short prefix leaves budget to the suffix in steps of 128 tokens, not one token per keystroke."""
+    suffix = list(range(2000))
+    sizes = {len(clip("p" * n, *_chars("p" * n), suffix, [], budget=498).suffix) for n in range(30, 60)}
+    assert len(sizes) == 1
