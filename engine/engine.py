@@ -191,7 +191,9 @@ class Engine:
         return Piece(ids=ids, rank=seg.rank, kind=seg.kind, start=seg.at, end=end)
 
     def _session(self, key: str | None) -> Session | None:
-        if key is None or not self.reuse.enabled:
+        """The session of a request (its clipping anchor, and its canvas and cache when reuse is on):
+        with reuse off the context is clipped the same way, so the two differ only in reuse."""
+        if key is None:
             return None
         with self._sessions_lock:
             session = self._sessions.pop(key, None) or Session()
