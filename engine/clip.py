@@ -46,7 +46,7 @@ class Clipped:
         prefix, suffix: token ids.
         window: tokens of the prefix's own end kept (the rest of `prefix` are pieces).
         window_start: character offset in the prefix where the window starts.
-        kinds: the kinds of the pieces kept, in canvas order.
+        kinds: the kinds of the pieces kept, in canvas order; kept_ids: their tokens.
     """
 
     prefix: list[int]
@@ -54,6 +54,7 @@ class Clipped:
     window: int
     window_start: int
     kinds: tuple[str, ...]
+    kept_ids: tuple[tuple[int, ...], ...] = ()
 
 
 def split_budget(n_prefix: int, n_suffix: int, budget: int, prefix_share: float = 0.75) -> tuple[int, int]:
@@ -79,6 +80,18 @@ def _first_token_at(starts: Sequence[int], offset: int) -> int:
     return lo
 
 
+def anchored_start(prefix: str, starts: Sequence[int], budget: int, anchor: str | None) -> int | None:
+    """The token where `anchor` (the previous window's first text) starts the window, if it is
+    found at a token start and the window from there fits `budget`; else None."""
+    if not anchor:
+        return None
+    at = prefix.rfind(anchor)
+    if at < 0:
+        return None
+    i = _first_token_at(starts, at)
+    return i if i < len(starts) and starts[i] == at and len(starts) - i <= budget else None
+
+
 def window_start(prefix: str, starts: Sequence[int], budget: int, anchor: str | None = None,
                  slack: float = 0.25) -> int:
     """The index of the first prefix token the window keeps, at most `budget` tokens from the end.
@@ -95,12 +108,9 @@ def window_start(prefix: str, starts: Sequence[int], budget: int, anchor: str | 
         return 0
     if budget <= 0:
         return n
-    if anchor:
-        at = prefix.rfind(anchor)
-        if at >= 0:
-            i = _first_token_at(starts, at)
-            if i < n and starts[i] == at and n - i <= budget:
-                return i
+    i = anchored_start(prefix, starts, budget, anchor)
+    if i is not None:
+        return i
     i = n - max(1, int(budget * (1 - slack)))
     line = prefix.find("\n", starts[i])
     j = _first_token_at(starts, line + 1) if line >= 0 else n
@@ -109,7 +119,8 @@ def window_start(prefix: str, starts: Sequence[int], budget: int, anchor: str | 
 
 def clip(prefix: str, prefix_ids: Sequence[int], starts: Sequence[int], suffix_ids: Sequence[int],
          pieces: Sequence[Piece], budget: int, anchor: str | None = None,
-         prefix_share: float = 0.75, slack: float = 0.25) -> Clipped:
+         prefix_share: float = 0.75, slack: float = 0.25,
+         previous: frozenset[tuple[int, ...]] | None = None) -> Clipped:
     """Choose what of the context fits `budget` tokens.
 
     The suffix gets its share (`split_budget`); the prefix side gets the rest. The window is
@@ -123,6 +134,10 @@ def clip(prefix: str, prefix_ids: Sequence[int], starts: Sequence[int], suffix_i
         suffix_ids: suffix tokens (the window keeps their start).
         pieces: ranked segments; budget: tokens for everything; anchor, slack: see `window_start`
             (slack 0 for a one-off request: no keystroke follows that could reuse its canvas).
+        previous: the pieces (ids) the previous window of this text kept: while the window keeps
+            its anchor, exactly those that are still present are kept again and no others, so
+            the canvas's start stays put (a piece joining would move everything after it).
+            A restarted window selects afresh.
     Returns:
         the `Clipped` canvas context.
     """
@@ -132,7 +147,14 @@ def clip(prefix: str, prefix_ids: Sequence[int], starts: Sequence[int], suffix_i
     s_share = min(len(suffix_ids), budget - int(budget * prefix_share))  # fixed: typing never moves it
     p_side = min(n + extra, budget - s_share)
     chosen: list[Piece] = []
-    if pieces:
+    sticky = None
+    if previous is not None and anchor:
+        again = [q for q in sorted(pieces, key=lambda q: q.rank) if q.ids in previous]
+        w = anchored_start(prefix, starts, p_side - sum(len(q.ids) for q in again), anchor)
+        sticky = None if w is None else again
+    if sticky is not None:
+        chosen = sticky
+    elif pieces:
         floor = min(n, p_side // 2)
         floor_char = starts[n - floor] if floor < n else 0
         used = floor
@@ -153,4 +175,5 @@ def clip(prefix: str, prefix_ids: Sequence[int], starts: Sequence[int], suffix_i
     near = sorted((c for c in chosen if c.start is not None), key=lambda c: c.start)
     out: list[int] = [t for c in far + near for t in c.ids]
     return Clipped(prefix=out + list(prefix_ids[w:]), suffix=list(suffix_ids[:s]), window=n - w,
-                   window_start=w_char, kinds=tuple(c.kind for c in far + near))
+                   window_start=w_char, kinds=tuple(c.kind for c in far + near),
+                   kept_ids=tuple(c.ids for c in far + near))

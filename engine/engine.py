@@ -177,9 +177,11 @@ class Engine:
             budget = min(budget, req.max_context_tokens)
         pieces = [self._piece(seg) for seg in req.context]
         out = clip(prefix_text, prefix, starts, suffix, [q for q in pieces if q is not None], budget,
-                   anchor=session.anchor if session is not None else None, slack=0.25 if session is not None else 0.0)
+                   anchor=session.anchor if session is not None else None, slack=0.25 if session is not None else 0.0,
+                   previous=session.pieces if session is not None else None)
         if session is not None:
             session.anchor = prefix_text[out.window_start:out.window_start + ANCHOR_CHARS] or None
+            session.pieces = frozenset(out.kept_ids)
         return [out.prefix, *middles, out.suffix], max_new, out
 
     def _piece(self, seg: ContextSegment) -> Piece | None:

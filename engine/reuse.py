@@ -49,6 +49,7 @@ class Session:
     holes: tuple[int, int] = (0, 0)  # first hole's start, last hole's end (exclusive)
     cache: KVCache | None = None
     anchor: str | None = None
+    pieces: frozenset[tuple[int, ...]] | None = None  # the context segments (ids) the window kept
     age: int = 0
 
 

@@ -93,3 +93,25 @@ def test_suffix_end_does_not_move_while_typing_near_the_start_of_a_file():
     suffix = list(range(2000))
     sizes = {len(clip("p" * n, *_chars("p" * n), suffix, [], budget=498).suffix) for n in range(30, 60)}
     assert len(sizes) == 1
+
+
+def test_kept_pieces_stay_the_same_while_the_window_keeps_its_anchor():
+    """A piece that appears (or ranks higher) while the user types does not join the canvas until
+    the window restarts: joining would move every token after it, and reuse with them."""
+    prefix = "".join(f"line {i:03d}\n" for i in range(100))
+    ids, starts = _chars(prefix)
+    old = Piece(ids=tuple(range(30)), rank=5, kind="outline", start=0, end=9)
+    first = clip(prefix, ids, starts, [], [old], budget=200, slack=0.25)
+    anchor = prefix[first.window_start:first.window_start + 24]
+    typed = prefix + "abc"
+    ids2, starts2 = _chars(typed)
+    new = Piece(ids=tuple(range(10)), rank=1, kind="scope", start=20, end=29)
+    again = clip(typed, ids2, starts2, [], [old, new], budget=200, anchor=anchor, previous=frozenset(first.kept_ids))
+    assert again.kinds == ("outline",) and again.window_start == first.window_start
+    assert again.prefix[:30] == first.prefix[:30]
+    fresh = clip(typed, ids2, starts2, [], [old, new], budget=200, anchor=anchor)
+    assert "scope" in fresh.kinds
+    far = typed + "x" * 300  # the anchored window no longer fits: select afresh
+    ids3, starts3 = _chars(far)
+    restarted = clip(far, ids3, starts3, [], [old, new], budget=200, anchor=anchor, previous=frozenset(first.kept_ids))
+    assert "scope" in restarted.kinds
