@@ -94,3 +94,13 @@ def test_bridging_step_equals_a_prefill_on_the_computed_rows(mixed_ckpt):
     # the lower (causal) layer's head and computed rows are exact; its tail is approximate
     torch.testing.assert_close(spliced.keys[0][:, :, :22], want.keys[0][:, :, :22], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(spliced.values[0][:, :, :22], want.values[0][:, :, :22], atol=1e-5, rtol=1e-5)
+
+
+def test_reuse_is_on_by_default_only_where_layers_are_causal(tiny_ckpt, causal_ckpt, monkeypatch):
+    monkeypatch.delenv("DLSP_REUSE", raising=False)
+    assert Engine.from_pretrained(causal_ckpt, device="cpu").reuse.enabled
+    assert not Engine.from_pretrained(tiny_ckpt, device="cpu").reuse.enabled  # every layer bidirectional
+    monkeypatch.setenv("DLSP_REUSE", "1")
+    assert Engine.from_pretrained(tiny_ckpt, device="cpu").reuse.enabled
+    monkeypatch.setenv("DLSP_REUSE", "0")
+    assert not Engine.from_pretrained(causal_ckpt, device="cpu").reuse.enabled
