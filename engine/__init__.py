@@ -4,7 +4,8 @@ Never imports pygls or lsprotocol; kernels are reached only through their dispat
 
 from engine.engine import Engine
 from engine.errors import CheckpointError, DlspError, InvalidRequestError
-from engine.types import InfillRequest, InfillResult, SamplingConfig
+from engine.reuse import ReusePolicy
+from engine.types import ContextSegment, InfillBackend, InfillRequest, InfillResult, SamplingConfig
 
-__all__ = ["CheckpointError", "DlspError", "Engine", "InfillRequest", "InfillResult", "InvalidRequestError",
-           "SamplingConfig"]
+__all__ = ["CheckpointError", "ContextSegment", "DlspError", "Engine", "InfillBackend", "InfillRequest",
+           "InfillResult", "InvalidRequestError", "ReusePolicy", "SamplingConfig"]

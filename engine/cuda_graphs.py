@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.model import KVCache, Transformer
+from engine.kv_cache import KVCache
+from engine.model import Transformer
 
 HOLE_BUCKETS: tuple[int, ...] = (8, 16, 32, 64)
 CACHE_MULTIPLE = 256
@@ -77,19 +78,18 @@ def pad_cache(cache: KVCache, bucket: Bucket) -> tuple[KVCache, torch.Tensor]:
     """Copy a cache into zero-padded tensors of the bucket's length.
 
     Returns:
-        per-layer (k, v) (B, Hkv, bucket.cache, hd), and kv_len: 0-d int64, the real length.
+        a cache of per-layer (B, Hkv, bucket.cache, hd) holding `cache.length` rows, and
+        kv_len: 0-d int64, the real length.
     """
-    length = cache[0][0].shape[2]
+    length = cache.length
     if length >= bucket.cache:
         raise ValueError(f"a cache of {length} does not fit a bucket of {bucket.cache} (one slot is scratch)")
-    out: KVCache = []
-    for k, v in cache:
-        kp = k.new_zeros(*k.shape[:2], bucket.cache, k.shape[3])
-        vp = v.new_zeros(*v.shape[:2], bucket.cache, v.shape[3])
-        kp[:, :, :length] = k
-        vp[:, :, :length] = v
-        out.append((kp, vp))
-    return out, torch.tensor(length, device=cache[0][0].device)
+    k0 = cache.keys[0]
+    out = KVCache.zeros(len(cache), (*k0.shape[:2], bucket.cache, k0.shape[3]), k0.dtype, k0.device, length)
+    for (kp, vp), (k, v) in zip(out, cache):
+        kp[:, :, :length] = k[:, :, :length]
+        vp[:, :, :length] = v[:, :, :length]
+    return out, torch.tensor(length, device=k0.device)
 
 
 def padded_step(model: Transformer, ids: torch.Tensor, index: torch.Tensor, cache: KVCache,
@@ -125,8 +125,7 @@ class StepGraph:
         self.index = torch.full((bucket.rows,), bucket.scratch, dtype=torch.long, device=p.device)  # (rows,)
         self.kv_len = torch.ones((), dtype=torch.long, device=p.device)
         shape = (batch, a.n_kv_heads, bucket.cache, a.head_dim)
-        self.cache: KVCache = [(torch.zeros(shape, dtype=p.dtype, device=p.device),
-                                torch.zeros(shape, dtype=p.dtype, device=p.device)) for _ in model.layers]
+        self.cache = KVCache.zeros(len(model.layers), shape, p.dtype, p.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
         if self.use_graph:
@@ -148,13 +147,14 @@ class StepGraph:
             self.out = self._run()
 
     def load_cache(self, cache: KVCache) -> None:
-        """Copy a prefill cache (per layer (B, Hkv, L, hd), L < bucket.cache) into the static cache."""
-        length = cache[0][0].shape[2]
+        """Copy a cache's rows (`cache.length` < bucket.cache) into the static cache."""
+        length = cache.length
         if length >= self.bucket.cache:
             raise ValueError(f"a cache of {length} does not fit a bucket of {self.bucket.cache}")
         for (ks, vs), (k, v) in zip(self.cache, cache):
-            ks[:, :, :length].copy_(k)
-            vs[:, :, :length].copy_(v)
+            ks[:, :, :length].copy_(k[:, :, :length])
+            vs[:, :, :length].copy_(v[:, :, :length])
+        self.cache.length = length
         self.kv_len.fill_(length)
 
     def __call__(self, ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -179,19 +179,25 @@ class StepGraphs:
     """The fast sampler's pool of captured steps, one per bucket (least recently used evicted).
 
     `step(ids, index, cache)` runs a cached denoising step through the bucket's graph, loading
-    `cache` into the graph's static cache when it is a cache the graph has not seen (after a
-    prefill or refresh); from then on the graph's static cache is the one being updated. Returns
-    None when no bucket fits (the caller runs `Transformer.step` eagerly).
+    `cache` into the graph's static cache unless the graph holds this very object at its current
+    `epoch` (a new run, a prefill, a refresh or a splice each make it reload); from then on the
+    graph's static cache is the one being updated. Returns None when no bucket fits (the caller
+    runs `Transformer.step` eagerly).
+
+    The loaded cache is held by reference, never by `id()`: an id is reused by a new cache once
+    the old one is freed, and the step would then run on the previous request's keys/values.
+    Every row a step attends from the hole is rewritten by that step, so a run may switch
+    between eager and graphed steps (or between buckets) without copying the cache back.
     """
 
     def __init__(self, model: Transformer, use_graph: bool | None = None, max_graphs: int = 8) -> None:
         self.model, self.use_graph, self.max_graphs = model, use_graph, max_graphs
         self.graphs: dict[Bucket, StepGraph] = {}
-        self.loaded: dict[Bucket, int] = {}  # bucket -> id() of the cache list it holds
+        self.loaded: dict[Bucket, tuple[KVCache, int]] = {}  # bucket -> (the cache it holds, its epoch)
         self.captures = 0
 
     def step(self, ids: torch.Tensor, index: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
-        bucket = bucket_for(ids.shape[1], cache[0][0].shape[2])
+        bucket = bucket_for(ids.shape[1], cache.length)
         if bucket is None or ids.shape[0] != 1:
             return None
         g = self.graphs.pop(bucket, None)
@@ -203,7 +209,8 @@ class StepGraphs:
             g = StepGraph(self.model, bucket, use_graph=self.use_graph)
             self.captures += 1
         self.graphs[bucket] = g  # most recently used last
-        if self.loaded.get(bucket) != id(cache):
+        held = self.loaded.get(bucket)
+        if held is None or held[0] is not cache or held[1] != cache.epoch:
             g.load_cache(cache)
-            self.loaded[bucket] = id(cache)
+            self.loaded[bucket] = (cache, cache.epoch)
         return g(ids, index)

@@ -1,12 +1,15 @@
-"""`Engine`: text in, text out. Turns strings into token ids, clips context to a token budget
-from the cursor outwards, runs `engine.generate`, and turns ids back into text. Knows nothing
-about documents, positions or the protocol."""
+"""`Engine`: text in, text out. Turns strings into token ids, clips the context once to the
+model's positions by rank (`engine.clip`), runs `engine.generate` (reusing the last canvas and
+cache of the request's session), and turns ids back into text. Implements
+`engine.types.InfillBackend`. Knows nothing about documents, positions or the protocol."""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -14,15 +17,24 @@ from typing import Any
 import torch
 
 from engine.assembly import is_adapter_dir
-from engine.checkpoint import load_model, load_tokenizer
+from engine.checkpoint import load_model, load_tokenizer, read_args
+from engine.clip import Clipped, Piece, clip, split_budget
 from engine.config import FAMILIES, ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.errors import CheckpointError, InvalidRequestError
-from engine.generate import FirstSlot, generate
+from engine.generate import generate
+from engine.healing import Healer
 from engine.model import Transformer
+from engine.quantize import MIN_PARAMS, int8_available, quantize_int8
+from engine.reuse import ReusePolicy, Session
+from engine.runtime import ThreadTuner
 from engine.samplers import CONFIDENCE
 from engine.tokenizer import Tokenizer
-from engine.types import InfillRequest, InfillResult, SamplingConfig
+from engine.types import ContextSegment, InfillRequest, InfillResult, SamplingConfig
+
+__all__ = ["DEFAULT_MODEL_DIR", "Engine", "best_device", "checkpoint_sampling", "split_budget"]
+MAX_SESSIONS = 4  # documents whose last canvas and cache are kept (LRU)
+ANCHOR_CHARS = 48  # text of the window's start remembered to keep it in place across keystrokes
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 SAMPLERS = ("fast", "naive")
@@ -35,6 +47,21 @@ def best_device() -> str:
 def _clean(text: str) -> str:
     """Lone surrogates (from undecodable bytes) become U+FFFD so the tokenizer never fails."""
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def stored_dtype(ckpt: Path) -> torch.dtype:
+    """The dtype of a checkpoint's floating tensors as stored (from the first safetensors header);
+    float32 when it cannot be read (the loader reports real problems)."""
+    names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+    try:
+        f = sorted(ckpt.glob("*.safetensors"))[0]
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(min(n, 1 << 24)))
+        kinds = {v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+        return names[kinds.pop()] if len(kinds) == 1 and kinds <= names.keys() else torch.float32
+    except (IndexError, OSError, ValueError, KeyError):
+        return torch.float32
 
 
 def checkpoint_sampling(ckpt: Path) -> SamplingConfig:
@@ -74,23 +101,18 @@ def sampling_problem(cfg: SamplingConfig) -> str | None:
     return None
 
 
-def split_budget(n_prefix: int, n_suffix: int, budget: int, prefix_share: float = 0.75) -> tuple[int, int]:
-    """Tokens to keep of prefix and suffix: the prefix gets `prefix_share` of the budget,
-    and whatever one side does not need goes to the other."""
-    budget = max(0, budget)
-    p = min(n_prefix, int(budget * prefix_share))
-    s = min(n_suffix, budget - p)
-    p = min(n_prefix, budget - s)
-    return p, s
-
-
 class Engine:
     """A loaded model plus its tokenizer. `infill` is blocking; call it from one worker thread."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str = "model",
-                 default_sampling: SamplingConfig | None = None, cuda_graphs: bool | None = None) -> None:
+                 default_sampling: SamplingConfig | None = None, cuda_graphs: bool | None = None,
+                 reuse: ReusePolicy | None = None) -> None:
         """`cuda_graphs`: replay captured fixed-shape denoising steps (default: on CUDA devices,
-        unless DLSP_CUDA_GRAPHS=0); `True` on CPU runs the same padded steps eagerly (tests)."""
+        unless DLSP_CUDA_GRAPHS=0); `True` on CPU runs the same padded steps eagerly (tests).
+        `reuse`: when a session's last cache is reused. Default: on for models with causal lower
+        layers (the embedded 135M adaptation), off for fully bidirectional ones, where every
+        reused key/value is approximate (with the 5M model, reuse changed the suggestion at 10 of
+        16 typing pauses); DLSP_REUSE=1 / 0 forces it on / off."""
         self.model = model
         self.args: ModelArgs = model.args
         self.tokenizer = tokenizer
@@ -103,7 +125,15 @@ class Engine:
         # belong in code; EOS/pad stay allowed (they end a fill)
         self._banned = [i for i in tokenizer.added_special_ids()
                         if i < self.args.vocab_size and i not in (self.args.eos_id, self.args.pad_id)]
-        self._heal_cache: dict[tuple[int, bool], tuple[str, FirstSlot] | None] = {}
+        self._healer: Healer | None = None
+        if reuse is None:  # auto: reuse when some layers are causal (their prefix keys/values stay exact)
+            env = os.environ.get("DLSP_REUSE", "auto")
+            reuse = ReusePolicy(enabled=env == "1" or (env != "0" and model.args.causal_layers > 0))
+        self.reuse = reuse
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._sessions_lock = threading.Lock()
+        self.int8, self.params = False, model.num_params()
+        self.threads: ThreadTuner | None = None  # per-request thread count from measured speed (CPU)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         if cuda_graphs is None:
@@ -112,16 +142,32 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | None = None,
-                        dtype: torch.dtype | None = None) -> Engine:
+                        dtype: torch.dtype | None = None, int8: bool | None = None) -> Engine:
         """Load a checkpoint directory (None = the embedded default model).
 
         fp32 on CPU (no native bf16 there), the checkpoint's fp16/bf16 weights upcast.
+        `int8`: int8 matmuls on CPU (`engine.quantize`); None = auto: on for models of at least
+        `engine.quantize.MIN_PARAMS` parameters unless DLSP_INT8=0 (DLSP_INT8=1 forces it on).
         """
         ckpt = Path(path) if path is not None else DEFAULT_MODEL_DIR
         device = device or best_device()
         dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
-        model, _ = load_model(ckpt, device=device, dtype=dtype)
+        params = 0
+        if ckpt.is_dir() and (ckpt / "config.json").is_file():  # else load_model names what is wrong
+            with torch.device("meta"):
+                params = Transformer(read_args(ckpt)).num_params()
+        if int8 is None:
+            env = os.environ.get("DLSP_INT8", "auto")
+            int8 = env == "1" or (env != "0" and params >= MIN_PARAMS)
+        int8 = bool(int8) and device == "cpu" and dtype == torch.float32 and int8_available()
+        # int8: load the weights as stored when that is 16-bit, quantize the matmuls from there, and
+        # only then widen the rest (embedding, norms) to fp32: the peak never holds an fp32 copy
+        model, _ = load_model(ckpt, device=device, dtype=stored_dtype(ckpt) if int8 else dtype)
+        if int8:
+            quantize_int8(model)
+            model.to(dtype)
         engine = cls(model, load_tokenizer(ckpt), name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
+        engine.int8, engine.params = bool(int8), params
         engine.adapted_from_base = is_adapter_dir(ckpt)
         return engine
 
@@ -130,8 +176,8 @@ class Engine:
 
     def info(self) -> dict[str, Any]:
         a = self.args
-        return {"model": self.name, "family": a.family, "params": self.model.num_params(),
-                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+        return {"model": self.name, "family": a.family, "params": self.params,
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "int8": self.int8,
                 "max_positions": a.max_positions, "vocab_size": a.vocab_size}
 
     def _check(self, req: InfillRequest, cfg: SamplingConfig) -> None:
@@ -154,9 +200,11 @@ class Engine:
         if cfg.factor is not None and (cfg.factor <= 0 or cfg.confidence not in ("max_prob", "margin")):
             raise InvalidRequestError("factor must be > 0 and needs confidence 'max_prob' or 'margin'")
 
-    def _segments(self, req: InfillRequest) -> tuple[list[list[int]], int, tuple[int, int]]:
-        """Tokenize and clip: keep the prefix's end and the suffix's start; middles stay whole."""
-        prefix = self.tokenizer.encode(_clean(req.prefix))
+    def _segments(self, req: InfillRequest, session: Session | None) -> tuple[list[list[int]], int, Clipped]:
+        """Tokenize and clip once, in this model's tokens, within its positions: the cursor window
+        first, ranked context segments next, middles whole (`engine.clip.clip`)."""
+        prefix_text = _clean(req.prefix)
+        prefix, starts = self.tokenizer.encode_offsets(prefix_text)
         suffix = self.tokenizer.encode(_clean(req.suffix))
         middles = [self.tokenizer.encode(_clean(m)) for m in req.middles]
         max_new = req.max_new_tokens
@@ -169,27 +217,64 @@ class Engine:
         budget = room - req.n_holes * max_new
         if req.max_context_tokens is not None:
             budget = min(budget, req.max_context_tokens)
-        p, s = split_budget(len(prefix), len(suffix), budget)
-        prefix = prefix[len(prefix) - p:]
-        suffix = suffix[:s]
-        return [prefix, *middles, suffix], max_new, (p, s)
+        pieces = [self._piece(seg) for seg in req.context]
+        out = clip(prefix_text, prefix, starts, suffix, [q for q in pieces if q is not None], budget,
+                   anchor=session.anchor if session is not None else None, slack=0.25 if session is not None else 0.0,
+                   previous=session.pieces if session is not None else None)
+        if session is not None:
+            session.anchor = prefix_text[out.window_start:out.window_start + ANCHOR_CHARS] or None
+            session.pieces = frozenset(out.kept_ids)
+        return [out.prefix, *middles, out.suffix], max_new, out
+
+    def _piece(self, seg: ContextSegment) -> Piece | None:
+        text = _clean(seg.text)
+        ids = tuple(self.tokenizer.encode(text))
+        if not ids:
+            return None
+        end = None if seg.at is None else seg.at + len(text)
+        return Piece(ids=ids, rank=seg.rank, kind=seg.kind, start=seg.at, end=end)
+
+    def _session(self, key: str | None) -> Session | None:
+        """The session of a request (its clipping anchor, and its canvas and cache when reuse is on):
+        with reuse off the context is clipped the same way, so the two differ only in reuse."""
+        if key is None:
+            return None
+        with self._sessions_lock:
+            session = self._sessions.pop(key, None) or Session()
+            self._sessions[key] = session  # most recently used last
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+        return session
+
+    def forget(self, session: str) -> None:
+        """Drop the last canvas and cache kept for `session` (its document closed)."""
+        with self._sessions_lock:
+            self._sessions.pop(session, None)
 
     def infill(self, req: InfillRequest) -> InfillResult:
         """Fill every hole of the request. Raises InvalidRequestError on unusable settings."""
         cfg = req.sampling or self.default_sampling
         self._check(req, cfg)
         t0 = time.perf_counter()
-        segments, max_new, kept = self._segments(req)
+        session = self._session(req.session) if req.n_holes == 1 else None
+        segments, max_new, clipped = self._segments(req, session)
         t1 = time.perf_counter()
         hole_tokens = min(req.hole_tokens, max_new)
-        heal = self._healing(segments[0][-1], req.single_line) if req.token_healing and segments[0] and max_new else None
+        heal = self.healer().first_slot(segments[0][-1], req.single_line) \
+            if req.token_healing and segments[0] and max_new else None
         if heal is not None:
             segments[0] = segments[0][:-1]
+        threads = self.threads.pick() if self.threads is not None else None
+        if threads is not None:
+            torch.set_num_threads(threads)
         out = generate(self.model, segments, cfg, self.shifted, hole_tokens=hole_tokens,
                        max_new_tokens=max_new, should_stop=req.should_stop, graphs=self.graphs,
                        stop_ids=self._newline_ids() if req.single_line else None,
-                       first=heal[1] if heal is not None else None, banned=self._banned)
+                       first=heal[1] if heal is not None else None, session=session, policy=self.reuse,
+                       banned=self._banned)
         t2 = time.perf_counter()
+        if threads is not None and out.forward_passes and not out.cancelled:
+            self.threads.record(threads, (out.prefill_ms + out.steps_ms) / out.forward_passes)
         texts = [self.tokenizer.decode(f) for f in out.fills]
         generated = sum(map(len, out.fills))
         if heal is not None and out.fills[0]:
@@ -203,33 +288,15 @@ class Engine:
         return InfillResult(texts=tuple(texts), timings_ms=timings, forward_passes=out.forward_passes,
                             tokens_per_step=tuple(out.tokens_per_step),
                             generated_tokens=generated, cancelled=out.cancelled,
-                            context_tokens=kept)
+                            context_tokens=(len(segments[0]) + (heal is not None), len(segments[-1])),
+                            kept=clipped.kinds, reused_tokens=out.reused_tokens)
 
-    def _healing(self, last: int, single_line: bool) -> tuple[str, FirstSlot] | None:
-        """Token healing for a prefix that ends with token `last`: its text, and the constraint on
-        the first slot (tokens starting with that text; for single-line fills, a line break only
-        counts after it). None when `last` is special or a partial UTF-8 sequence."""
-        key = (last, single_line)
-        if key in self._heal_cache:
-            return self._heal_cache[key]
-        texts = self.tokenizer.token_texts()
-        special = set(self.args.special_ids) | set(self._banned)
-        text = texts[last] if last < len(texts) else ""
-        out = None
-        if text and "\ufffd" not in text and last not in special:
-            v = self.args.vocab_size
-            allowed = torch.zeros(v, dtype=torch.bool)
-            stop = torch.zeros(v, dtype=torch.bool) if single_line else None
-            for i, t in enumerate(texts[:v]):
-                if i not in special and t.startswith(text):
-                    allowed[i] = True
-                    if stop is not None:
-                        stop[i] = "\n" in t[len(text):]
-            out = (text, FirstSlot(allowed.to(self.device), None if stop is None else stop.to(self.device)))
-        if len(self._heal_cache) >= 512:
-            self._heal_cache.clear()
-        self._heal_cache[key] = out
-        return out
+    def healer(self) -> Healer:
+        """Token healing's index over the vocabulary (built on first use)."""
+        if self._healer is None:
+            self._healer = Healer(self.tokenizer.token_texts(), self.args.vocab_size,
+                                  tuple(sorted({*self.args.special_ids, *self._banned})), self.device)
+        return self._healer
 
     def _newline_ids(self) -> torch.Tensor:
         """(V,) bool on the model's device: tokens holding a line break (cached)."""

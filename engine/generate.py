@@ -22,8 +22,10 @@ import torch
 
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
+from engine.kv_cache import KVCache, splice_in_place
 from engine.model import Transformer
-from engine.samplers import commit_rows, copy_prior, factor_commits, in_block, min_commits, propose
+from engine.reuse import ReusePolicy, Session, plan
+from engine.samplers import commit_rows, copy_prior, factor_commits, in_block, min_commit, propose
 from engine.types import SamplingConfig
 
 
@@ -50,6 +52,7 @@ class GenOutput:
     cancelled: bool = False
     prefill_ms: float = 0.0
     steps_ms: float = 0.0
+    reused_tokens: int = 0  # canvas rows of the first forward whose keys/values were reused
 
 
 @dataclass
@@ -90,7 +93,8 @@ class _Run:
         self.out = GenOutput(fills=[])
         self.naive = cfg.sampler == "naive"
         self.full_every_step = self.naive or cfg.refresh_every == 1
-        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.temperature > 0 else None
+        # on the model's device: torch.multinomial needs the generator where the probabilities are
+        self.gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
         ends = {self.a.eos_id, self.a.pad_id}
         forbid = {i for i in (self.a.mask_id, self.a.bos_id, self.a.expand_id, *(banned or ())) if i is not None} - ends
         self.forbid = torch.tensor(sorted(forbid), device=device)
@@ -99,6 +103,7 @@ class _Run:
 
     def layout(self) -> None:
         ids, starts = _canvas(self.a, self.segments, self.holes.fills)
+        self.ids, self.hole_span = ids, (starts[0], starts[-1] + len(self.holes.fills[-1]))
         self.canvas = torch.tensor([ids], device=self.device)  # (1, L)
         pos, hole_of, rows = [], [], []
         for h, (s, fill) in enumerate(zip(starts, self.holes.fills)):
@@ -107,28 +112,65 @@ class _Run:
             rows.append(torch.arange(s - self.shift, s + len(fill)))
         self.pos = torch.cat(pos).to(self.device)  # (P,) canvas positions of hole slots
         self.hole_of = torch.cat(hole_of).to(self.device)  # (P,)
+        self.hole_host = [h for h, fill in enumerate(self.holes.fills) for _ in fill]  # (P,) on the host
         self.rows = torch.unique(torch.cat(rows)).to(self.device)  # (R,) rows a cached step runs
-        self.row_of = torch.full((len(ids),), -1, dtype=torch.long, device=self.device)
-        self.row_of[self.rows] = torch.arange(len(self.rows), device=self.device)
+        self.step_row_of = self._row_map(self.rows)
+
+    def _row_map(self, rows: torch.Tensor) -> torch.Tensor:
+        row_of = torch.full((self.canvas.shape[1],), -1, dtype=torch.long, device=self.device)  # (L,)
+        row_of[rows] = torch.arange(len(rows), device=self.device)
+        return row_of
 
     def full(self) -> None:
         t0 = time.perf_counter()
         self.hidden, self.cache = self.model.prefill(self.canvas, keep_cache=not self.full_every_step)
         self.hidden_is_full = True
+        self.age = 0
         self.out.forward_passes += 1
         self.out.prefill_ms += (time.perf_counter() - t0) * 1e3
+
+    def reuse(self, old_ids: list[int], old_span: tuple[int, int], old_cache: KVCache, age: int,
+              edit: bool, policy: ReusePolicy) -> bool:
+        """Instead of a prefill: splice the old canvas's cache (in place: the session or the run
+        owns it) and run one step over the rows in between (edited tokens, holes, the shift
+        neighbour). False when the plan says prefill.
+        `age`: reuses of edits behind the old cache; `edit`: this is one more (not a growth round)."""
+        t0 = time.perf_counter()
+        p = plan(old_ids, old_span, self.ids, self.hole_span, policy, age)
+        if p is None or old_cache.length != len(old_ids):
+            return False
+        self.cache = splice_in_place(old_cache, p.length, p.head, p.tail, self.a.rope_theta)
+        rows = torch.unique(torch.cat([torch.arange(p.head, p.length - p.tail, device=self.device), self.rows]))
+        self.hidden = self.model.step(self.canvas[:, rows], rows, self.cache)
+        self.row_of, self.hidden_is_full, self.age = self._row_map(rows), False, age + edit
+        self.out.forward_passes += 1
+        self.out.reused_tokens = p.reused
+        self.out.prefill_ms += (time.perf_counter() - t0) * 1e3
+        return True
 
     def cached_step(self) -> None:
         ids = self.canvas[:, self.rows]
         hidden = self.graphs.step(ids, self.rows, self.cache) if self.graphs is not None else None
         self.hidden = hidden if hidden is not None else self.model.step(ids, self.rows, self.cache)
-        self.hidden_is_full = False
+        self.hidden_is_full, self.row_of = False, self.step_row_of
         self.out.forward_passes += 1
 
-    def commit_once(self) -> int:
-        """Propose tokens for masked slots and commit by the rule; return tokens committed."""
-        masked = self.canvas[0, self.pos] == self.a.mask_id  # (P,)
-        mpos, mhole = self.pos[masked], self.hole_of[masked]  # (M,)
+    def slots(self) -> list[int]:
+        """The ids at every hole slot, on the host: the step's one device-to-host read. Everything
+        the step decides on the host (which rows are masked, per-hole counts and budgets, whether
+        the run is done, tokens committed by the previous step) comes from it."""
+        return self.canvas[0, self.pos].tolist()
+
+    def commit_once(self, slots: list[int]) -> None:
+        """Propose tokens for the masked slots (`slots`, as read at the start of this step) and
+        commit by the rule, on the device, without reading anything back."""
+        n_holes = len(self.holes.fills)
+        masked = [i for i, t in enumerate(slots) if t == self.a.mask_id]
+        remaining = [0] * n_holes
+        for i in masked:
+            remaining[self.hole_host[i]] += 1
+        idx = torch.tensor(masked, device=self.device)  # (M,)
+        mpos, mhole = self.pos[idx], self.hole_of[idx]  # (M,)
         src = mpos - self.shift
         h = self.hidden[0, src] if self.hidden_is_full else self.hidden[0, self.row_of[src]]  # (M, D)
         logits = self.model.logits(h)  # (M, V)
@@ -137,7 +179,7 @@ class _Run:
             logits = copy_prior(logits, self.canvas[0], mpos, usable, self.cfg.copy_weight, self.cfg.copy_order)
         logits[:, self.forbid] = float("-inf")
         if self.cfg.eos_frontier:  # EOS only at the first masked slot of each hole
-            lead = torch.full((len(self.holes.fills),), self.canvas.shape[1], device=mpos.device).scatter_reduce(
+            lead = torch.full((n_holes,), self.canvas.shape[1], device=mpos.device).scatter_reduce(
                 0, mhole, mpos, "amin")
             behind = (mpos != lead[mhole])[:, None]  # (M, 1)
             logits[:, self.ends] = logits[:, self.ends].masked_fill(behind, float("-inf"))
@@ -145,47 +187,41 @@ class _Run:
             barred = (mpos == self.pos[0])[:, None] & ~self.first.allowed[None, :]  # (M, V)
             logits.masked_fill_(barred, float("-inf"))
         tokens, conf = propose(logits, self.cfg.confidence, self.cfg.temperature, self.gen)
-        n_holes = len(self.holes.fills)
         if self.naive:
-            group, thr = torch.zeros_like(mhole), float("inf")
-            n_min = torch.ones(1, dtype=torch.long, device=self.device)
+            group, thr, n_min = torch.zeros_like(mhole), float("inf"), [1]
         else:
             group, thr = mhole, self.cfg.threshold
-            remaining = torch.bincount(mhole, minlength=n_holes)
-            left = torch.tensor([b - u for b, u in zip(self.holes.budget, self.holes.used)], device=self.device)
-            n_min = min_commits(remaining, left)
+            n_min = [min_commit(r, b - u) for r, b, u in zip(remaining, self.holes.budget, self.holes.used)]
             if self.cfg.min_per_step > 1:
-                n_min = torch.maximum(n_min, remaining.clamp(max=self.cfg.min_per_step))
-            if self.cfg.factor is not None:
-                n_min = torch.maximum(n_min, factor_commits(conf, mhole, n_holes, self.cfg.factor))
+                n_min = [max(n, min(r, self.cfg.min_per_step)) for n, r in zip(n_min, remaining)]
+        n_min_t = torch.tensor(n_min, dtype=torch.long, device=self.device)  # (H,)
+        if not self.naive and self.cfg.factor is not None:
+            n_min_t = torch.maximum(n_min_t, factor_commits(conf, mhole, n_holes, self.cfg.factor))
         eligible = None if self.naive or self.cfg.block is None else in_block(mhole, n_holes, self.cfg.block)
-        chosen = commit_rows(self.canvas[0], mpos, tokens, conf, group, thr, n_min, eligible)
-        for hh in torch.unique(mhole).tolist():
+        chosen = commit_rows(self.canvas[0], mpos, tokens, conf, group, thr, n_min_t, eligible)
+        for hh in {self.hole_host[i] for i in masked}:
             self.holes.used[hh] += 1
-        n = int(chosen.sum())
         if self.cfg.eos_fill or self.stop is not None:
-            n += self._end_fill(mpos[chosen], mhole[chosen], tokens[chosen])
-        return n
+            self._end_fill(mpos, mhole, tokens, chosen)
 
-    def _end_fill(self, cpos: torch.Tensor, chole: torch.Tensor, ctok: torch.Tensor) -> int:
+    def _end_fill(self, mpos: torch.Tensor, mhole: torch.Tensor, tokens: torch.Tensor, chosen: torch.Tensor) -> None:
         """After an EOS/pad commit (with `eos_fill`) or a stop token, the rest of that hole is EOS
-        (the model was trained so: a FIM middle is followed by EOS pads)."""
-        ends = torch.zeros_like(ctok, dtype=torch.bool)
+        (the model was trained so: a FIM middle is followed by EOS pads). On the device: the
+        first ending commit of each hole, then every masked slot after it."""
+        ends = torch.zeros_like(chosen)
         if self.cfg.eos_fill:
-            ends |= (ctok == self.a.eos_id) | (ctok == self.a.pad_id)
+            ends |= (tokens == self.a.eos_id) | (tokens == self.a.pad_id)
         if self.stop is not None:
-            stop_here = self.stop[ctok]
+            stop_here = self.stop[tokens]
             if self.first is not None and self.first.stop is not None:  # the first slot has its own rule
-                stop_here = torch.where(cpos == self.pos[0], self.first.stop[ctok], stop_here)
+                stop_here = torch.where(mpos == self.pos[0], self.first.stop[tokens], stop_here)
             ends |= stop_here
-        filled = 0
-        for hh in torch.unique(chole[ends]).tolist():
-            first = int(cpos[ends & (chole == hh)].min())
-            tail = self.pos[(self.hole_of == hh) & (self.pos > first)]
-            tail = tail[self.canvas[0, tail] == self.a.mask_id]
-            self.canvas[0, tail] = self.a.eos_id
-            filled += len(tail)
-        return filled
+        never = self.canvas.shape[1]
+        first = torch.full((len(self.holes.fills),), never, device=self.device).scatter_reduce(
+            0, mhole, torch.where(ends & chosen, mpos, never), "amin")  # (H,)
+        row = self.canvas[0, self.pos]  # (P,)
+        tail = (self.pos > first[self.hole_of]) & (row == self.a.mask_id)
+        self.canvas[0, self.pos] = torch.where(tail, self.a.eos_id, row)
 
     def read_fills(self) -> None:
         for h in range(len(self.holes.fills)):
@@ -237,6 +273,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
              hole_tokens: int = 16, max_new_tokens: int = 64,
              should_stop: Callable[[], bool] | None = None, graphs: StepGraphs | None = None,
              stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None,
+             session: Session | None = None, policy: ReusePolicy | None = None,
              banned: list[int] | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
@@ -251,6 +288,11 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             line break, for single-line fills): later slots of that hole become EOS and it does
             not grow. The stop token itself stays in the fill.
         first: a constraint on hole 0's first slot (see `FirstSlot`).
+        session: the previous canvas and cache of the same text (`engine.reuse`): the first forward
+            re-encodes only what changed when `policy` allows, and the session is updated with
+            this run's canvas and cache (also when cancelled). Growth rounds reuse the run's own
+            cache the same way (the suffix's keys re-rotated to its new positions).
+        policy: reuse settings (None = `ReusePolicy()`; with `enabled=False` every round prefills).
         banned: ids never proposed (besides mask/bos/expand), e.g. a pretrained vocabulary's
             control tokens; EOS/pad are never banned.
     Returns:
@@ -266,11 +308,22 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
                banned)
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
     first_stop = None if first is None or first.stop is None else set(torch.nonzero(first.stop).flatten().tolist())
+    policy = policy or ReusePolicy()
+    prior = None
+    if session is not None and session.canvas is not None and session.cache is not None:
+        prior = (session.canvas, session.holes, session.cache, session.age, True)
     while True:
         run.layout()
-        run.full()
+        if session is not None:
+            session.canvas = None  # the splice below edits its cache in place: invalid until updated
+        if run.full_every_step or prior is None or not run.reuse(*prior, policy):
+            run.full()
+        if session is not None and not run.full_every_step:
+            session.canvas, session.holes, session.cache, session.age = run.ids, run.hole_span, run.cache, run.age
         t0, step = time.perf_counter(), 0
-        while bool((run.canvas[0, run.pos] == a.mask_id).any()):
+        slots = run.slots()
+        left = slots.count(a.mask_id)
+        while left:
             if should_stop is not None and should_stop():
                 run.out.cancelled = True
                 run.out.steps_ms += (time.perf_counter() - t0) * 1e3
@@ -279,10 +332,14 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             if step > 0:
                 refresh = run.full_every_step or (cfg.refresh_every > 0 and step % cfg.refresh_every == 0)
                 run.full() if refresh else run.cached_step()
-            run.out.tokens_per_step.append(run.commit_once())
+            run.commit_once(slots)
+            slots = run.slots()  # the one host read of the step
+            run.out.tokens_per_step.append(left - slots.count(a.mask_id))
+            left -= run.out.tokens_per_step[-1]
             step += 1
         run.out.steps_ms += (time.perf_counter() - t0) * 1e3
         run.read_fills()
+        prior = (run.ids, run.hole_span, run.cache, run.age, False)  # growth splices the run's own cache
         if not _grow(a, holes, cfg, max_new_tokens, stop, first_stop):
             break
     run.out.fills = [_strip(a, f, stop, first_stop if h == 0 else None) for h, f in enumerate(holes.fills)]

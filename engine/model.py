@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelArgs
+from engine.kv_cache import KVCache
 from kernels.attention import attention, causal_attention
 from kernels.norm import rms_norm
 from kernels.rope import apply_rope, rope_tables
-
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v (B, Hkv, L, hd), after RoPE
 
 
 class RMSNorm(nn.Module):
@@ -97,11 +96,11 @@ class Transformer(nn.Module):
             ahead = pos[None, :] > pos[:, None]  # (L, L)
             bias = torch.zeros(n, n, device=ids.device).masked_fill(ahead, math.log(max(open_frac, 1e-12)))
         x = self.tok_emb(ids)
-        cache: KVCache = []
+        cache = KVCache.empty()
         for i, layer in enumerate(self.layers):
             q, k, v = layer.qkv(x, cos, sin)
             if keep_cache:
-                cache.append((k, v))
+                cache.append(k, v)
             if i < self.args.causal_layers:
                 o = causal_attention(q, k, v)
             elif bias is not None:
@@ -123,7 +122,7 @@ class Transformer(nn.Module):
 
         Args:
             ids: (B, Q) token ids of the rows; index: (Q,) their canvas positions.
-            cache: per-layer (k, v) of the whole canvas, (B, Hkv, L, hd); rows `index` are
+            cache: keys/values of the whole canvas, per layer (B, Hkv, L, hd); rows `index` are
                 overwritten with the fresh keys/values of this step (in place).
             kv_len: 0-d int64 tensor: keys at positions >= kv_len are ignored (a fixed-shape
                 padded cache, as captured by `engine.cuda_graphs`); None = all of them.

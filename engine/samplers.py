@@ -49,7 +49,14 @@ def min_commits(remaining: torch.Tensor, steps_left: torch.Tensor) -> torch.Tens
     return torch.where(remaining > 0, need.clamp(min=1), torch.zeros_like(need))
 
 
-def factor_commits(conf: torch.Tensor, hole: torch.Tensor, n_holes: int, factor: float) -> torch.Tensor:
+def min_commit(remaining: int, steps_left: int) -> int:
+    """`min_commits` for one hole on host integers (the sampler knows the counts without asking
+    the device)."""
+    steps_left = max(1, steps_left)
+    return max(1, -(-remaining // steps_left)) if remaining > 0 else 0
+
+
+def factor_commits_ref(conf: torch.Tensor, hole: torch.Tensor, n_holes: int, factor: float) -> torch.Tensor:
     """Fast-dLLM's factor rule (Wu et al. 2025, arXiv:2505.22618, "factor-based" parallel
     decoding): in each hole, sort the masked rows by confidence c_1 >= c_2 >= ... and commit the
     longest run of leaders with c_j >= 1 - factor / (j + 1); the first one always qualifies.
@@ -68,6 +75,29 @@ def factor_commits(conf: torch.Tensor, hole: torch.Tensor, n_holes: int, factor:
         ok[0] = True
         out[h] = int(torch.cumprod(ok.long(), 0).sum())
     return out
+
+
+def factor_commits(conf: torch.Tensor, hole: torch.Tensor, n_holes: int, factor: float) -> torch.Tensor:
+    """`factor_commits_ref` without a host sync: rows sorted by (hole, confidence descending), each
+    row's rank j in its hole, and per hole the first rank j >= 1 that misses 1 - factor / (j + 2).
+
+    Args:
+        conf: (M,) probabilities in [0, 1]; hole: (M,) hole index of each row.
+    Returns:
+        (H,) int64 count per hole (0 for a hole with nothing masked).
+    """
+    m = conf.shape[0]
+    key = hole.double() * 4 + (1 - conf.double().clamp(0, 1))  # hole first, then confidence descending
+    order = torch.argsort(key, stable=True)
+    h, c = hole[order], conf[order]
+    idx = torch.arange(m, device=conf.device)
+    start = torch.full((n_holes,), m, dtype=torch.long, device=conf.device).scatter_reduce(0, h, idx, "amin")
+    j = idx - start[h]  # (M,) rank within the hole, 0 = most confident
+    ok = (c >= 1 - factor / (j.to(c.dtype) + 2)) | (j == 0)
+    size = torch.zeros(n_holes, dtype=torch.long, device=conf.device).scatter_add_(0, h, torch.ones_like(h))
+    first_miss = torch.full((n_holes,), m, dtype=torch.long, device=conf.device).scatter_reduce(
+        0, h, torch.where(ok, m, j), "amin")
+    return torch.minimum(first_miss, size)
 
 
 def in_block(hole: torch.Tensor, n_holes: int, block: int | None) -> torch.Tensor:

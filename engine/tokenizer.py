@@ -36,6 +36,13 @@ class Tokenizer:
             return []
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids and the character offset where each token starts in `text`."""
+        if not text:
+            return [], []
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return enc.ids, [a for a, _ in enc.offsets]
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False) if ids else ""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,31 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class ContextSegment:
+    """A piece of far context worth keeping when not all of the text fits the model.
+
+    The engine clips once, in its own tokens: the cursor window (the prefix's end, the suffix's
+    start) first, then segments by rank (lowest first) as long as they fit whole, then a wider
+    window (`engine.clip`).
+
+    Attributes:
+        text: the segment's text (whole lines, ending with a line break).
+        rank: lower is kept first (e.g. enclosing scope headers, then imports, then sibling
+            signatures nearest first, then other files).
+        kind: what it is ("scope", "imports", "outline", "other_file", ...), reported back in
+            `InfillResult.kept`.
+        at: the character offset of `text` in the request's prefix (then it is kept only if it lies
+            before the window), or None for text from elsewhere, which goes before everything
+            else in the order given.
+    """
+
+    text: str
+    rank: int
+    kind: str = ""
+    at: int | None = None
+
+
+@dataclass(frozen=True)
 class InfillRequest:
     """Fill one or more holes between pieces of text.
 
@@ -72,6 +98,10 @@ class InfillRequest:
         hole_tokens: initial size of each hole in tokens (one int for all holes).
         max_new_tokens: budget per hole: a hole grows up to this many tokens.
         max_context_tokens: token budget for prefix + suffix (None = what the model allows).
+        context: ranked segments of far context (see `ContextSegment`); the prefix and suffix are
+            the cursor window and need not be clipped by the caller.
+        session: a key for the text this request belongs to (a document URI): the engine keeps the
+            last canvas and cache of each session and re-encodes only what changed; None = no reuse.
         sampling: sampler settings (None = the engine's default).
         single_line: each fill ends at its first line break: a committed token holding one ends
             the hole there (later slots become EOS, no growth) and the text is cut before it.
@@ -88,6 +118,8 @@ class InfillRequest:
     hole_tokens: int = 16
     max_new_tokens: int = 64
     max_context_tokens: int | None = None
+    context: tuple[ContextSegment, ...] = ()
+    session: str | None = None
     sampling: SamplingConfig | None = None
     single_line: bool = False
     token_healing: bool = True
@@ -109,7 +141,9 @@ class InfillResult:
         tokens_per_step: tokens committed at each denoising step.
         generated_tokens: non-special tokens in the fills.
         cancelled: True when `should_stop()` ended the run (texts are then empty).
-        context_tokens: (prefix, suffix) tokens kept after clipping.
+        context_tokens: (prefix, suffix) tokens kept after clipping (prefix including segments).
+        kept: the kinds of the context segments kept, in canvas order.
+        reused_tokens: canvas positions whose keys/values came from the session's last run.
     """
 
     texts: tuple[str, ...]
@@ -119,10 +153,29 @@ class InfillResult:
     generated_tokens: int
     cancelled: bool = False
     context_tokens: tuple[int, int] = (0, 0)
+    kept: tuple[str, ...] = ()
+    reused_tokens: int = 0
 
     @property
     def text(self) -> str:
         return self.texts[0] if self.texts else ""
+
+
+@runtime_checkable
+class InfillBackend(Protocol):
+    """What a front end (the language server, benchmarks, tests) needs of an engine. `Engine`
+    implements it; test doubles do too. `infill` blocks: call it from one worker thread."""
+
+    default_sampling: SamplingConfig
+
+    def infill(self, req: InfillRequest) -> InfillResult: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+    def forget(self, session: str) -> None:
+        """Drop what is kept for a session (its document closed)."""
 
 
 def parse_sampling(spec: str, base: SamplingConfig | None = None) -> SamplingConfig:

@@ -78,7 +78,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Small query blocks (denoising steps): the Triton split-KV kernel on CUDA. Long blocks
     (prefill): flash-attn when installed and the tensors are CUDA fp16/bf16, else torch SDPA.
     """
-    if use_triton(q) and q.shape[2] <= MAX_TRITON_QUERIES:
+    if use_triton(q, k, v) and q.shape[2] <= MAX_TRITON_QUERIES:
         from kernels.attention_triton import attention_triton
 
         return attention_triton(q, k, v, kv_len)

@@ -36,8 +36,15 @@ def triton_on_cpu() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1" and os.environ.get(CPU_OVERRIDE_ENV) == "1"
 
 
-def use_triton(t: torch.Tensor) -> bool:
-    """Whether a Triton kernel should run for a tensor on this device."""
-    if not HAS_TRITON:
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will track an op on these tensors (the Triton kernels have no backward)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def use_triton(t: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether a Triton kernel should run for an op on `t` (and `others`): on a device it serves,
+    and only when no gradient is needed: the kernels are forward-only, so a training step must
+    take the differentiable reference (else the final norm would cut the gradient to every layer)."""
+    if not HAS_TRITON or needs_grad(t, *others):
         return False
     return t.is_cuda or (t.device.type == "cpu" and triton_on_cpu())

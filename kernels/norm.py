@@ -24,8 +24,8 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
              residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatcher: Triton on CUDA, reference elsewhere. Same contract as `rms_norm_ref`."""
-    if use_triton(x):
+    """Dispatcher: Triton on CUDA without autograd, reference elsewhere. Same contract as `rms_norm_ref`."""
+    if use_triton(x, weight, residual):
         from kernels.norm_triton import rms_norm_triton
 
         return rms_norm_triton(x, weight, eps, residual)

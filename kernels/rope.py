@@ -36,8 +36,8 @@ def apply_rope_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Dispatcher: Triton on CUDA, reference elsewhere. Same contract as `apply_rope_ref`."""
-    if use_triton(x):
+    """Dispatcher: Triton on CUDA without autograd, reference elsewhere. Same contract as `apply_rope_ref`."""
+    if use_triton(x, cos, sin):
         from kernels.rope_triton import apply_rope_triton
 
         return apply_rope_triton(x, cos, sin)

@@ -57,6 +57,12 @@ def _protocol_stdout() -> object:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     setup_logging(args.log_level)
+    # OpenMP reads its wait policy once, when torch loads it: idle threads must sleep, not spin
+    # beside the editor (engine.runtime), so this comes before anything imports torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from engine.runtime import configure_threads
+
+    configure_threads()
     log = logging.getLogger(__name__)
     from lsp_server import transport
     from lsp_server.server import create_server

@@ -1,9 +1,12 @@
-"""The context of one completion: prefix and suffix text around the cursor within a token budget,
-and what kind of fill the cursor asks for. Works on document text and offsets, never positions.
+"""The context of one completion: the cursor window (prefix and suffix text around the cursor),
+ranked segments of far context, and what kind of fill the cursor asks for. Works on document text
+and offsets, never positions.
 
-Clipping keeps what the model needs most when the file is larger than the budget: the text
-nearest the cursor, the headers of the enclosing scopes, the imports and the signatures of
-sibling definitions (an outline of the far text), then as much near text as still fits.
+This module does not clip to the model: it bounds the window in characters (generously, so the
+engine can fill its budget) and ranks what is worth keeping from the far text: the headers of the
+enclosing scopes, the imports, the signatures of sibling definitions (an outline of the far
+text), then definitions from other open documents. The engine clips once, in its own tokens, by
+rank (`engine.clip`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from engine import ContextSegment
 from lsp_server.crossfile import related_definitions
 from lsp_server.documents import Document
 from lsp_server.languages import LangSpec
@@ -23,6 +27,9 @@ CLOSERS = set(")]}\"'`;,: \t")
 HOLE_TOKENS = {"fill": 8, "line": 12, "block": 24, "body": 32}  # initial hole per mode
 SINGLE_LINE = ("fill", "line")
 _SPLIT = 0.75  # share of the budget for the prefix (the rest goes to the suffix)
+_WINDOW = 1.5  # the prefix window holds this many times the estimated budget (the engine clips it)
+KINDS = ((1000, "scope"), (2000, "imports"), (3000, "outline"))  # rank below -> kind
+OTHER_FILES_RANK = 3000
 _HEAD = 16384  # chars of a file's head scanned for imports when the window starts later
 
 
@@ -31,7 +38,9 @@ class Context:
     """What the engine gets for one completion, and what post-processing needs to know.
 
     Attributes:
-        prefix, suffix: clipped text before / after the cursor (prefix may start with an outline).
+        prefix, suffix: the cursor window: text before / after the cursor, bounded in characters.
+        segments: ranked far context for the engine to keep when it fits (see
+            `engine.ContextSegment`); `at` offsets are into `prefix`.
         mode: "fill" (text right of the cursor: fill up to it), "line" (finish the line),
             "block" (statements on an empty line), "body" (after a block header).
         line_before, line_after: the cursor's line split at the cursor.
@@ -46,13 +55,14 @@ class Context:
     line_before: str
     line_after: str
     indent_unit: str = "    "
+    segments: tuple[ContextSegment, ...] = ()
 
     @property
     def multiline(self) -> bool:
         return self.mode not in SINGLE_LINE
 
     def key(self) -> tuple:
-        return (self.prefix, self.suffix, self.mode, self.hole_tokens, self.max_new_tokens)
+        return (self.prefix, self.suffix, self.segments, self.mode, self.hole_tokens, self.max_new_tokens)
 
 
 def chars_per_token(text: str, cursor: int, count: Callable[[str], int] | None) -> float:
@@ -181,10 +191,27 @@ def clip_suffix(text: str, cursor: int, budget: int) -> str:
     return text[cursor:end]
 
 
+def ranked_segments(text: str, lo: int, spans: Sequence[tuple[int, int, int]], related: str,
+                    budget: int) -> tuple[ContextSegment, ...]:
+    """Far-context segments for a prefix window starting at document offset `lo`: other files'
+    definitions first (text from elsewhere, `at` None), then outline spans in document order (`at`
+    into the window when they lie in it, else None), at most ~`budget` chars of them by rank."""
+    picked, used = [], 0
+    for rank, s, e in sorted(set(spans)):
+        if used + (e - s) <= budget and all(e <= ps or s >= pe for _, ps, pe in picked):
+            picked.append((rank, s, e))
+            used += e - s
+    kind = {r: next((k for bound, k in KINDS if r < bound), "outline") for r, _, _ in picked}
+    out = [ContextSegment(text=related, rank=OTHER_FILES_RANK, kind="other_file")] if related else []
+    out += [ContextSegment(text=text[s:e], rank=r, kind=kind[r], at=s - lo if s >= lo else None)
+            for r, s, e in sorted(picked, key=lambda x: x[1])]
+    return tuple(out)
+
+
 def build_context(text: str, cursor: int, spec: LangSpec | None, budget_tokens: int, max_tokens: int,
                   count: Callable[[str], int] | None = None, others: Sequence[Document] = ()) -> Context:
     """Everything the engine needs for a completion at `cursor` in `text`; `others` are the other
-    open documents (definitions they hold may join the prefix)."""
+    open documents (definitions they hold may join the context)."""
     cursor = max(0, min(cursor, len(text)))
     budget = int(max(16, budget_tokens) * chars_per_token(text, cursor, count) * 0.9)
     window = max(32768, budget * 8)
@@ -196,11 +223,12 @@ def build_context(text: str, cursor: int, spec: LangSpec | None, budget_tokens: 
     s_budget = budget - min(p_budget, cursor - lo)
     p_budget = budget - min(s_budget, hi - cursor)
     related = related_definitions(text, cursor, spec, others, p_budget // 6)
-    prefix = related + clip_prefix(text, lo, cursor, p_budget - len(related),
-                                   outline_spans(text, cursor, syntax, spec))
+    start = _next_line_start(text, max(lo, cursor - int(budget * _WINDOW)), cursor) if cursor - lo > budget else lo
+    segments = ranked_segments(text, start, outline_spans(text, cursor, syntax, spec),
+                               related, p_budget // 2)
     ls, le = line_start(text, cursor), line_end(text, cursor)
-    return Context(prefix=prefix, suffix=clip_suffix(text, cursor, s_budget), mode=mode,
+    return Context(prefix=text[start:cursor], suffix=clip_suffix(text, cursor, int(s_budget * _WINDOW)), mode=mode,
                    hole_tokens=min(HOLE_TOKENS[mode], max_tokens),
                    max_new_tokens=min(max_tokens, 32) if mode in SINGLE_LINE else max_tokens,
                    line_before=text[ls:cursor], line_after=text[cursor:le].rstrip("\r\n"),
-                   indent_unit=indent_unit(text, cursor))
+                   indent_unit=indent_unit(text, cursor), segments=segments)

@@ -16,17 +16,24 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from engine.types import InfillBackend
+
 log = logging.getLogger(__name__)
-Loader = Callable[[str | None, str | None], Any]
+Loader = Callable[[str | None, str | None], InfillBackend]
 
 
-def default_loader(path: str | None, device: str | None) -> Any:
+def default_loader(path: str | None, device: str | None) -> InfillBackend:
+    import os
+
     from engine import Engine
     from engine.checkpoint import checkpoint_languages
     from engine.engine import DEFAULT_MODEL_DIR
+    from engine.runtime import ThreadTuner
 
     engine = Engine.from_pretrained(path, device=device)
     engine.languages = checkpoint_languages(path or DEFAULT_MODEL_DIR)  # what its model card says
+    if engine.device.type == "cpu" and not os.environ.get("DLSP_THREADS"):  # an explicit count is kept
+        engine.threads = ThreadTuner.for_machine()
     return engine
 
 
@@ -37,7 +44,7 @@ class ModelHost:
                  on_change: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._loader = loader
         self.on_change = on_change or (lambda status: None)
-        self.engine: Any = None
+        self.engine: InfillBackend | None = None
         self.state = "loading"
         self.message = ""
         self.source: tuple[str | None, str | None] | None = None

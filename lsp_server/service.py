@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from lsprotocol import types
 
-from engine import InfillRequest
+from engine import InfillRequest, SamplingConfig
 from lsp_server import actions
 from lsp_server.cache import ContextCache, TypeThrough
 from lsp_server.context import build_context, indent_unit
@@ -103,6 +103,8 @@ class Service:
         self.docs.close(uri)
         self._last.pop(uri, None)
         self.typed.forget(uri)
+        if self.host.engine is not None:
+            self.host.engine.forget(uri)
         self.scheduler.stop_all(lambda key: isinstance(key, tuple) and key[0] == uri, "closed")
 
     def configure(self, raw: Any) -> bool:
@@ -130,13 +132,13 @@ class Service:
     def _count(self, text: str) -> int:
         return self.host.engine.count_tokens(text)
 
-    def _sampling(self) -> Any:
-        s, base = self.settings, getattr(self.host.engine, "default_sampling", None)
+    def _sampling(self) -> SamplingConfig | None:
+        s, engine = self.settings, self.host.engine
         pairs = (("threshold", s.threshold), ("steps", s.steps), ("min_per_step", s.min_per_step))
         changes = {k: v for k, v in pairs if v is not None}
-        if base is None or not changes:
+        if engine is None or not changes:
             return None
-        return replace(base, **changes)
+        return replace(engine.default_sampling, **changes)
 
     # -- inline completion ----------------------------------------------------------------------
     async def suggest(self, uri: str, position: types.Position) -> tuple[LineIndex, Spans] | None:
@@ -179,7 +181,9 @@ class Service:
             return None
         job = self.scheduler.claim((uri, "complete"), is_stale=lambda: self._stale(uri, version))
         try:
+            t_wait = time.perf_counter()
             await self.scheduler.debounce(job, self.settings.debounce_ms / 1000.0)
+            waited = _ms(t_wait)
             out, timings = await self._complete(job, uri, language_id, text, cursor)
         except Stopped as stop:
             self.stats.count("cancelled" if stop.reason == "cancelled" else "dropped")
@@ -196,6 +200,8 @@ class Service:
             self.stats.count("dropped")
             return None
         timings["total"] = _ms(t0)
+        if "engine" in timings:  # the server's own time: neither the engine, nor waiting for it, nor the debounce
+            timings["server"] = timings["total"] - timings["engine"] - timings.get("queue", 0.0) - waited
         self.stats.record(timings)
         self.stats.count("completed" if out else "empty")
         self.typed.remember(uri, text, cursor, out)
@@ -215,8 +221,8 @@ class Service:
         if raw is None:
             req = InfillRequest(prefix=ctx.prefix, suffix=ctx.suffix, hole_tokens=ctx.hole_tokens,
                                 max_new_tokens=ctx.max_new_tokens, max_context_tokens=s.context_tokens,
-                                sampling=self._sampling(), single_line=not ctx.multiline,
-                                should_stop=job.should_stop)
+                                context=ctx.segments, session=uri, sampling=self._sampling(),
+                                single_line=not ctx.multiline, should_stop=job.should_stop)
             result = await self.scheduler.run(job, lambda stop: engine.infill(req))
             if result is None or result.cancelled:
                 raise Stopped(job.reason or "cancelled")

@@ -1,7 +1,8 @@
 """Per-request timings and counters, served by the custom request `dlsp/stats`.
 
 Stage names: context, tokenize, prefill, steps, detokenize, postprocess, engine (the engine's
-total), queue (waiting for the worker) and total (request in to answer out). Only numbers are
+total), queue (waiting for the worker), server (total less engine, queue and debounce: the
+server's own time) and total (request in to answer out). Only numbers are
 kept, never text.
 """
 

@@ -192,7 +192,7 @@ def test_single_line_fills_stop_at_the_first_line_break(engine, monkeypatch):
 
 def test_token_healing_constrains_the_first_slot_to_the_last_prefix_token(engine):
     ids = engine.tokenizer.encode("def f(x):\n    return x\n")
-    text, first = engine._healing(ids[-1], single_line=True)
+    text, first = engine.healer().first_slot(ids[-1], single_line=True)
     texts = engine.tokenizer.token_texts()
     assert text == texts[ids[-1]] and bool(first.allowed[ids[-1]])
     allowed = torch.nonzero(first.allowed).flatten().tolist()
@@ -200,7 +200,7 @@ def test_token_healing_constrains_the_first_slot_to_the_last_prefix_token(engine
     assert not any(first.allowed[i] for i in (engine.args.mask_id, engine.args.eos_id, engine.args.bos_id))
     for i in allowed:  # a line break counts only after the healed text
         assert bool(first.stop[i]) == ("\n" in texts[i][len(text):])
-    assert engine._healing(engine.args.eos_id, single_line=False) is None
+    assert engine.healer().first_slot(engine.args.eos_id, single_line=False) is None
     req = InfillRequest(prefix="def f(x):\n    ret", suffix="\n", hole_tokens=6, max_new_tokens=6)
     healed, plain = engine.infill(req), engine.infill(replace(req, token_healing=False))
     assert healed.context_tokens == plain.context_tokens  # the healed token still counts as context
@@ -216,3 +216,67 @@ def test_checkpoint_recommends_sampling_defaults(tiny_ckpt, tmp_path):
     eng = Engine.from_pretrained(ckpt)
     assert eng.default_sampling == SamplingConfig(min_per_step=4, threshold=0.8)  # unknown/sampler ignored
     assert Engine.from_pretrained(tiny_ckpt).default_sampling == SamplingConfig()
+
+
+@pytest.mark.parametrize("single_line", [False, True])
+def test_vectorized_healing_matches_the_vocabulary_loop(engine, single_line):
+    from engine.healing import first_slot_ref
+
+    texts, a = engine.tokenizer.token_texts(), engine.args
+    healer = engine.healer()
+    for last in range(len(texts)):
+        got, want = healer.first_slot(last, single_line), first_slot_ref(texts, a.vocab_size, a.special_ids, last,
+                                                                        single_line)
+        assert (got is None) == (want is None), last
+        if got is not None:
+            assert got[0] == want[0] and torch.equal(got[1].allowed, want[1].allowed), last
+            assert (got[1].stop is None) == (want[1].stop is None)
+            if single_line:
+                assert torch.equal(got[1].stop, want[1].stop), last
+
+
+def test_engine_is_an_infill_backend(engine):
+    from engine import InfillBackend
+
+    assert isinstance(engine, InfillBackend)
+
+
+def test_thread_policy_for_an_editor_beside_other_work(monkeypatch):
+    from engine.runtime import configure_threads, default_threads
+
+    assert [default_threads(c) for c in (1, 2, 3, 4, 16, 64)] == [1, 2, 2, 3, 8, 8]
+    before = torch.get_num_threads()
+    monkeypatch.setenv("DLSP_THREADS", "1")
+    try:
+        assert configure_threads() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thread_tuner_prefers_the_faster_count_and_keeps_exploring():
+    from engine.runtime import ThreadTuner
+
+    t = ThreadTuner((1, 2), explore=4)
+    assert [t.pick(), t.pick()] == [1, 1]  # nothing measured yet: the untried ones first
+    t.record(1, 100.0)
+    assert t.pick() == 2
+    t.record(2, 300.0)
+    picks = [t.pick() for _ in range(8)]
+    assert picks.count(1) == 6 and picks.count(2) == 2
+    for _ in range(10):
+        t.record(2, 10.0)
+    assert t.pick() == 2 or t.pick() == 2
+    assert ThreadTuner.for_machine(1).choices == (1,) and ThreadTuner.for_machine(2).choices == (1, 2)
+
+
+def test_engine_uses_the_tuner(engine):
+    from engine.runtime import ThreadTuner
+
+    before = torch.get_num_threads()
+    engine.threads = ThreadTuner((1,))
+    try:
+        engine.infill(InfillRequest(prefix="x = ", suffix="\n", hole_tokens=3, max_new_tokens=3))
+        assert 1 in engine.threads.ms
+    finally:
+        engine.threads = None
+        torch.set_num_threads(before)

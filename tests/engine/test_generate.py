@@ -267,8 +267,11 @@ def test_cancellation_between_steps(tiny_ckpt):
     assert len(out.tokens_per_step) == 2
 
 
-def test_temperature_sampling_is_seeded(tiny_ckpt):
-    model, _ = load_model(tiny_ckpt)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_temperature_sampling_is_seeded(tiny_ckpt, device):
+    """On CUDA the generator must live on the model's device (a CPU generator with CUDA
+    probabilities makes torch.multinomial fail)."""
+    model, _ = load_model(tiny_ckpt, device=device)
     cfg = SamplingConfig(temperature=1.0, seed=7, threshold=2.0)
     run = lambda c: generate(model, [[5, 6], [8]], c, False, hole_tokens=8, max_new_tokens=8).fills  # noqa: E731
     assert run(cfg) == run(cfg)
@@ -279,3 +282,58 @@ def test_zero_budget_makes_no_forward_pass():
     model = ScriptedModel(lambda p: 5)
     out = _run(model, [[3], [4]], hole_tokens=8, max_new_tokens=0)
     assert out.fills == [[]] and out.forward_passes == 0 and model.calls == 0
+
+
+def test_factor_rule_without_a_sync_matches_the_loop():
+    from engine.samplers import factor_commits_ref, min_commit
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        m = int(torch.randint(1, 30, (1,), generator=g))
+        conf = torch.rand(m, generator=g) ** 0.3
+        hole = torch.randint(0, 4, (m,), generator=g)
+        for f in (0.5, 1.0, 2.0):
+            assert factor_commits(conf, hole, 5, f).tolist() == factor_commits_ref(conf, hole, 5, f).tolist()
+    assert [min_commit(r, s) for r, s in ((10, 4), (3, 5), (0, 2), (5, 1), (4, 0))] == [3, 1, 0, 5, 4]
+
+
+class _SyncCounter(torch.overrides.TorchFunctionMode):
+    """Counts the tensor operations that make the host wait for the device."""
+
+    READS = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero", "unique", "bincount",
+             "masked_select", "any", "all"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in ("any", "all") and not kwargs and len(args) == 1:
+            name = ""  # a device-side reduction; only reading it back (bool) syncs
+        if name in self.READS:
+            self.count += 1
+        elif name == "__getitem__" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                            for i in (args[1] if isinstance(args[1], tuple) else (args[1],))):
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("cfg", [SamplingConfig(threshold=0.5, factor=1.0),
+                                 SamplingConfig(threshold=0.95, min_per_step=2, eos_fill=True)])
+def test_at_most_one_host_sync_per_step(tiny_ckpt, cfg):
+    """Inside the step loop the sampler reads the device once per step (the hole slots); the
+    rest of its decisions are made on the device or from that read."""
+    model, _ = load_model(tiny_ckpt)
+    segs = [[5, 6, 7, 8], [9, 10]]
+    stop = torch.zeros(model.args.vocab_size, dtype=torch.bool)
+    stop[11] = True
+    with torch.inference_mode():
+        generate(model, segs, cfg, False, hole_tokens=12, max_new_tokens=12, stop_ids=stop)  # warm
+        counter = _SyncCounter()
+        with counter:
+            out = generate(model, segs, cfg, False, hole_tokens=12, max_new_tokens=12, stop_ids=stop)
+    steps = len(out.tokens_per_step)
+    assert steps >= 2
+    assert counter.count <= steps + 6, (counter.count, steps)  # + the per-run setup (layout, stop sets)

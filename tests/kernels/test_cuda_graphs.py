@@ -7,6 +7,7 @@ import torch
 
 from engine.checkpoint import load_model
 from engine.cuda_graphs import Bucket, StepGraph, bucket_for, pad_cache, pad_rows, padded_step
+from engine.kv_cache import KVCache
 
 
 @pytest.mark.parametrize("n_rows,cache_len,want", [
@@ -35,12 +36,12 @@ def test_pad_rows_and_cache():
     assert valid.tolist() == [True] * 3 + [False] * 5
     with pytest.raises(ValueError):
         pad_rows(torch.zeros(1, 9, dtype=torch.long), torch.arange(9), bucket)
-    cache = [(torch.randn(1, 2, 10, 4), torch.randn(1, 2, 10, 4))]
+    cache = KVCache([torch.randn(1, 2, 10, 4)], [torch.randn(1, 2, 10, 4)])
     padded, kv_len = pad_cache(cache, bucket)
     assert padded[0][0].shape == (1, 2, 16, 4) and int(kv_len) == 10
     assert torch.equal(padded[0][1][:, :, :10], cache[0][1]) and not padded[0][0][:, :, 10:].any()
     with pytest.raises(ValueError):
-        pad_cache([(torch.zeros(1, 1, 16, 4), torch.zeros(1, 1, 16, 4))], bucket)
+        pad_cache(KVCache([torch.zeros(1, 1, 16, 4)], [torch.zeros(1, 1, 16, 4)]), bucket)
 
 
 def _model(ckpt, device="cpu"):

@@ -1,4 +1,4 @@
-"""A fake engine with the real `Engine` contract (text in, `InfillResult` out) for unit tests."""
+"""A fake engine with the real `Engine` contract (`engine.InfillBackend`) for unit tests."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ class FakeEngine:
         self.stopped = 0
         self.started = threading.Event()
         self.default_sampling = SamplingConfig()
+        self.forgotten: list[str] = []
+
+    def forget(self, session: str) -> None:
+        self.forgotten.append(session)
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 3)

@@ -20,17 +20,28 @@ def _big_python() -> tuple[str, int]:
     return text + "\n\nprint(Store())\n", len(text)
 
 
-def test_clipping_keeps_imports_enclosing_headers_and_signatures():
+def _far(ctx) -> str:
+    """The far context as the engine lays it out when everything fits: segments from elsewhere,
+    then those in the window in document order, then the window."""
+    before = "".join(s.text for s in ctx.segments if s.at is None)
+    return before + "".join(s.text for s in sorted((s for s in ctx.segments if s.at is not None), key=lambda s: s.at))
+
+
+def test_segments_rank_imports_enclosing_headers_and_signatures():
     text, cursor = _big_python()
     ctx = build_context(text, cursor, spec_for("python"), 400, 64)
-    p = ctx.prefix
-    assert p.endswith("        return ")
-    assert len(p) < 0.9 * len(text[:cursor])
-    assert p.startswith("import os\nfrom collections import OrderedDict\n")
-    assert "class Store:\n" in p and "    def add(self, item):\n" in p
-    assert "def helper_59(x, y):\n" in p  # nearest sibling signature
-    assert "total = x + y * 3\n" not in p  # far bodies are dropped, not their signatures
-    assert p.index("class Store:") < p.index("    def add(self, item):") < p.index("value_79")
+    p, far = ctx.prefix, _far(ctx)
+    assert p.endswith("        return ") and text[:cursor].endswith(p)
+    assert len(p) < 0.9 * len(text[:cursor])  # the window is bounded; the engine clips it in tokens
+    assert far.startswith("import os\nfrom collections import OrderedDict\n")
+    assert "class Store:\n" in far and "    def add(self, item):\n" in far
+    assert "def helper_59(x, y):\n" in far  # nearest sibling signature
+    assert "total = x + y * 3\n" not in far  # far bodies are dropped, not their signatures
+    assert far.index("class Store:") < far.index("    def add(self, item):")
+    ranks = {s.kind: min(t.rank for t in ctx.segments if t.kind == s.kind) for s in ctx.segments}
+    assert ranks["imports"] < ranks["outline"] < ranks.get("other_file", 10**6)
+    for s in ctx.segments:
+        assert s.at is None or p[s.at:s.at + len(s.text)] == s.text
     assert ctx.suffix.startswith("\n\nprint(Store())")
 
 
@@ -88,15 +99,17 @@ def test_other_documents_contribute_referenced_definitions():
                      "def area(w, h):\n    return w * h\n\ndef unrelated():\n    pass\n")
     text = "from geometry import area\n\nx = area("
     ctx = build_context(text, len(text), spec_for("python"), 1024, 64, others=[other])
-    assert ctx.prefix.startswith("# geometry.py\ndef area(w, h):\n    return w * h\n")
-    assert "unrelated" not in ctx.prefix
-    assert ctx.prefix.endswith(text)
+    other_file = [s for s in ctx.segments if s.kind == "other_file"]
+    assert len(other_file) == 1 and other_file[0].at is None
+    assert other_file[0].text.startswith("# geometry.py\ndef area(w, h):\n    return w * h\n")
+    assert "unrelated" not in other_file[0].text
+    assert ctx.prefix == text
 
 
 def test_other_languages_do_not_contribute():
     other = Document("file:///lib/a.js", "javascript", 1, "function area(w, h) { return w * h; }\n")
     ctx = build_context("x = area(", 9, spec_for("python"), 1024, 64, others=[other])
-    assert ctx.prefix == "x = area("
+    assert ctx.prefix == "x = area(" and not ctx.segments
 
 
 def test_indent_unit_and_suffix_clip():

@@ -299,3 +299,20 @@ def test_languages_default_to_the_model_cards(caplog):
     svc.configure({"enabledLanguages": ["rust"]})  # the user's setting wins
     assert asyncio.run(svc.suggest("file:///w/m.rs", _pos(1, 12))) is not None
     svc.scheduler.shutdown()
+
+
+def test_requests_carry_the_session_and_ranked_segments_and_close_forgets_it():
+    """The engine clips (once, by rank) and reuses per session: the service sends the cursor
+    window, the ranked segments and the document as the session, and drops it on close."""
+    from engine import InfillBackend
+
+    engine = FakeEngine(fill=lambda req: ("a + b",))
+    assert isinstance(engine, InfillBackend)
+    svc = _service(engine)
+    asyncio.run(svc.suggest(URI, _pos(3, 11)))
+    req = engine.calls[-1]
+    assert req.session == URI and req.prefix == SRC[:SRC.index("return ") + 7]
+    assert any(s.kind == "imports" and s.text == "import os\n" for s in req.context)
+    svc.did_close(URI)
+    assert engine.forgotten == [URI]
+    svc.scheduler.shutdown()

@@ -1,0 +1,72 @@
+"""Token healing: the constraint on the slot that rewrites the prefix's last token.
+
+`Healer` answers "which tokens start with this text" with two binary searches over the vocabulary
+sorted by text (the tokens starting with a string are one contiguous run of that order) and one
+indexed write, instead of a Python loop over the vocabulary per request; nothing vocabulary-sized
+is cached per token. `first_slot_ref` is the obvious loop it is tested against. Works on token
+texts and ids.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import torch
+
+from engine.generate import FirstSlot
+
+
+class Healer:
+    """Built once per tokenizer.
+
+    Args:
+        texts: the text of every id (index = id); vocab_size: rows of the model's vocabulary (ids
+            past the tokenizer's are never allowed); special: ids never allowed.
+    """
+
+    def __init__(self, texts: Sequence[str], vocab_size: int, special: Sequence[int],
+                 device: torch.device | str = "cpu") -> None:
+        n = min(len(texts), vocab_size)
+        self.texts, self.vocab_size, self.device = list(texts[:n]), vocab_size, torch.device(device)
+        self.special = set(special)
+        order = sorted(range(n), key=lambda i: self.texts[i])
+        self.sorted_texts = [self.texts[i] for i in order]
+        self.order = torch.tensor(order, dtype=torch.long, device=self.device)  # (n,) ids by text
+        self.last_break = torch.tensor([t.rfind("\n") for t in self.texts] + [-1] * (vocab_size - n),
+                                       dtype=torch.long, device=self.device)  # (V,) -1 = no line break
+        self.special_ids = torch.tensor(sorted(i for i in self.special if i < vocab_size), dtype=torch.long,
+                                        device=self.device)
+
+    def first_slot(self, last: int, single_line: bool) -> tuple[str, FirstSlot] | None:
+        """For a prefix ending with token `last`: its text and the constraint on the slot that
+        replaces it (tokens starting with that text; for single-line fills, `stop` marks those
+        with a line break after that text). None when `last` is special or a partial UTF-8
+        sequence."""
+        text = self.texts[last] if 0 <= last < len(self.texts) else ""
+        if not text or "\ufffd" in text or last in self.special:
+            return None
+        lo = bisect.bisect_left(self.sorted_texts, text)
+        hi = bisect.bisect_left(self.sorted_texts, text + "\U0010ffff", lo)  # every string with this start
+        allowed = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)  # (V,)
+        allowed[self.order[lo:hi]] = True
+        allowed[self.special_ids] = False
+        stop = (allowed & (self.last_break >= len(text))) if single_line else None
+        return text, FirstSlot(allowed, stop)
+
+
+def first_slot_ref(texts: Sequence[str], vocab_size: int, special: Sequence[int], last: int,
+                   single_line: bool) -> tuple[str, FirstSlot] | None:
+    """Reference: the loop over the vocabulary that `Healer.first_slot` replaces."""
+    special = set(special)
+    text = texts[last] if last < len(texts) else ""
+    if not text or "\ufffd" in text or last in special:
+        return None
+    allowed = torch.zeros(vocab_size, dtype=torch.bool)
+    stop = torch.zeros(vocab_size, dtype=torch.bool) if single_line else None
+    for i, t in enumerate(texts[:vocab_size]):
+        if i not in special and t.startswith(text):
+            allowed[i] = True
+            if stop is not None:
+                stop[i] = "\n" in t[len(text):]
+    return text, FirstSlot(allowed, stop)

@@ -1,0 +1,72 @@
+"""Process-wide CPU settings for inference beside an editor and other work.
+
+Threads: `configure_threads`. The OpenMP wait policy must be PASSIVE (idle threads sleep instead
+of spinning for ~200 ms after each parallel region, which would take the cores from the editor
+between denoising steps), but OpenMP reads it once, when torch loads it, and importing this
+package imports torch: entry points set it themselves before any import (`lsp_server.__main__`).
+"""
+
+from __future__ import annotations
+
+import os
+
+MAX_THREADS = 8  # a 135M model's steps are small matmuls; more threads mostly add synchronisation
+
+
+def default_threads(cores: int | None = None) -> int:
+    """Intra-op threads: every core on a machine of 1-2 cores (a step is compute bound and the
+    threads sleep when idle), one core left to the editor from 3 cores on, at most MAX_THREADS."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(MAX_THREADS, cores if cores <= 2 else cores - 1))
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's thread counts: `threads`, else DLSP_THREADS, else OMP_NUM_THREADS when the user
+    set it, else `default_threads()`; one inter-op thread (the engine runs one request at a time).
+    Returns the intra-op count."""
+    import torch
+
+    env = os.environ.get("DLSP_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    n = threads or (int(env) if env and env.isdigit() and int(env) > 0 else default_threads())
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only settable before the first parallel work; then keep what it is
+        pass
+    return n
+
+
+class ThreadTuner:
+    """Chooses the intra-op thread count per request from measured speed.
+
+    With other work on the machine (a build, a training run, the editor itself), fewer threads
+    can be faster: an OpenMP region waits for its slowest thread, and a descheduled thread stalls
+    them all (on 2 busy cores, one thread ran a 135M-shape step in ~60% of the time two took).
+    On a quiet machine every core wins. So each choice keeps a moving average of milliseconds per
+    forward pass, the fastest is used, and every `explore`-th request tries another.
+    """
+
+    def __init__(self, choices: tuple[int, ...], explore: int = 8, alpha: float = 0.3) -> None:
+        self.choices, self.explore, self.alpha = tuple(sorted(set(choices))), explore, alpha
+        self.ms: dict[int, float] = {}
+        self.requests = 0
+
+    @classmethod
+    def for_machine(cls, cores: int | None = None) -> ThreadTuner:
+        top = default_threads(cores)
+        return cls((1, top) if top > 1 else (1,))
+
+    def pick(self) -> int:
+        self.requests += 1
+        untried = [c for c in self.choices if c not in self.ms]
+        if untried:
+            return untried[0]
+        best = min(self.choices, key=lambda c: self.ms[c])
+        if len(self.choices) > 1 and self.requests % self.explore == 0:
+            others = [c for c in self.choices if c != best]
+            return others[(self.requests // self.explore) % len(others)]
+        return best
+
+    def record(self, threads: int, ms_per_forward: float) -> None:
+        old = self.ms.get(threads)
+        self.ms[threads] = ms_per_forward if old is None else (1 - self.alpha) * old + self.alpha * ms_per_forward

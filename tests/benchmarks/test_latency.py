@@ -1,0 +1,29 @@
+"""The latency benchmark's bookkeeping (no server, no timings): checks from synthetic runs."""
+
+from __future__ import annotations
+
+from benchmarks import latency
+
+
+def _run(mode, pauses, total, engine, queue=0.0, rss=400.0, suggestions=("a",)):
+    stages = {"total": {"p50_ms": total}, "engine": {"p50_ms": engine}, "queue": {"p50_ms": queue},
+              "server": {"p50_ms": total - engine - queue - 20.0}}
+    return latency.Run(mode, pauses_ms=list(pauses), stats={"stages": stages}, rss_mb=rss,
+                       suggestions=list(suggestions), debounce_ms=20.0)
+
+
+def test_report_checks_the_targets(capsys):
+    on = _run("reuse", [100, 120, 140, 300], total=150, engine=124, queue=2)
+    off = _run("no reuse", [500, 600, 700, 900], total=700, engine=650, queue=10)
+    out = latency.report([on, off], {"n": 3, "engine_p50_ms": 100.0, "server_p50_ms": 110.0, "ratio": 1.1})
+    checks = {c["name"]: c["pass"] for c in out["checks"]}
+    assert checks == {"p50 at pauses": True, "p95 at pauses": True, "server RSS MB after the replay": True,
+                      "server - engine p50 ms": True, "speedup p50 (off / on)": True, "server / engine_speed": True}
+    assert abs(out["speedup_p50"] - 650 / 130) < 1e-9 and out["same_suggestion_rate"] == 1.0
+    assert "PASS  p50 at pauses" in capsys.readouterr().out
+
+
+def test_shape_is_the_135m_default():
+    s = latency.SHAPES["smol135m"]
+    assert (s["n_layers"], s["dim"], s["n_heads"], s["n_kv_heads"], s["intermediate_size"], s["vocab_size"]) == (
+        30, 576, 9, 3, 1536, 49152)

@@ -1,0 +1,103 @@
+"""`KVCache`: splicing for an edited canvas, and graph replay keyed by the cache object itself."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from engine import Engine, InfillRequest, SamplingConfig
+from engine.checkpoint import load_model
+from engine.cuda_graphs import StepGraphs
+from engine.kv_cache import KVCache, splice
+from kernels.rope import apply_rope_ref, rope_tables
+
+
+def _rotated(raw: torch.Tensor, start: int, theta: float = 10000.0) -> torch.Tensor:
+    pos = torch.arange(start, start + raw.shape[2])
+    cos, sin = rope_tables(raw.shape[-1], pos, theta)
+    return apply_rope_ref(raw, cos, sin)
+
+
+def test_splice_copies_the_head_and_re_rotates_the_moved_tail():
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(1, 2, 12, 8, generator=g)  # keys before RoPE, old canvas of 12 rows
+    vals = torch.randn(1, 2, 12, 8, generator=g)
+    old = KVCache([_rotated(raw, 0)], [vals])
+    new = splice(old, new_length=15, head=5, tail=4, theta=10000.0)  # 3 rows inserted after row 4
+    k, v = new[0]
+    assert new.length == 15 and old.length == 12
+    torch.testing.assert_close(k[:, :, :5], old.keys[0][:, :, :5])
+    torch.testing.assert_close(k[:, :, 11:], _rotated(raw[:, :, 8:], 11), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v[:, :, 11:], vals[:, :, 8:])
+    assert not k[:, :, 5:11].any()
+    shorter = splice(old, new_length=10, head=3, tail=6, theta=10000.0)  # text deleted: the tail moves left
+    torch.testing.assert_close(shorter.keys[0][:, :, 4:], _rotated(raw[:, :, 6:], 4), atol=1e-5, rtol=1e-5)
+
+
+def test_graphs_reload_a_different_cache_even_at_the_same_address(tiny_dream_ckpt):
+    """The old pool keyed the loaded cache by `id()`; a new request's cache can get the id of a
+    freed one, and the step then ran on the previous request's keys/values."""
+    model, _ = load_model(tiny_dream_ckpt)
+    model.eval()
+    graphs = StepGraphs(model, use_graph=False)
+    g = torch.Generator().manual_seed(1)
+    ids_a = torch.randint(3, model.args.vocab_size, (1, 30), generator=g)
+    ids_b = torch.randint(3, model.args.vocab_size, (1, 30), generator=g)
+    index = torch.arange(10, 16)
+    with torch.inference_mode():
+        _, cache_a = model.prefill(ids_a)
+        graphs.step(ids_a[:, index], index, cache_a)
+        _, cache_b = model.prefill(ids_b)
+        got = graphs.step(ids_b[:, index], index, cache_b)
+        _, fresh = model.prefill(ids_b)
+        want = model.step(ids_b[:, index], index, fresh)
+        torch.testing.assert_close(got, want)
+        # the same object written outside a step (a splice or refresh) must reload too
+        for (kb, vb), (kf, vf) in zip(cache_b, model.prefill(ids_a)[1]):
+            kb.copy_(kf)
+            vb.copy_(vf)
+        cache_b.touch()
+        got = graphs.step(ids_a[:, index], index, cache_b)
+        torch.testing.assert_close(got, model.step(ids_a[:, index], index, model.prefill(ids_a)[1]))
+
+
+def test_two_different_prompts_in_a_row_through_step_graphs(tiny_dream_ckpt, monkeypatch):
+    """Every object id collides (as when CPython reuses a freed cache's address): the graphs must
+    still reload the second prompt's cache."""
+    from engine import cuda_graphs
+
+    monkeypatch.setattr(cuda_graphs, "id", lambda obj: 0, raising=False)
+    plain = Engine.from_pretrained(tiny_dream_ckpt, device="cpu")
+    graphed = Engine(plain.model, plain.tokenizer, cuda_graphs=True)
+    cfg = SamplingConfig(threshold=0.5)
+    # same token length, so both canvases land in the same bucket with the same cache shape
+    reqs = [InfillRequest(prefix="def add(a, b):\n    return", suffix="\n\nprint(add(1, 2))\n", hole_tokens=6,
+                          max_new_tokens=6, sampling=cfg, token_healing=False),
+            InfillRequest(prefix="class Point:\n    def", suffix="\n        self.x = x\n", hole_tokens=6,
+                          max_new_tokens=6, sampling=cfg, token_healing=False)]
+    for req in reqs:
+        gc.collect()
+        assert graphed.infill(req).text == plain.infill(req).text
+
+
+@pytest.mark.parametrize("new_length,head,tail", [(15, 5, 4), (10, 3, 6), (12, 6, 6), (300, 4, 8)])
+def test_splice_in_place_equals_the_copying_splice(new_length, head, tail):
+    from engine.kv_cache import splice_in_place
+
+    g = torch.Generator().manual_seed(0)
+    make = lambda: [_rotated(torch.randn(1, 2, 12, 8, generator=g), 0) for _ in range(2)]  # noqa: E731
+    keys, values = make(), make()
+    want = splice(KVCache(keys, values), new_length, head, tail, 10000.0)
+    cache = KVCache([k.clone() for k in keys], [v.clone() for v in values])
+    epoch = cache.epoch
+    got = splice_in_place(cache, new_length, head, tail, 10000.0)
+    assert got is cache and cache.length == new_length and cache.epoch == epoch + 1
+    for (gk, gv), (wk, wv) in zip(got, want):
+        assert gk.shape == wk.shape
+        for lo, hi in ((0, head), (new_length - tail, new_length)):  # the rows in between are the step's
+            torch.testing.assert_close(gk[:, :, lo:hi], wk[:, :, lo:hi], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(gv[:, :, lo:hi], wv[:, :, lo:hi])
+    again = splice_in_place(cache, new_length + 3, head, tail, 10000.0)  # typing on: grows within its storage
+    assert again.storage[0][0].shape[2] >= new_length + 3 and again.keys[0].shape[2] == new_length + 3
