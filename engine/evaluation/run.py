@@ -64,6 +64,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="token budget for prefix + suffix, the same for every system (default: the model's positions)")
     p.add_argument("--limit-seconds", type=float, default=None, help="stop after this long (same tasks for all)")
     p.add_argument("--device", default=None)
+    p.add_argument("--int8", choices=("auto", "on", "off"), default="auto",
+                   help="int8 matmuls on CPU for the model and the base_ar floor alike (auto: as the engine decides)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p.parse_args(argv)
 
@@ -114,7 +116,13 @@ def base_ar_engine(engine: Engine) -> Engine:
     model.load_state_dict(base.state, strict=False)
     model.lm_head.weight = model.tok_emb.weight
     model = model.to(device=engine.device, dtype=engine.dtype).eval()
-    return Engine(model, engine.tokenizer, name="base_ar", default_sampling=SamplingConfig(block=1))
+    if getattr(engine, "int8", False):  # the same arithmetic as the model it is the floor of
+        from engine.quantize import quantize_int8
+
+        quantize_int8(model)
+    ar = Engine(model, engine.tokenizer, name="base_ar", default_sampling=SamplingConfig(block=1))
+    ar.int8 = getattr(engine, "int8", False)
+    return ar
 
 
 def model_system(engine: Engine, spec: str, max_new_tokens: int, see_suffix: bool = True,
@@ -161,7 +169,7 @@ def build_systems(engine: Engine, a: argparse.Namespace) -> dict[str, Callable[[
         systems["base_ar"] = model_system(base_ar_engine(engine), "fast", a.max_new_tokens, see_suffix=False,
                                           context_tokens=ctx)
     for name, _, path in compare:
-        other = Engine.from_pretrained(path, device=str(engine.device))
+        other = Engine.from_pretrained(path, device=str(engine.device), int8=None)
         systems[f"other/{name}"] = model_system(other, samplers[0] if samplers else "fast", a.max_new_tokens,
                                                 context_tokens=ctx)
     if "untrained" in baselines and samplers:
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if not tasks:
         print(f"dlsp eval: no usable files in {corpus} (all too short)", file=sys.stderr)
         return 2
-    engine = Engine.from_pretrained(a.model, device=a.device)
+    engine = Engine.from_pretrained(a.model, device=a.device, int8={"auto": None, "on": True, "off": False}[a.int8])
     try:
         systems = build_systems(engine, a)
     except ValueError as exc:
