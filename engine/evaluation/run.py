@@ -24,7 +24,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +110,7 @@ def base_ar_engine(engine: Engine) -> Engine:
     from engine.gguf_import import read_base
 
     base = read_base()
-    args = replace(base.args, causal_layers=base.args.n_layers, max_positions=engine.args.max_positions)
-    model = Transformer(args)
-    model.load_state_dict(base.state, strict=False)
-    model.lm_head.weight = model.tok_emb.weight
+    model = base.build(causal_layers=base.args.n_layers, max_positions=engine.args.max_positions)
     model = model.to(device=engine.device, dtype=engine.dtype).eval()
     if getattr(engine, "int8", False):  # the same arithmetic as the model it is the floor of
         from engine.quantize import quantize_int8

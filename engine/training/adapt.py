@@ -40,10 +40,8 @@ def build(a: argparse.Namespace, run_dir: Path) -> tuple[Transformer, ModelArgs,
         model, its args, adapter config, trainable parameters, tokenizer.json path.
     """
     base = read_base()
-    args = replace(base.args, causal_layers=a.causal_layers, max_positions=max(a.seq_len, EXPORT_POSITIONS))
-    model = Transformer(args)
-    model.load_state_dict(base.state, strict=False)
-    model.lm_head.weight = model.tok_emb.weight
+    model = base.build(causal_layers=a.causal_layers, max_positions=max(a.seq_len, EXPORT_POSITIONS))
+    args = model.args
     acfg = AdapterConfig(first_layer=a.causal_layers, rank=a.lora_rank, alpha=a.lora_alpha)
     trainable = add_lora(model, acfg)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -90,11 +90,8 @@ def test_causal_logits_match_transformers(base):
     path = locate_base()
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                             torch_dtype=torch.float32).eval()
-    args = replace(base.args, causal_layers=base.args.n_layers)
-    model = Transformer(args)
-    model.load_state_dict(base.state, strict=False)
-    model.lm_head.weight = model.tok_emb.weight
-    model.eval()
+    model = base.build(causal_layers=base.args.n_layers).eval()
+    args = model.args
     from tokenizers import Tokenizer
 
     ids = torch.tensor([Tokenizer.from_str(base.tokenizer_json).encode(TEXTS[0] + TEXTS[2]).ids])
@@ -111,10 +108,8 @@ def test_causal_logits_match_transformers(base):
 
 def _export_random_adapter(out: Path, first_layer: int = 28) -> tuple[Transformer, AdapterConfig]:
     base = read_base()
-    args = replace(base.args, causal_layers=first_layer)
-    model = Transformer(args)
-    model.load_state_dict(base.state, strict=False)
-    model.lm_head.weight = model.tok_emb.weight
+    model = base.build(causal_layers=first_layer)
+    args = model.args
     acfg = AdapterConfig(first_layer=first_layer, rank=4, alpha=8.0)
     add_lora(model, acfg)
     torch.manual_seed(0)
@@ -146,9 +141,7 @@ def test_adapter_assembles_from_package_and_caches(tmp_path, monkeypatch):
         assert (model(ids) - trained(ids)).abs().max() < 5e-2  # fp16 adapter vs fp32 training copy
         merged = adapter_tensors(trained, acfg)
         assert merged  # the adapter changed what the model computes:
-        base_model = Transformer(args)
-        base_model.load_state_dict(read_base().state, strict=False)
-        base_model.lm_head.weight = base_model.tok_emb.weight
+        base_model = read_base().build(causal_layers=args.causal_layers, max_positions=args.max_positions)
         assert (model(ids) - base_model.eval()(ids)).abs().max() > 1e-3
     cached = list((tmp_path / "cache" / "models").iterdir())
     assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
