@@ -44,10 +44,13 @@ def is_adapter_dir(ckpt: Path) -> bool:
     return isinstance(cfg, dict) and "dlsp_base" in cfg and not (ckpt / "model.safetensors").is_file()
 
 
-def _cache_key(ckpt: Path) -> str:
-    h = hashlib.sha256()
-    for name in ("config.json", ADAPTER_FILE):
-        h.update((ckpt / name).read_bytes())
+def _cache_key(ckpt: Path, cfg: dict[str, Any]) -> str:
+    """What the merged weights depend on: the adapter, its base and shape; not the decoding
+    defaults or training notes in config.json (editing those must not re-assemble 0.5 GB)."""
+    h = hashlib.sha256((ckpt / ADAPTER_FILE).read_bytes())
+    weights_cfg = {k: v for k, v in cfg.items() if not k.startswith("dlsp_") or k in ("dlsp_base", "dlsp_adapter",
+                                                                                     "dlsp_causal_layers")}
+    h.update(json.dumps(weights_cfg, sort_keys=True).encode())
     return h.hexdigest()[:24]
 
 
@@ -95,7 +98,7 @@ def assemble(ckpt: str | Path, cache: Path | None = None) -> Path:
     """
     ckpt = Path(ckpt)
     cfg, acfg, tensors = read_adapter(ckpt)
-    out = (cache or cache_root()) / "models" / _cache_key(ckpt)
+    out = (cache or cache_root()) / "models" / _cache_key(ckpt, cfg)
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
         return out
     base = read_base()
