@@ -25,7 +25,15 @@ from engine.cuda_graphs import StepGraphs
 from engine.kv_cache import KVCache, splice_in_place
 from engine.model import Transformer
 from engine.reuse import ReusePolicy, Session, plan
-from engine.samplers import commit_rows, copy_prior, factor_commits, in_block, min_commit, propose
+from engine.samplers import (
+    commit_rows,
+    copy_prior,
+    factor_commits,
+    frontier_run,
+    in_block,
+    min_commit,
+    propose,
+)
 from engine.types import SamplingConfig
 
 
@@ -198,6 +206,9 @@ class _Run:
         if not self.naive and self.cfg.factor is not None:
             n_min_t = torch.maximum(n_min_t, factor_commits(conf, mhole, n_holes, self.cfg.factor))
         eligible = None if self.naive or self.cfg.block is None else in_block(mhole, n_holes, self.cfg.block)
+        if self.cfg.contiguous and not self.naive:
+            run = frontier_run(conf, mhole, n_holes, thr, n_min_t)
+            eligible, thr = (run if eligible is None else run & eligible), float("-inf")
         chosen = commit_rows(self.canvas[0], mpos, tokens, conf, group, thr, n_min_t, eligible)
         for hh in {self.hole_host[i] for i in masked}:
             self.holes.used[hh] += 1

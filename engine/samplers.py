@@ -112,6 +112,27 @@ def in_block(hole: torch.Tensor, n_holes: int, block: int | None) -> torch.Tenso
     return (idx - first[hole]) < block
 
 
+def frontier_run(conf: torch.Tensor, hole: torch.Tensor, n_holes: int, threshold: float,
+                 n_min: torch.Tensor) -> torch.Tensor:
+    """Rows that commit under the contiguous rule: in each hole (rows sorted by hole, then
+    position) the first n_min[h] rows (at least one), then the following rows while each passes
+    the threshold. Without a host sync.
+
+    Args:
+        conf: (M,) confidences; hole: (M,) hole index per row; n_min: (H,) int64.
+    Returns:
+        (M,) bool.
+    """
+    m = conf.shape[0]
+    idx = torch.arange(m, device=conf.device)
+    first = torch.full((n_holes,), m, dtype=torch.long, device=conf.device).scatter_reduce(0, hole, idx, "amin")
+    j = idx - first[hole]  # (M,) rank by position within the hole
+    forced = j < n_min[hole].clamp(min=1)
+    miss = torch.full((n_holes,), m, dtype=torch.long, device=conf.device).scatter_reduce(
+        0, hole, torch.where(forced | (conf >= threshold), m, j), "amin")  # first row that stops the run
+    return j < miss[hole]
+
+
 def commit_rows(canvas: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor, conf: torch.Tensor,
                 hole: torch.Tensor, threshold: float, n_min: torch.Tensor,
                 eligible: torch.Tensor | None = None) -> torch.Tensor:

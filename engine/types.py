@@ -40,6 +40,11 @@ class SamplingConfig:
         copy_order: the longest match the cache counts (tokens).
         block: semi-autoregressive window (fast sampler): only the first `block` masked slots of
             each hole may be committed in a step, by the same rule; None = any slot.
+        contiguous: commits run from each hole's frontier (fast sampler): the first masked slot
+            always commits, each next one only if it passes the threshold and every slot before
+            it commits too (within `block`). The canvas is then always a decoded head and a masked
+            tail, the state the left-to-right training rows show the model, while confident runs
+            still go several tokens per forward.
     """
 
     sampler: str = "fast"
@@ -57,6 +62,7 @@ class SamplingConfig:
     copy_weight: float = 0.0
     copy_order: int = 3
     block: int | None = None
+    contiguous: bool = False
 
 
 @dataclass(frozen=True)

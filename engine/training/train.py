@@ -69,6 +69,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="with --base: steps over which attention ahead of the query opens in the upper layers")
     p.add_argument("--holes-per-row", type=int, default=1, help="FIM rows: independent middles per row")
     p.add_argument("--max-pad", type=int, default=24, help="FIM rows: EOS pads after a middle, uniform in [0, N]")
+    p.add_argument("--ltr-rate", type=float, default=0.0,
+                   help="FIM holes masked as a left-to-right decode leaves them (a decoded head, a masked tail)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -144,7 +146,8 @@ class Trainer:
         self.is_nl = torch.tensor(self.tok.newline_ids(self.args.vocab_size), dtype=torch.bool)  # line boundaries
         self.lead = self.args.bos_id if self.args.bos_id is not None else self.args.eos_id
         self.obj = ObjectiveConfig(fim_rate=a.fim_rate, weighting=a.loss_weighting, region=a.region,
-                                   holes_per_row=a.holes_per_row, max_pad=a.max_pad)
+                                   holes_per_row=a.holes_per_row, max_pad=a.max_pad,
+                                   ltr_rate=a.ltr_rate)
         self.g = torch.Generator().manual_seed(a.seed * 1000 + self.rank)
         self.step, self.best_val, self.tokens_seen, self.train_seconds = 0, float("inf"), 0, 0.0
         self.prior = {"seconds": 0.0, "tokens": 0}  # training the warm start had before this run
@@ -259,7 +262,8 @@ class Trainer:
         if self.adapter is not None:
             meta["dlsp_training"].update(base="smollm2", causal_layers=self.a.causal_layers,
                                          lora_rank=self.a.lora_rank, open_steps=self.a.open_steps,
-                                         holes_per_row=self.a.holes_per_row, max_pad=self.a.max_pad)
+                                         holes_per_row=self.a.holes_per_row, max_pad=self.a.max_pad,
+                                         ltr_rate=self.a.ltr_rate)
             adapt.export(self.model, self.args, self.adapter, Path(self.a.export), Path(self.a.tokenizer), meta)
             return
         save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta,

@@ -10,7 +10,7 @@ import torch
 from engine.checkpoint import load_model, load_tokenizer
 from engine.config import ModelArgs
 from engine.generate import FirstSlot, generate
-from engine.samplers import copy_prior, factor_commits, in_block, min_commits
+from engine.samplers import copy_prior, factor_commits, frontier_run, in_block, min_commits
 from engine.types import SamplingConfig
 
 A = ModelArgs(vocab_size=16, dim=2, mask_id=0, eos_id=1, pad_id=1, bos_id=2)
@@ -234,6 +234,40 @@ def test_block_window_commits_from_the_frontier_only():
     assert out.tokens_per_step == [4, 4, 2]  # two per hole and step, both holes at once
     assert in_block(torch.tensor([0, 0, 0, 1, 1]), 2, 2).tolist() == [True, True, False, True, True]
     assert in_block(torch.tensor([0, 1]), 2, None).all()
+
+
+class UnsureAt(ScriptedModel):
+    """Token 5 everywhere; confident (p ~ 1) except at the positions in `weak` (p ~ 0.15)."""
+
+    def __init__(self, weak: set[int]) -> None:
+        super().__init__(lambda p: 5)
+        self.weak = weak
+
+    def logits(self, h):
+        out = super().logits(h)
+        for i, p in enumerate(h[:, 0].long().tolist()):
+            if p in self.weak:
+                out[i] = 0.0
+                out[i, 5] = 1.0
+        return out
+
+
+def test_contiguous_rule_commits_runs_from_the_frontier_only():
+    # hole slots at canvas positions 2..7; position 4 is unsure. The threshold rule commits every
+    # confident slot, leaving a gap at 4; the contiguous rule stops the run there, then forces 4
+    # and commits the confident rest behind it
+    cfg = SamplingConfig(eos_fill=False, eos_frontier=False)
+    gap = _run(UnsureAt({4}), [[3], [9]], cfg, hole_tokens=6, max_new_tokens=6)
+    assert gap.tokens_per_step == [5, 1]
+    run = _run(UnsureAt({4}), [[3], [9]], replace(cfg, contiguous=True), hole_tokens=6, max_new_tokens=6)
+    assert run.tokens_per_step == [2, 4] and run.fills == [[5] * 6]
+    # with a window, the run stops at the window's edge
+    win = _run(UnsureAt(set()), [[3], [9]], replace(cfg, contiguous=True, block=4), hole_tokens=6, max_new_tokens=6)
+    assert win.tokens_per_step == [4, 2]
+    conf = torch.tensor([0.95, 0.5, 0.99, 0.2, 0.95])
+    hole = torch.tensor([0, 0, 0, 1, 1])
+    assert frontier_run(conf, hole, 2, 0.9, torch.tensor([1, 1])).tolist() == [True, False, False, True, True]
+    assert frontier_run(conf, hole, 2, 0.9, torch.tensor([2, 1])).tolist() == [True, True, True, True, True]
 
 
 def test_factor_rule_commits_the_confident_leaders():

@@ -25,8 +25,9 @@ def test_fim_example_keeps_length_and_pads_the_middle_with_eos():
     is_nl[10] = True
     seq = torch.tensor([2] + [5, 6, 10, 7, 8, 10, 9, 9, 10, 11, 12, 10, 13] * 3)
     for _ in range(50):
-        out, s, e = fim_example(seq, A, is_nl, ObjectiveConfig(), g)
-        assert out.shape == seq.shape and 1 <= s < e <= len(seq)
+        out, s, m, e = fim_example(seq, A, is_nl, ObjectiveConfig(), g)
+        assert out.shape == seq.shape and 1 <= s < e <= len(seq) and s < m <= e
+        assert all(t == 1 for t in out[m:e].tolist())  # the pads lie between middle end and region end
         assert torch.equal(out[:s], seq[:s])
         region = out[s:e].tolist()
         n_mid = len(region) - region[::-1].index(next(t for t in region[::-1] if t != 1)) if any(
@@ -44,6 +45,29 @@ def test_corrupt_masks_only_the_region_and_weights_by_inverse_t():
     assert (noisy[mask] == 0).all() and torch.equal(noisy[~mask], clean[~mask])
     assert not mask[:, 0].any()  # bos is never masked
     assert (w[~mask] == 0).all() and (w[mask] > 0).all()
+
+
+def test_left_to_right_holes_mask_a_tail_of_each_middle():
+    """ltr_rate=1: every hole is a decoded head (visible) and a masked tail running to the region
+    end, pads included: no masked position left of a visible one inside a hole."""
+    g = torch.Generator().manual_seed(3)
+    is_nl = torch.zeros(50, dtype=torch.bool)
+    is_nl[10] = True
+    row = torch.tensor([2] + [5, 6, 10, 7, 8, 10, 9, 9, 10, 11, 12, 10, 13] * 5)
+    batch = row.repeat(16, 1)
+    cfg = ObjectiveConfig(fim_rate=1.0, ltr_rate=1.0, holes_per_row=2, max_pad=4)
+    noisy, clean, mask, _ = corrupt(batch, A, is_nl, cfg, g)
+    for b in range(16):
+        for lo, hi in ((0, 33), (33, 66)):
+            pos = mask[b, lo:hi].nonzero().flatten().tolist()
+            assert pos == list(range(pos[0], pos[-1] + 1))  # one contiguous masked tail per hole
+            after = lo + pos[-1] + 1
+            assert after == hi or clean[b, after] != 1  # the tail runs through the last EOS pad
+    # with random masking (ltr_rate=0) the same holes are not contiguous tails
+    g = torch.Generator().manual_seed(3)
+    _, _, mask_r, _ = corrupt(batch, A, is_nl, ObjectiveConfig(fim_rate=1.0, holes_per_row=2, max_pad=4), g)
+    gaps = sum(int((mask_r[b, 1:].int() - mask_r[b, :-1].int()).clamp(min=0).sum()) for b in range(16))
+    assert gaps > 2 * 16
 
 
 def test_loss_weightings():
