@@ -121,6 +121,7 @@ class Engine:
         self.default_sampling = default_sampling or SamplingConfig()
         self.adapted_from_base = False  # set by from_pretrained for a shipped adapter (see engine.assembly)
         self._newlines: torch.Tensor | None = None
+        self._blank: torch.Tensor | None = None
         # control tokens of a pretrained vocabulary (<|im_start|>, <|im_end|>, <file_sep>...) never
         # belong in code; EOS/pad stay allowed (they end a fill)
         self._banned = [i for i in tokenizer.added_special_ids()
@@ -272,7 +273,7 @@ class Engine:
                        max_new_tokens=max_new, should_stop=req.should_stop, graphs=self.graphs,
                        stop_ids=self._newline_ids() if req.single_line else None,
                        first=heal[1] if heal is not None else None, session=session, policy=self.reuse,
-                       banned=self._banned)
+                       banned=self._banned, blank_ids=self._blank_ids())
         t2 = time.perf_counter()
         if threads is not None and out.forward_passes and not out.cancelled:
             self.threads.record(threads, (out.prefill_ms + out.steps_ms) / out.forward_passes)
@@ -305,6 +306,14 @@ class Engine:
             self._newlines = torch.tensor(self.tokenizer.newline_ids(self.args.vocab_size), dtype=torch.bool,
                                           device=self.device)
         return self._newlines
+
+    def _blank_ids(self) -> torch.Tensor:
+        """(V,) bool on the model's device: tokens whose text is whitespace only (cached)."""
+        if self._blank is None:
+            texts = self.tokenizer.token_texts()[:self.args.vocab_size]
+            blank = [t != "" and t.strip() == "" for t in texts] + [False] * (self.args.vocab_size - len(texts))
+            self._blank = torch.tensor(blank, dtype=torch.bool, device=self.device)
+        return self._blank
 
     def with_sampling(self, **changes: Any) -> SamplingConfig:
         return replace(self.default_sampling, **changes)

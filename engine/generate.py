@@ -91,7 +91,7 @@ class _Run:
     def __init__(self, model: Transformer, shifted: bool, cfg: SamplingConfig, holes: _Holes,
                  segments: list[list[int]], device: torch.device, graphs: StepGraphs | None = None,
                  stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None,
-                 banned: list[int] | None = None) -> None:
+                 banned: list[int] | None = None, blank_ids: torch.Tensor | None = None) -> None:
         self.model, self.a, self.cfg, self.graphs = model, model.args, cfg, graphs
         self.stop = None if stop_ids is None else stop_ids.to(device)
         self.first = None if first is None else FirstSlot(
@@ -108,6 +108,15 @@ class _Run:
         self.forbid = torch.tensor(sorted(forbid), device=device)
         self.ends = torch.tensor(sorted({self.a.eos_id, self.a.pad_id}), device=device)
         self.special = torch.tensor(self.a.special_ids, device=device)  # never counted by the copy prior
+        # `nonempty`: while a hole holds only whitespace it may not end: no EOS/pad, and no
+        # whitespace-only token that would stop a single-line fill
+        self.blank: set[int] | None = None
+        if cfg.nonempty and blank_ids is not None:
+            blank_ids = blank_ids.to(device)
+            self.blank = set(torch.nonzero(blank_ids).flatten().tolist()) | set(self.a.special_ids)
+            self.blank_stop = None if self.stop is None else blank_ids & self.stop  # (V,)
+            self.blank_first_stop = None if self.first is None or self.first.stop is None \
+                else blank_ids & self.first.stop
 
     def layout(self) -> None:
         ids, starts = _canvas(self.a, self.segments, self.holes.fills)
@@ -194,6 +203,8 @@ class _Run:
         if self.first is not None:  # hole 0's first slot, while still masked
             barred = (mpos == self.pos[0])[:, None] & ~self.first.allowed[None, :]  # (M, V)
             logits.masked_fill_(barred, float("-inf"))
+        if self.blank is not None:
+            self._bar_empty_end(logits, slots, masked, mpos)
         tokens, conf = propose(logits, self.cfg.confidence, self.cfg.temperature, self.gen)
         if self.naive:
             group, thr, n_min = torch.zeros_like(mhole), float("inf"), [1]
@@ -214,6 +225,28 @@ class _Run:
             self.holes.used[hh] += 1
         if self.cfg.eos_fill or self.stop is not None:
             self._end_fill(mpos, mhole, tokens, chosen)
+
+    def _bar_empty_end(self, logits: torch.Tensor, slots: list[int], masked: list[int],
+                       mpos: torch.Tensor) -> None:
+        """`nonempty`: rows of holes with no non-whitespace token committed yet may not end the
+        fill. The line-break ban is dropped on a row it would leave with no allowed token."""
+        n_holes = len(self.holes.fills)
+        content = [False] * n_holes
+        for i, t in enumerate(slots):
+            if t != self.a.mask_id and t not in self.blank:
+                content[self.hole_host[i]] = True
+        if all(content):
+            return
+        empty = torch.tensor([not content[self.hole_host[i]] for i in masked], device=self.device)[:, None]  # (M, 1)
+        logits[:, self.ends] = logits[:, self.ends].masked_fill(empty, float("-inf"))
+        if self.blank_stop is None:
+            return
+        stops = self.blank_stop[None, :]  # (1, V)
+        if self.blank_first_stop is not None:
+            stops = torch.where((mpos == self.pos[0])[:, None], self.blank_first_stop[None, :], stops)  # (M, V)
+        barred = logits.masked_fill(empty & stops, float("-inf"))
+        keep = torch.isfinite(barred).any(-1, keepdim=True)  # (M, 1)
+        logits.copy_(torch.where(keep, barred, logits))
 
     def _end_fill(self, mpos: torch.Tensor, mhole: torch.Tensor, tokens: torch.Tensor, chosen: torch.Tensor) -> None:
         """After an EOS/pad commit (with `eos_fill`) or a stop token, the rest of that hole is EOS
@@ -285,7 +318,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
              should_stop: Callable[[], bool] | None = None, graphs: StepGraphs | None = None,
              stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None,
              session: Session | None = None, policy: ReusePolicy | None = None,
-             banned: list[int] | None = None) -> GenOutput:
+             banned: list[int] | None = None, blank_ids: torch.Tensor | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -306,6 +339,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         policy: reuse settings (None = `ReusePolicy()`; with `enabled=False` every round prefills).
         banned: ids never proposed (besides mask/bos/expand), e.g. a pretrained vocabulary's
             control tokens; EOS/pad are never banned.
+        blank_ids: (V,) bool, tokens whose text is whitespace only: with `cfg.nonempty`, a hole
+            holding nothing else may not end yet (no EOS/pad, no whitespace-only stop token).
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """
@@ -316,7 +351,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         return GenOutput(fills=[[] for _ in range(n_holes)])
     holes = _Holes([[a.mask_id] * n0 for _ in range(n_holes)], [cfg.steps or n0] * n_holes, [0] * n_holes)
     run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids, first,
-               banned)
+               banned, blank_ids)
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
     first_stop = None if first is None or first.stop is None else set(torch.nonzero(first.stop).flatten().tolist())
     policy = policy or ReusePolicy()

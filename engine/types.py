@@ -45,6 +45,10 @@ class SamplingConfig:
             it commits too (within `block`). The canvas is then always a decoded head and a masked
             tail, the state the left-to-right training rows show the model, while confident runs
             still go several tokens per forward.
+        nonempty: a fill may not end (EOS/pad, or a line break with nothing but whitespace
+            before it in the fill) until it holds some non-whitespace text. A suggestion of
+            nothing, or of a blank line, is never worth showing; without the rule the adapted
+            135M model ended 28 of 100 held-out single lines right after their indentation.
     """
 
     sampler: str = "fast"
@@ -63,6 +67,7 @@ class SamplingConfig:
     copy_order: int = 3
     block: int | None = None
     contiguous: bool = False
+    nonempty: bool = True
 
 
 @dataclass(frozen=True)

@@ -371,3 +371,52 @@ def test_at_most_one_host_sync_per_step(tiny_ckpt, cfg):
     steps = len(out.tokens_per_step)
     assert steps >= 2
     assert counter.count <= steps + 6, (counter.count, steps)  # + the per-run setup (layout, stop sets)
+
+
+class RankedModel(ScriptedModel):
+    """Logits per position from a script of {token: score} (everything else -20)."""
+
+    def logits(self, h):
+        out = torch.full((h.shape[0], self.args.vocab_size), -20.0)
+        for i, p in enumerate(h[:, 0].long().tolist()):
+            for t, score in self.script(p).items():
+                out[i, t] = score
+        return out
+
+
+def test_nonempty_fill_may_not_end_on_whitespace_alone():
+    blank = torch.zeros(A.vocab_size, dtype=torch.bool)
+    blank[[4, 6]] = True  # 4: indentation, 6: a blank line break
+    # one slot per step, left to right (the shipped decoding); canvas: bos, 3, slots 2..: slot 2 is sure of indentation, slot 3 prefers EOS over text 5
+    script = lambda p: {4: 20.0} if p == 2 else ({1: 20.0, 5: 10.0} if p == 3 else {1: 20.0})  # noqa: E731
+    off = _run(RankedModel(script), [[3], [9]], SamplingConfig(block=1, nonempty=False), hole_tokens=4, max_new_tokens=4,
+               blank_ids=blank)
+    assert off.fills == [[4]]  # indentation, then the end: a suggestion of nothing
+    on = _run(RankedModel(script), [[3], [9]], SamplingConfig(block=1), hole_tokens=4, max_new_tokens=4, blank_ids=blank)
+    assert on.fills == [[4, 5]]  # the end is barred until the fill holds text; after it, EOS is fine
+    # single-line: a whitespace-only line break would stop the fill just the same
+    stop = torch.zeros(A.vocab_size, dtype=torch.bool)
+    stop[[6, 7]] = True  # 7: text with a line break (it may stop an empty fill: it is not blank)
+    script = lambda p: {4: 20.0} if p == 2 else ({6: 20.0, 5: 10.0} if p == 3 else {1: 20.0})  # noqa: E731
+    off = _run(RankedModel(script), [[3], [9]], SamplingConfig(block=1, nonempty=False), hole_tokens=4, max_new_tokens=4,
+               blank_ids=blank, stop_ids=stop)
+    assert off.fills == [[4, 6]]
+    on = _run(RankedModel(script), [[3], [9]], SamplingConfig(block=1), hole_tokens=4, max_new_tokens=4,
+               blank_ids=blank, stop_ids=stop)
+    assert on.fills == [[4, 5]]
+    script = lambda p: {4: 20.0} if p == 2 else ({7: 20.0, 5: 10.0} if p == 3 else {1: 20.0})  # noqa: E731
+    on = _run(RankedModel(script), [[3], [9]], SamplingConfig(block=1), hole_tokens=4, max_new_tokens=4,
+               blank_ids=blank, stop_ids=stop)
+    assert on.fills == [[4, 7]]
+
+
+def test_nonempty_keeps_a_slot_whose_only_allowed_tokens_are_blank_stops():
+    blank = torch.zeros(A.vocab_size, dtype=torch.bool)
+    blank[6] = True
+    stop = torch.zeros(A.vocab_size, dtype=torch.bool)
+    stop[6] = True
+    only6 = torch.zeros(A.vocab_size, dtype=torch.bool)
+    only6[6] = True  # token healing allows only the blank stop in the first slot
+    out = _run(RankedModel(lambda p: {6: 20.0, 5: 10.0}), [[3], [9]], hole_tokens=4, max_new_tokens=4,
+               blank_ids=blank, stop_ids=stop, first=FirstSlot(only6, stop=only6))
+    assert out.fills == [[6]]  # not a masked-out row committing an arbitrary token
