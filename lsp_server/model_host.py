@@ -31,6 +31,7 @@ def default_loader(path: str | None, device: str | None) -> InfillBackend:
     from engine.runtime import ThreadTuner
 
     engine = Engine.from_pretrained(path, device=device)
+    engine.warm()  # on the loading thread, not inside the first request
     engine.languages = checkpoint_languages(path or DEFAULT_MODEL_DIR)  # what its model card says
     if engine.device.type == "cpu" and not os.environ.get("DLSP_THREADS"):  # an explicit count is kept
         engine.threads = ThreadTuner.for_machine()

@@ -23,6 +23,7 @@ from lsp_server.settings import Settings
 
 log = logging.getLogger(__name__)
 STATUS, STATS = "dlsp/status", "dlsp/stats"
+HEAVY_CHANGES, HEAVY_BYTES = 16, 1 << 16  # a didChange past either is applied off the loop
 TITLES = {actions.REGENERATE: "Regenerate selection", actions.FILL_HOLES: "Fill holes",
           actions.COMPLETE_BODY: "Complete body"}
 _tokens = itertools.count(1)
@@ -68,6 +69,42 @@ class DlspServer(HardenedServer):
         """Stop model work and abandon loading; False if a load is still running after `timeout`."""
         self.service.close()
         return self.host.close(timeout)
+
+    def offload(self, data: dict[str, Any], size: int) -> bool:
+        """Take a heavy `didChange` (over `HEAVY_CHANGES` ranges or `HEAVY_BYTES`, or one for a
+        document whose earlier change is still applying) off the event loop: its params are
+        structured and applied on the documents thread, in order (`DocumentStore`). False: the
+        message goes the usual way."""
+        params = data.get("params")
+        if data.get("method") != types.TEXT_DOCUMENT_DID_CHANGE or not isinstance(params, dict):
+            return False
+        doc, changes = params.get("textDocument"), params.get("contentChanges")
+        uri = doc.get("uri") if isinstance(doc, dict) else None
+        docs = self.service.docs
+        if not isinstance(uri, str) or not (docs.busy(uri) or size > HEAVY_BYTES or
+                                            isinstance(changes, list) and len(changes) > HEAVY_CHANGES):
+            return False
+        converter, encoding = self.converter, self.service.encoding
+
+        def read() -> tuple[int | None, list] | None:
+            # structured a slice at a time, pausing between slices (see `DocumentStore.PAUSE_S`)
+            raw = changes if isinstance(changes, list) else [changes]
+            out, version = [], None
+            try:
+                for k in range(0, max(1, len(raw)), docs.SLICE):
+                    if k:
+                        docs.pause()
+                    p = converter.structure({**params, "contentChanges": raw[k:k + docs.SLICE]},
+                                            types.DidChangeTextDocumentParams)
+                    out += p.content_changes
+                    version = p.text_document.version
+            except Exception:
+                log.info("invalid params for %s", types.TEXT_DOCUMENT_DID_CHANGE)
+                return None
+            return version, out
+
+        docs.change_off_loop(uri, read, encoding)
+        return True
 
     def client_supports(self, path: str) -> bool:
         node: Any = getattr(self.protocol, "client_capabilities", None)

@@ -93,10 +93,11 @@ class Service:
     def close(self) -> None:
         self.scheduler.shutdown()
         self._syntax.shutdown(wait=False, cancel_futures=True)
+        self.docs.shutdown()
 
     # -- documents and settings ---------------------------------------------------------------
     def did_change(self, uri: str, version: int | None, changes: list) -> None:
-        if self.docs.change(uri, version, changes, self.encoding) is None:
+        if not self.docs.change(uri, version, changes, self.encoding):
             log.info("change for a document that is not open (ignored)")
 
     def did_close(self, uri: str) -> None:
@@ -127,7 +128,7 @@ class Service:
 
     def _stale(self, uri: str, version: int) -> bool:
         doc = self.docs.get(uri)
-        return doc is None or doc.version != version
+        return doc is None or doc.version != version or self.docs.busy(uri)
 
     def _count(self, text: str) -> int:
         return self.host.engine.count_tokens(text)
@@ -143,6 +144,7 @@ class Service:
     # -- inline completion ----------------------------------------------------------------------
     async def suggest(self, uri: str, position: types.Position) -> tuple[LineIndex, Spans] | None:
         """Suggestion spans at a position, or None when there is nothing to say."""
+        await self.docs.settled(uri)
         doc = self.docs.get(uri)
         if doc is None or not self._enabled(doc):
             return None
@@ -233,8 +235,8 @@ class Service:
             timings["queue"] = job.queued_ms
         else:
             self.stats.count("cached")
-        t = time.perf_counter()
-        out = postprocess(raw, ctx)
+        t = time.perf_counter()  # bracket scans of the context: off the loop too (32k "(": ~20 ms)
+        out = await self.off_loop(lambda: postprocess(raw, ctx), str, CONTEXT_BUDGET_S)
         timings["postprocess"] = _ms(t)
         return out, timings
 
@@ -273,6 +275,7 @@ class Service:
 
     async def available_actions(self, uri: str, rng: types.Range) -> list[str]:
         """Actions that apply at a range (no model call; one parse, off the loop, in budget)."""
+        await self.docs.settled(uri)
         doc = self.docs.get(uri)
         if doc is None or not self.host.ready or not self._enabled(doc):
             return []
@@ -286,6 +289,7 @@ class Service:
 
     async def edit(self, name: str, uri: str, rng: types.Range) -> tuple[LineIndex, int, Spans]:
         """Run one action; returns (index of the text it read, its version, offset edits)."""
+        await self.docs.settled(uri)
         doc = self._snapshot(uri)
         if not self.host.ready:
             raise ModelNotReady(self.host.state)

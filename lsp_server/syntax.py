@@ -6,7 +6,7 @@ so a 5 MB file costs what a small one does.
 
 Bounded in time (issue 12): py-tree-sitter holds the GIL for a whole parse, so text is fed to
 the parser in chunks (each chunk lets other threads run), and a parse that passes the current
-thread's `budget` stops early and counts as no parse (plain text); past the budget, queries
+thread's `budget` stops early and counts as no parse (plain text); past the budget, node listings
 find nothing. Parses are cached by their
 exact window, so asking twice at one document version parses once. Walks to the root go down
 from the root (py-tree-sitter's `parent` walks from the root on every call, which made
@@ -22,7 +22,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from typing import Any
 
 from lsp_server.languages import SPECS, LangSpec, parser_for
@@ -31,6 +30,7 @@ log = logging.getLogger(__name__)
 _COMMENT_TYPES = ("comment", "line_comment", "block_comment")
 _STRING_WORDS = ("string", "comment", "char_literal", "template")
 MAX_DEPTH = 10_000  # ancestors walked at most
+MAX_WALK_DEPTH = 512  # how deep `Syntax.nodes` looks for scopes, imports and comments
 _CHUNK = 8192  # bytes handed to the parser per call
 _CACHED = 16  # parses kept
 _local = threading.local()
@@ -85,22 +85,10 @@ def _parse(name: str, data: bytes) -> Any:
     return tree
 
 
-@cache
-def _query(name: str, kind: str) -> Any | None:
-    """A compiled query capturing the scope/import/comment node types of one language."""
-    import tree_sitter
-
+def _kinds(name: str, kind: str) -> frozenset[str]:
+    """The scope/import/comment node types of one language."""
     spec = SPECS[name]
-    types = {"scopes": spec.scopes, "imports": spec.imports, "comments": _COMMENT_TYPES}[kind]
-    language = parser_for(name).language
-    patterns = []
-    for t in sorted(types):
-        try:  # a node type a grammar does not have is skipped, not fatal
-            tree_sitter.Query(language, f"({t}) @n")
-            patterns.append(f"({t}) @n")
-        except Exception:
-            continue
-    return tree_sitter.Query(language, " ".join(patterns)) if patterns else None
+    return frozenset({"scopes": spec.scopes, "imports": spec.imports, "comments": _COMMENT_TYPES}[kind])
 
 
 class Syntax:
@@ -153,20 +141,37 @@ class Syntax:
 
     # -- queries ---------------------------------------------------------------------------
     def nodes(self, kind: str, start: int | None = None, end: int | None = None) -> list[Any]:
-        """Nodes of a kind ("scopes", "imports", "comments") overlapping [start, end)."""
-        import tree_sitter
+        """Nodes of a kind ("scopes", "imports", "comments") overlapping [start, end), in
+        document order, at most `MAX_WALK_DEPTH` deep.
 
-        query = _query(self.spec.name, kind)
-        if query is None or over_budget():
-            # A query holds the GIL to its end; over deep error trees (32k unclosed "(") one
-            # takes seconds. py-tree-sitter 0.26's progress_callback could stop it, but crashes
-            # the process, so the budget is checked between queries only.
+        A walk with a tree cursor, not a tree-sitter query: a query holds the GIL to its end
+        and is quadratic over wide error nodes (32k unclosed "(": 0.75 s, during which the event
+        loop could not answer anything); the walk is Python, so other threads run every switch
+        interval, it skips subtrees outside the range, and it stops at the thread's budget
+        (returning what it found so far)."""
+        kinds = _kinds(self.spec.name, kind)
+        if not kinds or over_budget():
             return []
-        cursor = tree_sitter.QueryCursor(query)
-        if start is not None and end is not None:
-            cursor.set_byte_range(self.c2b(start), self.c2b(end))
-        found = cursor.captures(self.tree.root_node).get("n", [])
-        return sorted(found, key=lambda n: n.start_byte)
+        lo = 0 if start is None else self.c2b(start)
+        hi = len(self._data) + 1 if end is None else self.c2b(end)
+        found: list[Any] = []
+        cursor, depth, seen = self.tree.walk(), 0, 0
+        while True:
+            node = cursor.node
+            seen += 1
+            if seen % 4096 == 0 and over_budget():
+                break
+            inside = node.end_byte > lo and node.start_byte < hi or node.start_byte == node.end_byte == lo
+            if inside and node.is_named and node.type in kinds:  # `(t)` in a query: named nodes
+                found.append(node)
+            if inside and depth < MAX_WALK_DEPTH and cursor.goto_first_child():
+                depth += 1
+                continue
+            while not cursor.goto_next_sibling():
+                if depth == 0 or not cursor.goto_parent():
+                    return found
+                depth -= 1
+        return found
 
     def node_at(self, offset: int) -> Any:
         b = self.c2b(offset)

@@ -11,6 +11,7 @@ protocol's public `structure_message` / `handle_message`, replies through its wr
   `shutdown` get -32600, notifications before `initialize` are dropped, and `exit` ends the
   session with 0 after `shutdown`, 1 without. End of input ends it with 1 too.
 - No traceback leaves the server: error responses are sent without `data`.
+- A heavy `didChange` goes to the server's `offload` (applied off the event loop, in order).
 - TCP serves one client. A second connection while one is active is told so and closed; the
   process ends with the session (documents and settings belong to the client that made them).
 """
@@ -79,6 +80,8 @@ class Session:
         self.framer = Framer(max_bytes)
         self._write = write
         self.state = "new"  # -> "initialized" -> "shutdown"
+        # a server may take heavy notifications off the loop (`DlspServer.offload`)
+        self._offload: Callable[[dict[str, Any], int], bool] | None = getattr(server, "offload", None)
         self.protocol.set_writer(GuardedWriter(write, close))
 
     def send_error(self, msg_id: Any, code: int, message: str) -> None:
@@ -122,9 +125,9 @@ class Session:
             log.info("a message that is not JSON")
             self.send_error(None, PARSE_ERROR, "parse error")
             return None
-        return self._gate(data)
+        return self._gate(data, len(item.body))
 
-    def _gate(self, data: Any) -> int | None:
+    def _gate(self, data: Any, size: int = 0) -> int | None:
         msg_id = data.get("id") if isinstance(data, dict) else None
         if not isinstance(msg_id, (str, int)) or isinstance(msg_id, bool):
             msg_id = None
@@ -151,6 +154,8 @@ class Session:
             self.state = "initialized"
         elif method == "shutdown":
             self.state = "shutdown"
+        if not is_request and self._offload is not None and self._offload(data, size):
+            return None
         self._handle(data, msg_id if is_request else None)
         return None
 

@@ -280,3 +280,16 @@ def test_engine_uses_the_tuner(engine):
     finally:
         engine.threads = None
         torch.set_num_threads(before)
+
+
+def test_the_server_loader_builds_vocabulary_tables_before_the_first_request(tiny_ckpt):
+    """Built lazily, the healing index and the line-break/blank masks held the GIL for a whole
+    vocabulary decode inside the first request; the server's loader builds them at load."""
+    from lsp_server.model_host import default_loader
+
+    fresh = Engine.from_pretrained(tiny_ckpt, device="cpu")
+    assert fresh._healer is None and fresh._newlines is None and fresh._blank is None
+    loaded = default_loader(str(tiny_ckpt), "cpu")
+    assert loaded._healer is not None and loaded._newlines is not None and loaded._blank is not None
+    texts = loaded.tokenizer.token_texts()
+    assert [bool(b) for b in loaded._blank[:len(texts)]] == [t != "" and t.strip() == "" for t in texts]

@@ -53,3 +53,33 @@ def test_edits_share_untouched_chunks():
     shared = sum(a is b for a, b in zip(index._chunks, edited._chunks))
     assert shared >= len(index._chunks) - 2
     assert edited.text == text[:10] + "y" + text[10:]
+
+
+@pytest.mark.parametrize("order", ["bottom_up", "top_down", "random"])
+def test_editor_batch_matches_edits_one_at_a_time(monkeypatch, order):
+    """A batch over one `Editor` (positions read against the text the earlier edits left)
+    gives what a fresh index per edit gives, whatever the order of the edits."""
+    monkeypatch.setattr(lineindex, "CHUNK", 16)
+    monkeypatch.setattr(lineindex, "_MAX", 64)
+    rng = random.Random(order)
+    text = "".join(rng.choice(PIECES) for _ in range(600))
+    one_by_one, editor = LineIndex(text), lineindex.Editor(LineIndex(text))
+    lines = list(range(0, LineIndex(text).line_count, 3))
+    lines = {"bottom_up": lines[::-1], "top_down": lines, "random": rng.sample(lines, len(lines))}[order]
+    for line in lines:
+        col, new = rng.choice([0, 1, 2]), rng.choice(["#", "", "x\n", "\r\nyy", "é"])
+        a = one_by_one.offset(line, col)
+        b = min(len(one_by_one), a + rng.choice([0, 0, 1, 4]))
+        assert editor.offset(line, col) == a and len(editor) == len(one_by_one)
+        one_by_one = one_by_one.edited(a, b, new)
+        editor.edit(a, b, new)
+        assert editor.line_count == one_by_one.line_count
+    _same(editor.index(), one_by_one.text)
+
+
+def test_editor_can_empty_and_refill_a_text():
+    editor = lineindex.Editor(LineIndex("a\nb\n"))
+    editor.edit(0, 4, "")
+    assert editor.index().text == "" and editor.line_count == 1
+    editor.edit(0, 0, "x\r\ny")
+    _same(editor.index(), "x\r\ny")
