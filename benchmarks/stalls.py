@@ -50,8 +50,10 @@ def idle_ms(client: LspClient, n: int) -> float:
     return statistics.median(answer_ms(client) for _ in range(n))
 
 
-def _nested(depth: int) -> tuple[str, int, int]:
-    text = "def f():\n    x = " + "(" * depth + "1" + ")" * depth + "\n"
+def _nested(depth: int, r: int = 0) -> tuple[str, int, int]:
+    """Text nested `depth` deep; `r` makes each round's text (and context) distinct, so no
+    round is answered from the server's context cache."""
+    text = f"def f{r}():\n    x = " + "(" * depth + "1" + ")" * depth + "\n"
     return text, 1, text.splitlines()[1].index("1")
 
 
@@ -66,22 +68,23 @@ def cases(big_lines: int) -> list[tuple[str, Callable[[LspClient, int], int | No
     out: list[tuple[str, Callable[[LspClient, int], int | None]]] = []
     for depth in (2000, 4000, 8000, 16000):
         def action(client: LspClient, r: int, depth: int = depth) -> int:
-            text, line, col = _nested(depth)
+            text, line, col = _nested(depth, r)
             uri = f"file:///bench/deep{depth}_{r}.py"
             client.open(uri, text)
             return _code_action(client, uri, line, col)
         out.append((f"code action, nesting {depth}", action))
 
     def inline_deep(client: LspClient, r: int) -> int:
-        text, line, col = _nested(16000)
+        text, line, col = _nested(16000, r)
         uri = f"file:///bench/inline_deep_{r}.py"
         client.open(uri, text)
         return client.request_async("textDocument/inlineCompletion", client.inline_params(uri, line, col))
 
     def inline_open(client: LspClient, r: int) -> int:
         uri = f"file:///bench/open_{r}.py"
-        client.open(uri, "x = " + "(" * 32000)
-        return client.request_async("textDocument/inlineCompletion", client.inline_params(uri, 0, 32004))
+        head = f"x{r} = "
+        client.open(uri, head + "(" * 32000)
+        return client.request_async("textDocument/inlineCompletion", client.inline_params(uri, 0, len(head) + 32000))
 
     big = "def g(x):\n    return x + 1\n\n" * big_lines
 
