@@ -44,10 +44,6 @@ class Document:
         """A copy that later changes do not touch (for work off the event loop)."""
         return Document(self.uri, self.language_id, self.version, index=self.index)
 
-    def apply(self, change: object, encoding: str) -> None:
-        """Apply one content change (a ranged partial change or a whole-text change)."""
-        self.apply_all([change], encoding)
-
     def apply_all(self, changes: list, encoding: str, pause: Callable[[], None] | None = None) -> None:
         """Apply content changes in order, each against the text the previous ones left; a run
         of ranged changes is one batch over the index (`lsp_server.lineindex.Editor`).
