@@ -84,13 +84,8 @@ class DocumentStore:
         self._thread: ThreadPoolExecutor | None = None
 
     def open(self, uri: str, language_id: str, version: int, text: str) -> None:
-        if self.busy(uri):
-            self._queue(uri, lambda: self._open(uri, language_id, version, text))
-        else:
-            self._open(uri, language_id, version, text)
-
-    def _open(self, uri: str, language_id: str, version: int, text: str) -> None:
-        self._docs[uri] = Document(uri=uri, language_id=language_id or "", version=version, text=text)
+        doc = Document(uri=uri, language_id=language_id or "", version=version, text=text)
+        self._mutate(uri, lambda: self._docs.__setitem__(uri, doc))
 
     def change(self, uri: str, version: int | None, changes: list, encoding: str = UTF16) -> bool:
         """Apply changes in order; False for a URI that is not open (ignored)."""
@@ -128,10 +123,7 @@ class DocumentStore:
         return True
 
     def close(self, uri: str) -> None:
-        if self.busy(uri):
-            self._queue(uri, lambda: self._docs.pop(uri, None))
-        else:
-            self._docs.pop(uri, None)
+        self._mutate(uri, lambda: self._docs.pop(uri, None))
 
     # -- mutations off the loop ------------------------------------------------------------
     def busy(self, uri: str) -> bool:
@@ -146,6 +138,13 @@ class DocumentStore:
                 await asyncio.wait({fut})
             if self._pending.get(uri) is fut:
                 del self._pending[uri]
+
+    def _mutate(self, uri: str, work: Callable[[], Any]) -> None:
+        """`work()` now, or queued behind the document's pending mutations."""
+        if self.busy(uri):
+            self._queue(uri, work)
+        else:
+            work()
 
     def _queue(self, uri: str, work: Callable[[], Any]) -> None:
         """Run `work` on the documents thread (one thread: mutations apply in the order queued).
