@@ -25,7 +25,7 @@ from engine.errors import CheckpointError, InvalidRequestError
 from engine.generate import generate
 from engine.healing import Healer
 from engine.model import Transformer
-from engine.quantize import int8_available, quantize_int8
+from engine.quantize import calibration_ids, int8_available, quantize_int8
 from engine.reuse import ReusePolicy, Session
 from engine.runtime import ThreadTuner
 from engine.samplers import CONFIDENCE
@@ -42,6 +42,11 @@ SAMPLERS = ("fast", "naive")
 
 def best_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _lead_id(a: ModelArgs) -> int:
+    """The id a canvas starts with (BOS, else EOS)."""
+    return a.bos_id if a.bos_id is not None else a.eos_id
 
 
 def _clean(text: str) -> str:
@@ -165,10 +170,11 @@ class Engine:
         # int8: load the weights as stored when that is 16-bit, quantize the matmuls from there, and
         # only then widen the rest (embedding, norms) to fp32: the peak never holds an fp32 copy
         model, _ = load_model(ckpt, device=device, dtype=stored_dtype(ckpt) if int8 else dtype)
+        tokenizer = load_tokenizer(ckpt)
         if int8:
-            quantize_int8(model)
+            quantize_int8(model, calibration_ids(tokenizer, _lead_id(model.args)))
             model.to(dtype)
-        engine = cls(model, load_tokenizer(ckpt), name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
+        engine = cls(model, tokenizer, name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
         engine.int8, engine.params = bool(int8), params
         engine.adapted_from_base = is_adapter_dir(ckpt)
         return engine

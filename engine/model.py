@@ -97,19 +97,26 @@ class Transformer(nn.Module):
             bias = torch.zeros(n, n, device=ids.device).masked_fill(ahead, math.log(max(open_frac, 1e-12)))
         x = self.tok_emb(ids)
         cache = KVCache.empty()
-        for i, layer in enumerate(self.layers):
-            q, k, v = layer.qkv(x, cos, sin)
+        for i in range(len(self.layers)):
+            x, k, v = self.layer_forward(i, x, cos, sin, bias)
             if keep_cache:
                 cache.append(k, v)
-            if i < self.args.causal_layers:
-                o = causal_attention(q, k, v)
-            elif bias is not None:
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
-                                                   enable_gqa=k.shape[1] != q.shape[1])
-            else:
-                o = attention(q, k, v)
-            x = layer.finish(x, o)
         return self.norm(x), cache
+
+    def layer_forward(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer `i` of a full forward: (B, L, D) -> (B, L, D), with its keys and values
+        (B, Hkv, L, hd) after RoPE. `bias`: see `prefill`'s `open_frac`."""
+        layer = self.layers[i]
+        q, k, v = layer.qkv(x, cos, sin)
+        if i < self.args.causal_layers:
+            o = causal_attention(q, k, v)
+        elif bias is not None:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                               enable_gqa=k.shape[1] != q.shape[1])
+        else:
+            o = attention(q, k, v)
+        return layer.finish(x, o), k, v
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits for every position: (B, L) -> (B, L, V). Used by tests and the naive sampler."""

@@ -113,9 +113,10 @@ def base_ar_engine(engine: Engine) -> Engine:
     model = base.build(causal_layers=base.args.n_layers, max_positions=engine.args.max_positions)
     model = model.to(device=engine.device, dtype=engine.dtype).eval()
     if getattr(engine, "int8", False):  # the same arithmetic as the model it is the floor of
-        from engine.quantize import quantize_int8
+        from engine.quantize import calibration_ids, quantize_int8
 
-        quantize_int8(model)
+        quantize_int8(model, calibration_ids(engine.tokenizer, model.args.bos_id if model.args.bos_id is not None
+                                             else model.args.eos_id))
     ar = Engine(model, engine.tokenizer, name="base_ar", default_sampling=SamplingConfig(block=1))
     ar.int8 = getattr(engine, "int8", False)
     return ar

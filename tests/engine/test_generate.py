@@ -236,6 +236,38 @@ def test_block_window_commits_from_the_frontier_only():
     assert in_block(torch.tensor([0, 1]), 2, None).all()
 
 
+def test_lm_head_runs_on_the_block_window_only(tiny_ckpt):
+    """With `block`, only the window's rows reach the LM head (per hole and step), and the fill is
+    the one a left-to-right greedy decode of the same model gives (block=1: argmax at the first
+    masked slot, a full forward per token, no cache)."""
+    model, a = load_model(tiny_ckpt)
+    tok = load_tokenizer(tiny_ckpt)
+    segs = [tok.encode("def add(a, b):\n    return "), tok.encode("\n"), tok.encode("\n\nx = 1\n")]
+    rows = []
+    head = model.logits
+    model.logits = lambda h: (rows.append(h.shape[0]), head(h))[1]
+    cfg = SamplingConfig(block=1, eos_fill=False, eos_frontier=False, nonempty=False)
+    out = generate(model, segs, replace(cfg, refresh_every=1), False, hole_tokens=6, max_new_tokens=6)
+    assert rows and max(rows) <= 2  # one row per hole, two holes
+    model.logits = head
+    # the reference: one full forward per step, argmax of hole 0's then hole 1's first masked slot
+    fills = [[a.mask_id] * 6, [a.mask_id] * 6]
+    banned = {a.mask_id, a.bos_id}
+    for _ in range(6):
+        ids = [a.bos_id, *segs[0], *fills[0], *segs[1], *fills[1], *segs[2], a.eos_id]
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids]))[0]
+        starts = [1 + len(segs[0]), 1 + len(segs[0]) + 6 + len(segs[1])]
+        for h in range(2):
+            j = fills[h].index(a.mask_id)
+            row = logits[starts[h] + j].clone()
+            row[list(banned)] = float("-inf")
+            fills[h][j] = int(row.argmax())
+    ends = {a.eos_id, a.pad_id}
+    expected = [f[:min([i for i, t in enumerate(f) if t in ends], default=len(f))] for f in fills]
+    assert out.fills == expected
+
+
 class UnsureAt(ScriptedModel):
     """Token 5 everywhere; confident (p ~ 1) except at the positions in `weak` (p ~ 0.15)."""
 

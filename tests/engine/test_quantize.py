@@ -1,5 +1,5 @@
 """int8 matmuls against their fp32 references (parity on random weights; the adapted model's
-quality is measured by `dlsp eval`)."""
+quality is measured by `dlsp eval`), per-token scaling and SmoothQuant's folding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ import torch
 from torch import nn
 
 from engine import Engine, InfillRequest
-from engine.quantize import Int8Linear, int8_available, int8_linear_ref, quantize_int8
+from engine.checkpoint import load_model, load_tokenizer
+from engine.quantize import (
+    Int8Linear,
+    activation_max,
+    calibration_ids,
+    int8_available,
+    int8_linear_ref,
+    quantize_int8,
+    smooth_,
+)
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this torch build has no fbgemm int8 linear")
 
@@ -32,7 +41,9 @@ def test_quantized_engine_runs_and_mostly_agrees_with_fp32(tiny_ckpt):
     fp32 = Engine.from_pretrained(tiny_ckpt, device="cpu", int8=False)
     q = Engine.from_pretrained(tiny_ckpt, device="cpu", int8=True)
     assert q.info()["int8"] and not fp32.info()["int8"] and q.info()["params"] == fp32.info()["params"]
-    assert not any(isinstance(m, nn.Linear) for m in q.model.modules())
+    # every matmul but the LM head (kept in float: it decides the token) is int8
+    assert [n for n, m in q.model.named_modules() if isinstance(m, nn.Linear)] == ["lm_head"]
+    assert sum(isinstance(m, Int8Linear) for m in q.model.modules()) == 7 * q.args.n_layers
     ids = torch.randint(3, q.args.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         a, b = fp32.model(ids), q.model(ids)
@@ -50,3 +61,77 @@ def test_auto_leaves_small_models_in_fp32(tiny_ckpt, monkeypatch):
     assert Engine.from_pretrained(tiny_ckpt, device="cpu").int8
     m = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 2)))
     assert quantize_int8(m) == 2 and isinstance(m[1][0], Int8Linear)
+
+
+def test_per_token_scaling_keeps_a_small_row_exact_beside_a_large_one():
+    """One input scale for the whole call would round a row 1000x smaller than its neighbour to
+    ~zero; each row is scaled by its own max, so both come out within int8 error."""
+    g = torch.Generator().manual_seed(3)
+    lin = nn.Linear(64, 32, bias=True)
+    x = torch.randn(2, 64, generator=g)
+    x[1] *= 1e-3
+    q, exact = Int8Linear(lin), lin(x).detach()
+    got = q(x)
+    for r in range(2):
+        no_bias = exact[r] - lin.bias.detach()
+        assert (got[r] - exact[r]).norm() / no_bias.norm() < 0.03
+    # the unscaled call (what the layer did before) loses the small row
+    w, _ = q.dequantized()
+    packed = torch.ops.quantized.linear_prepack(
+        torch.quantize_per_channel(w, (w.abs().amax(1) / 127).double(), torch.zeros(32, dtype=torch.long), 0,
+                                   torch.qint8), None)
+    plain = torch.ops.quantized.linear_dynamic(x, packed, True)
+    assert (plain[1] - (exact[1] - lin.bias.detach())).norm() / (exact[1] - lin.bias.detach()).norm() > 0.2
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])  # tied head / untied with q/k/v biases
+def test_smoothing_keeps_the_function(tmp_path, family):
+    from engine.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / family, family=family)
+    model, _ = load_model(ckpt)
+    assert model.args.n_heads != model.args.n_kv_heads  # the value-group folding is exercised
+    ids = torch.randint(3, model.args.vocab_size, (1, 30), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        before = model(ids)
+    calib = calibration_ids(load_tokenizer(ckpt), 2, rows=2, tokens=40)
+    x_max = activation_max(model, calib)
+    assert set(x_max) >= {f"layers.0.{n}" for n in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")}
+    w0 = model.layers[0].w_down.weight.clone()
+    smooth_(model, x_max)
+    assert not torch.allclose(model.layers[0].w_down.weight, w0)  # something moved
+    with torch.inference_mode():
+        after = model(ids)
+    assert (after - before).abs().max() / before.abs().max() < 1e-4
+
+
+def test_smoothing_removes_the_error_of_an_outlier_channel(tmp_path):
+    """A channel of the normed input 100x larger than the rest (the same function: the weights
+    behind it divided by 100) sets the activation scale for every channel; smoothing moves it into
+    the weights, and the int8 model lands much closer to fp32."""
+    from engine.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "m", family="llada")
+    ids = torch.randint(3, 200, (1, 30), generator=torch.Generator().manual_seed(1))
+    calib = calibration_ids(load_tokenizer(ckpt), 2, rows=2, tokens=40)
+
+    def outlier_model():
+        model, _ = load_model(ckpt)
+        with torch.no_grad():
+            for blk in model.layers:
+                blk.ffn_norm.weight[5] *= 100
+                blk.w_gate.weight[:, 5] /= 100
+                blk.w_up.weight[:, 5] /= 100
+        return model
+
+    ref_model = outlier_model()
+    with torch.inference_mode():
+        ref = ref_model(ids).log_softmax(-1)
+    errs = {}
+    for name, cal in (("plain", None), ("smoothed", calib)):
+        m = outlier_model()
+        quantize_int8(m, cal)
+        with torch.inference_mode():
+            errs[name] = torch.nn.functional.kl_div(m(ids).log_softmax(-1), ref, log_target=True,
+                                                    reduction="batchmean").item()
+    assert errs["smoothed"] < 0.5 * errs["plain"]
