@@ -291,8 +291,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pause", type=float, default=0.3, help="a chunk followed by this many seconds is a pause")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="server threads (default: the server's choice)")
-    p.add_argument("--max-tokens", type=int, default=12, help="server maxTokens (pins the fill length)")
-    p.add_argument("--steps", type=int, default=4, help="server steps per block (pins the step count)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="server maxTokens (pins the fill length; default 12 with --shape, else the server's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="server steps per block (pins the step count; default 4 with --shape, else the model's)")
     p.add_argument("--context-tokens", type=int, default=1024)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--agreement", type=int, default=0, help="also compare engine and server on N cold tasks")
@@ -311,7 +313,14 @@ def main(argv: list[str] | None = None) -> int:
         model = Path(a.model) if a.model else Path(__file__).resolve().parents[1] / "engine/default_model"
     files = [Path(f) for f in a.files] if a.files else default_files()
     traces = make_traces(files, a.traces, a.lines, a.seed, a.speed)
-    options = {"maxTokens": a.max_tokens, "steps": a.steps, "contextTokens": a.context_tokens}
+    options: dict[str, Any] = {"contextTokens": a.context_tokens}
+    # a random-weight model never ends a fill by itself: its length and step count are pinned; a
+    # trained model decodes with its own defaults unless told otherwise
+    max_tokens, steps = (a.max_tokens or 12, a.steps or 4) if a.shape else (a.max_tokens, a.steps)
+    if max_tokens:
+        options["maxTokens"] = max_tokens
+    if steps:
+        options["steps"] = steps
     runs = [run_mode(model, True, traces, a, options)]
     if not a.no_baseline:
         runs.append(run_mode(model, False, traces, a, options))

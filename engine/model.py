@@ -48,20 +48,32 @@ class Block(nn.Module):
         self.w_gate = nn.Linear(a.dim, a.intermediate_size, bias=False)
         self.w_up = nn.Linear(a.dim, a.intermediate_size, bias=False)
         self.w_down = nn.Linear(a.intermediate_size, a.dim, bias=False)
+        # inference only (`engine.quantize`): one matmul for q/k/v and one for gate/up, which
+        # replace the separate ones (same per-output-channel arithmetic, fewer calls per step)
+        self.fused_qkv: nn.Module | None = None
+        self.fused_gate_up: nn.Module | None = None
 
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         b, n, _ = x.shape
         h = self.attn_norm(x)
-        q = self.wq(h).view(b, n, self.n_heads, self.hd).transpose(1, 2)  # (B, H, n, hd)
-        k = self.wk(h).view(b, n, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, n, hd)
-        v = self.wv(h).view(b, n, self.n_kv, self.hd).transpose(1, 2)
+        if self.fused_qkv is not None:
+            q, k, v = self.fused_qkv(h).split((self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd), -1)
+        else:
+            q, k, v = self.wq(h), self.wk(h), self.wv(h)
+        q = q.view(b, n, self.n_heads, self.hd).transpose(1, 2)  # (B, H, n, hd)
+        k = k.view(b, n, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, n, hd)
+        v = v.view(b, n, self.n_kv, self.hd).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def finish(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         b, _, n, _ = o.shape
         x = x + self.wo(o.transpose(1, 2).reshape(b, n, -1))
         h = self.ffn_norm(x)
-        return x + self.w_down(F.silu(self.w_gate(h)) * self.w_up(h))
+        if self.fused_gate_up is not None:
+            gate, up = self.fused_gate_up(h).chunk(2, -1)
+        else:
+            gate, up = self.w_gate(h), self.w_up(h)
+        return x + self.w_down(F.silu(gate) * up)
 
 
 class Transformer(nn.Module):

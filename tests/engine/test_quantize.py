@@ -11,10 +11,12 @@ from engine import Engine, InfillRequest
 from engine.checkpoint import load_model, load_tokenizer
 from engine.quantize import (
     Int8Linear,
+    ShortlistHead,
     activation_max,
     calibration_ids,
     int8_available,
     int8_linear_ref,
+    own_parameters_,
     quantize_int8,
     smooth_,
 )
@@ -37,13 +39,17 @@ def test_int8_linear_matches_the_dequantized_reference(bias):
     assert (got - ref).norm() / ref.norm() < 0.03
 
 
-def test_quantized_engine_runs_and_mostly_agrees_with_fp32(tiny_ckpt):
+@pytest.mark.parametrize("fixture", ["tiny_ckpt", "tiny_dream_ckpt"])  # dream: q/k/v biases, untied head
+def test_quantized_engine_runs_and_mostly_agrees_with_fp32(fixture, request):
+    tiny_ckpt = request.getfixturevalue(fixture)
     fp32 = Engine.from_pretrained(tiny_ckpt, device="cpu", int8=False)
     q = Engine.from_pretrained(tiny_ckpt, device="cpu", int8=True)
     assert q.info()["int8"] and not fp32.info()["int8"] and q.info()["params"] == fp32.info()["params"]
     # every matmul but the LM head (kept in float: it decides the token) is int8
     assert [n for n, m in q.model.named_modules() if isinstance(m, nn.Linear)] == ["lm_head"]
-    assert sum(isinstance(m, Int8Linear) for m in q.model.modules()) == 7 * q.args.n_layers
+    # per block: q/k/v fused, gate/up fused, wo, w_down
+    assert sum(isinstance(m, Int8Linear) for m in q.model.modules()) == 4 * q.args.n_layers
+    assert q.model.layers[0].fused_qkv.out_features == (q.args.n_heads + 2 * q.args.n_kv_heads) * q.args.head_dim
     ids = torch.randint(3, q.args.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         a, b = fp32.model(ids), q.model(ids)
@@ -54,9 +60,16 @@ def test_quantized_engine_runs_and_mostly_agrees_with_fp32(tiny_ckpt):
     assert res.forward_passes >= 1
 
 
-def test_auto_leaves_small_models_in_fp32(tiny_ckpt, monkeypatch):
+def test_auto_quantizes_large_models_only(tiny_ckpt, monkeypatch):
+    import engine.engine as engine_mod
+
     monkeypatch.delenv("DLSP_INT8", raising=False)
     assert not Engine.from_pretrained(tiny_ckpt, device="cpu").int8
+    monkeypatch.setattr(engine_mod, "MIN_PARAMS", 1000)  # the tiny model counts as large
+    assert Engine.from_pretrained(tiny_ckpt, device="cpu").int8
+    monkeypatch.setenv("DLSP_INT8", "0")
+    assert not Engine.from_pretrained(tiny_ckpt, device="cpu").int8
+    monkeypatch.setattr(engine_mod, "MIN_PARAMS", 10 ** 12)
     monkeypatch.setenv("DLSP_INT8", "1")
     assert Engine.from_pretrained(tiny_ckpt, device="cpu").int8
     m = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 2)))
@@ -135,3 +148,35 @@ def test_smoothing_removes_the_error_of_an_outlier_channel(tmp_path):
             errs[name] = torch.nn.functional.kl_div(m(ids).log_softmax(-1), ref, log_target=True,
                                                     reduction="batchmean").item()
     assert errs["smoothed"] < 0.5 * errs["plain"]
+
+
+def test_shortlist_head_is_exact_on_its_top_rows():
+    g = torch.Generator().manual_seed(5)
+    head = nn.Linear(48, 6000, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(6000, 48, generator=g) * 0.1)
+    h = torch.randn(3, 48, generator=g)
+    exact = head(h).detach()
+    sl = ShortlistHead(head, k=16)
+    assert sl.weight is head.weight  # shared (a tied head's embedding), not copied
+    got = sl(h[None])[0]
+    assert got.shape == exact.shape
+    assert torch.equal(got.argmax(-1), exact.argmax(-1))
+    top = exact.topk(8, dim=-1)
+    assert torch.allclose(got.gather(1, top.indices), top.values, atol=1e-5)  # the likely tokens: float
+    assert (got - exact).abs().max() > 1e-6  # the tail: int8 estimates
+    assert (got - exact).norm() / exact.norm() < 0.05
+
+
+def test_quantize_gives_a_large_vocabulary_a_shortlist_head_and_own_parameters(tmp_path):
+    from engine.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "m", family="llada", vocab_size=5000)
+    model, _ = load_model(ckpt)
+    emb = model.tok_emb.weight
+    quantize_int8(model, calibration_ids(load_tokenizer(ckpt), 2, rows=1, tokens=30))
+    assert isinstance(model.lm_head, ShortlistHead) and model.lm_head.weight is emb
+    own_parameters_(model)
+    assert model.tok_emb.weight is not emb and torch.equal(model.tok_emb.weight, emb)
+    assert model.lm_head.weight is model.tok_emb.weight  # still tied
+    assert model.tok_emb.weight.untyped_storage().data_ptr() != emb.untyped_storage().data_ptr()
