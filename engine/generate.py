@@ -121,12 +121,13 @@ class _Run:
         ids, starts = _canvas(self.a, self.segments, self.holes.fills)
         self.ids, self.hole_span = ids, (starts[0], starts[-1] + len(self.holes.fills[-1]))
         self.canvas = torch.tensor([ids], device=self.device)  # (1, L)
-        pos, hole_of, rows = [], [], []
+        hole_of, rows = [], []
         for h, (s, fill) in enumerate(zip(starts, self.holes.fills)):
-            pos.append(torch.arange(s, s + len(fill)))
             hole_of.append(torch.full((len(fill),), h))
             rows.append(torch.arange(s - self.shift, s + len(fill)))
-        self.pos = torch.cat(pos).to(self.device)  # (P,) canvas positions of hole slots
+        # (P,) canvas positions of hole slots, on the host (built there: no device read)
+        self.pos_host = [p for s, fill in zip(starts, self.holes.fills) for p in range(s, s + len(fill))]
+        self.pos = torch.tensor(self.pos_host, device=self.device)  # (P,)
         self.hole_of = torch.cat(hole_of).to(self.device)  # (P,)
         self.hole_host = [h for h, fill in enumerate(self.holes.fills) for _ in fill]  # (P,) on the host
         self.rows = torch.unique(torch.cat(rows)).to(self.device)  # (R,) rows a cached step runs
@@ -164,12 +165,33 @@ class _Run:
         self.out.prefill_ms += (time.perf_counter() - t0) * 1e3
         return True
 
-    def cached_step(self) -> None:
+    def cached_step(self, before: list[int] | None = None, slots: list[int] | None = None) -> None:
+        """A forward of the hole rows against the cache. With `cfg.lazy_rows` (and the slots of
+        the previous step, `before`, and now, `slots`): of those rows, only the ones that changed
+        and the window's logit rows."""
+        if self.cfg.lazy_rows and before is not None and slots is not None:
+            rows = self._lazy_rows(before, slots)
+            self.hidden = self.model.step(self.canvas[:, rows], rows, self.cache)
+            self.hidden_is_full, self.row_of = False, self._row_map(rows)
+            self.out.forward_passes += 1
+            return
         ids = self.canvas[:, self.rows]
         hidden = self.graphs.step(ids, self.rows, self.cache) if self.graphs is not None else None
         self.hidden = hidden if hidden is not None else self.model.step(ids, self.rows, self.cache)
         self.hidden_is_full, self.row_of = False, self.step_row_of
         self.out.forward_passes += 1
+
+    def _lazy_rows(self, before: list[int], slots: list[int]) -> torch.Tensor:
+        """Canvas rows a lazy step runs (sorted): slots whose token changed since the last forward,
+        and the rows the next commit reads its logits from (the window's masked slots, moved
+        back by the shift)."""
+        pos = self.pos_host
+        changed = {pos[i] for i, (b, t) in enumerate(zip(before, slots)) if b != t}
+        masked = [i for i, t in enumerate(slots) if t == self.a.mask_id]
+        if self.cfg.block is not None:
+            masked = self._window(masked, len(self.holes.fills))
+        reads = {pos[i] - self.shift for i in masked}
+        return torch.tensor(sorted(changed | reads), device=self.device)
 
     def slots(self) -> list[int]:
         """The ids at every hole slot, on the host: the step's one device-to-host read. Everything
@@ -381,6 +403,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             session.canvas, session.holes, session.cache, session.age = run.ids, run.hole_span, run.cache, run.age
         t0, step = time.perf_counter(), 0
         slots = run.slots()
+        before = None  # the slots at the last forward (lazy steps run the rows changed since)
         left = slots.count(a.mask_id)
         while left:
             if should_stop is not None and should_stop():
@@ -390,7 +413,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
                 return run.out
             if step > 0:
                 refresh = run.full_every_step or (cfg.refresh_every > 0 and step % cfg.refresh_every == 0)
-                run.full() if refresh else run.cached_step()
+                run.full() if refresh else run.cached_step(before, slots)
+            before = slots
             run.commit_once(slots)
             slots = run.slots()  # the one host read of the step
             run.out.tokens_per_step.append(left - slots.count(a.mask_id))

@@ -68,13 +68,22 @@ class Int8Linear(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._packed = torch.ops.quantized.linear_prepack(_quantize_weight(linear.weight), None)
+        self._span = torch.zeros(1, self.in_features)
+        self._span[0, 0], self._span[0, -1] = 1.0, -1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., K) float32 -> (..., N) float32."""
-        m = x.abs().amax(-1, keepdim=True).clamp(min=1e-12)  # (..., 1) per-token scale
+        """(..., K) float32 -> (..., N) float32. Each row's result depends on that row alone."""
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.in_features)
+        m = x.abs().amax(-1, keepdim=True).clamp(min=1e-12)  # (M, 1) per-token scale
+        # the call takes its quantization range from the whole input: one extra row holding -1
+        # and +1 pins it to [-1, 1], so a row's result does not depend on the other rows
+        # (lazy steps run 1 row where full steps run 13; both must decode the same)
+        xs = torch.cat([x / m, self._span.to(x.dtype)])  # (M + 1, K)
         # reduce_range: 7-bit activations, so int8 x int8 sums cannot saturate without VNNI
-        y = torch.ops.quantized.linear_dynamic(x / m, self._packed, True) * m
-        return y if self.bias is None else y + self.bias
+        y = torch.ops.quantized.linear_dynamic(xs, self._packed, True)[:-1] * m
+        y = y if self.bias is None else y + self.bias
+        return y.view(*lead, self.out_features)
 
     def dequantized(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The weight (N, K) as the int8 values times their scales, and the bias."""

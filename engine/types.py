@@ -49,6 +49,14 @@ class SamplingConfig:
             before it in the fill) until it holds some non-whitespace text. A suggestion of
             nothing, or of a blank line, is never worth showing; without the rule the adapted
             135M model ended 28 of 100 held-out single lines right after their indentation.
+        lazy_rows: cached steps (fast sampler) run only the rows that changed since the last
+            forward (the slots just committed) and the rows the window's logits are read from;
+            every other hole row keeps the keys/values of its last forward. Exact for a causal
+            model (a row sees only rows before it, none of which changed), so the AR floor decodes
+            with one row per token like a KV-cached AR model; in bidirectional layers the masked
+            rows ahead of the frontier are stale (Fast-dLLM's approximate caching, Wu et al. 2025,
+            arXiv:2505.22618), a quality cost for `dlsp eval` to measure. With `block=1` a step
+            runs one row instead of the whole hole.
     """
 
     sampler: str = "fast"
@@ -68,6 +76,7 @@ class SamplingConfig:
     block: int | None = None
     contiguous: bool = False
     nonempty: bool = True
+    lazy_rows: bool = False
 
 
 @dataclass(frozen=True)

@@ -268,6 +268,43 @@ def test_lm_head_runs_on_the_block_window_only(tiny_ckpt):
     assert out.fills == expected
 
 
+@pytest.mark.parametrize("shifted", [False, True])
+def test_lazy_rows_are_exact_on_a_causal_model_and_run_one_row_per_step(tmp_path, shifted):
+    """Every layer causal: a row sees only rows before it, none of which changed, so running just
+    the committed row and the logit row gives the full steps' fill (block=1: one row per step)."""
+    from engine.config import CONFIGS
+    from engine.testing import make_tiny_checkpoint
+
+    family = "dream" if shifted else "llada"
+    ckpt = make_tiny_checkpoint(tmp_path / family, family=family, causal_layers=CONFIGS["tiny"]["n_layers"])
+    model, a = load_model(ckpt)
+    tok = load_tokenizer(ckpt)
+    segs = [tok.encode("def add(a, b):\n    return "), tok.encode("\n\nclass Point:\n")]
+    cfg = SamplingConfig(block=1, eos_fill=False, eos_frontier=False, nonempty=False)
+    full = generate(model, segs, cfg, shifted, hole_tokens=8, max_new_tokens=8)
+    rows = []
+    step = model.step
+    model.step = lambda ids, index, cache, kv_len=None: (rows.append(len(index)), step(ids, index, cache, kv_len))[1]
+    lazy = generate(model, segs, replace(cfg, lazy_rows=True), shifted, hole_tokens=8, max_new_tokens=8)
+    assert lazy.fills == full.fills and lazy.forward_passes == full.forward_passes
+    # shifted: the committed slot is the next slot's logit row (one row); unshifted: the
+    # committed slot and the next masked slot (two)
+    assert rows == [1 if shifted else 2] * (8 - 1)
+
+
+def test_lazy_rows_run_fewer_rows_in_a_bidirectional_model(tiny_ckpt):
+    model, _ = load_model(tiny_ckpt)
+    tok = load_tokenizer(tiny_ckpt)
+    segs = [tok.encode("x = [1, 2, "), tok.encode("]\n")]
+    rows = []
+    step = model.step
+    model.step = lambda ids, index, cache, kv_len=None: (rows.append(len(index)), step(ids, index, cache, kv_len))[1]
+    cfg = SamplingConfig(block=2, min_per_step=2, eos_fill=False, eos_frontier=False, nonempty=False)
+    out = generate(model, segs, replace(cfg, lazy_rows=True), False, hole_tokens=8, max_new_tokens=8)
+    assert len(out.fills[0]) == 8 and out.tokens_per_step == [2, 2, 2, 2]
+    assert rows == [4, 4, 4]  # the two just committed and the next window of two (a full step: all 8)
+
+
 class UnsureAt(ScriptedModel):
     """Token 5 everywhere; confident (p ~ 1) except at the positions in `weak` (p ~ 0.15)."""
 

@@ -180,3 +180,16 @@ def test_quantize_gives_a_large_vocabulary_a_shortlist_head_and_own_parameters(t
     assert model.tok_emb.weight is not emb and torch.equal(model.tok_emb.weight, emb)
     assert model.lm_head.weight is model.tok_emb.weight  # still tied
     assert model.tok_emb.weight.untyped_storage().data_ptr() != emb.untyped_storage().data_ptr()
+
+
+def test_a_rows_result_does_not_depend_on_the_other_rows():
+    """Lazy steps run one row where full steps run the whole hole: the same row must give the
+    same numbers in both (the dynamic quantization range is pinned, not taken from the batch)."""
+    g = torch.Generator().manual_seed(2)
+    q = Int8Linear(nn.Linear(64, 16))
+    x = torch.randn(5, 64, generator=g)
+    x[3] *= 40  # a row with a very different range
+    x[4] = x[4].abs()  # and one with no negative values
+    alone = torch.cat([q(x[i:i + 1]) for i in range(5)])
+    assert torch.equal(q(x), alone)
+    assert torch.equal(q(x[None])[0], alone)
