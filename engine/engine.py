@@ -33,7 +33,11 @@ from engine.tokenizer import Tokenizer
 from engine.types import ContextSegment, InfillRequest, InfillResult, SamplingConfig
 
 __all__ = ["DEFAULT_MODEL_DIR", "Engine", "best_device", "checkpoint_sampling", "split_budget"]
-MAX_SESSIONS = 4  # documents whose last canvas and cache are kept (LRU)
+MAX_SESSIONS = 4  # documents whose clipping anchor is kept (LRU)
+# of those, the most recent ones that also keep their last canvas and cache: a cache is ~46 KB
+# per context token at the 135M shape (~60 MB for a 1k-token context); the document being typed
+# in is the one that reuses it, one switched back to pays a prefill
+MAX_CACHED_SESSIONS = 2
 ANCHOR_CHARS = 48  # text of the window's start remembered to keep it in place across keystrokes
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -259,6 +263,8 @@ class Engine:
             self._sessions[key] = session  # most recently used last
             while len(self._sessions) > MAX_SESSIONS:
                 self._sessions.popitem(last=False)
+            for old in list(self._sessions.values())[:-MAX_CACHED_SESSIONS]:
+                old.canvas, old.cache = None, None
         return session
 
     def forget(self, session: str) -> None:

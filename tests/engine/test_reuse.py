@@ -104,3 +104,18 @@ def test_reuse_is_on_by_default_only_where_layers_are_causal(tiny_ckpt, causal_c
     assert Engine.from_pretrained(tiny_ckpt, device="cpu").reuse.enabled
     monkeypatch.setenv("DLSP_REUSE", "0")
     assert not Engine.from_pretrained(causal_ckpt, device="cpu").reuse.enabled
+
+
+def test_only_the_most_recent_sessions_keep_a_cache(causal_ckpt):
+    from engine.engine import MAX_CACHED_SESSIONS, MAX_SESSIONS
+
+    eng = Engine.from_pretrained(causal_ckpt, device="cpu")
+    names = [f"doc{i}" for i in range(MAX_CACHED_SESSIONS + 1)]
+    for name in names:
+        eng.infill(_req(TYPED[0], session=name))
+    kept = {k: s.cache is not None for k, s in eng._sessions.items()}
+    assert kept == {n: i > 0 for i, n in enumerate(names)}  # the least recent lost its cache only
+    assert eng._sessions["doc0"].anchor is not None and len(eng._sessions) <= MAX_SESSIONS
+    # it is prefilled again when used, and reuses from then on
+    assert eng.infill(_req(TYPED[1], session="doc0")).reused_tokens == 0
+    assert eng.infill(_req(TYPED[2], session="doc0")).reused_tokens > 0
