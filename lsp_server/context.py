@@ -12,6 +12,7 @@ rank (`engine.clip`).
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -65,15 +66,31 @@ class Context:
         return (self.prefix, self.suffix, self.segments, self.mode, self.hole_tokens, self.max_new_tokens)
 
 
+_RATIOS: OrderedDict[tuple[int, str], float] = OrderedDict()  # (counter, sample) -> chars per token
+
+
 def chars_per_token(text: str, cursor: int, count: Callable[[str], int] | None) -> float:
-    """Measured on the text around the cursor; 3.5 when it cannot be measured."""
-    sample = text[max(0, cursor - 3000):cursor + 1000]
+    """Measured on up to 4000 characters before the cursor's line (the file's start when that is
+    short); 3.5 when it cannot be measured. Typing within a line leaves the sample as it was, so
+    the count (~2-4 ms of tokenizing) is remembered for it."""
+    ls = line_start(text, cursor)
+    sample = text[max(0, ls - 4000):ls]
+    if len(sample) < 1000:
+        sample = text[:4000]
     if count is None or len(sample) < 64:
         return 3.5
+    key = (id(getattr(count, "__self__", count)), sample)  # a bound method: its object (stable)
+    if key in _RATIOS:
+        _RATIOS.move_to_end(key)
+        return _RATIOS[key]
     try:
-        return max(1.0, min(8.0, len(sample) / max(1, count(sample))))
+        ratio = max(1.0, min(8.0, len(sample) / max(1, count(sample))))
     except Exception:
         return 3.5
+    _RATIOS[key] = ratio
+    while len(_RATIOS) > 16:
+        _RATIOS.popitem(last=False)
+    return ratio
 
 
 def indent_unit(text: str, cursor: int) -> str:
@@ -139,12 +156,13 @@ def outline_spans(text: str, cursor: int, syntax: Syntax | None, spec: LangSpec 
     for i, node in enumerate(enclosing):
         s = syntax.span(node)[0]
         spans.append((i, line_start(text, s), line_end(text, max(s, syntax.header_end(node) - 1))))
-    imports = syntax.nodes("imports", syntax.base, cursor)
+    found = syntax.nodes_of(("imports", "scopes"), syntax.base, cursor)  # one walk for both
+    imports = found["imports"]
     head = _head_imports(text, syntax.base, spec)
     for i, (s, e) in enumerate(head + [syntax.span(n) for n in imports]):
         spans.append((1000 + i, line_start(text, s), line_end(text, max(s, e - 1))))
     ids = {n.id for n in enclosing}
-    siblings = [n for n in syntax.nodes("scopes", syntax.base, cursor) if n.id not in ids]
+    siblings = [n for n in found["scopes"] if n.id not in ids]
     for i, node in enumerate(reversed(siblings[-200:])):
         s = syntax.span(node)[0]
         spans.append((2000 + i, line_start(text, s), line_end(text, max(s, syntax.header_end(node) - 1))))

@@ -142,19 +142,24 @@ class Syntax:
     # -- queries ---------------------------------------------------------------------------
     def nodes(self, kind: str, start: int | None = None, end: int | None = None) -> list[Any]:
         """Nodes of a kind ("scopes", "imports", "comments") overlapping [start, end), in
-        document order, at most `MAX_WALK_DEPTH` deep.
+        document order, at most `MAX_WALK_DEPTH` deep (see `nodes_of`)."""
+        return self.nodes_of((kind,), start, end)[kind]
+
+    def nodes_of(self, kinds: tuple[str, ...], start: int | None = None,
+                 end: int | None = None) -> dict[str, list[Any]]:
+        """`nodes` for several kinds in one walk of the tree: kind -> nodes.
 
         A walk with a tree cursor, not a tree-sitter query: a query holds the GIL to its end
         and is quadratic over wide error nodes (32k unclosed "(": 0.75 s, during which the event
         loop could not answer anything); the walk is Python, so other threads run every switch
         interval, it skips subtrees outside the range, and it stops at the thread's budget
         (returning what it found so far)."""
-        kinds = _kinds(self.spec.name, kind)
-        if not kinds or over_budget():
-            return []
+        found: dict[str, list[Any]] = {k: [] for k in kinds}
+        kind_of = {t: k for k in kinds for t in _kinds(self.spec.name, k)}
+        if not kind_of or over_budget():
+            return found
         lo = 0 if start is None else self.c2b(start)
         hi = len(self._data) + 1 if end is None else self.c2b(end)
-        found: list[Any] = []
         cursor, depth, seen = self.tree.walk(), 0, 0
         while True:
             node = cursor.node
@@ -162,8 +167,8 @@ class Syntax:
             if seen % 4096 == 0 and over_budget():
                 break
             inside = node.end_byte > lo and node.start_byte < hi or node.start_byte == node.end_byte == lo
-            if inside and node.is_named and node.type in kinds:  # `(t)` in a query: named nodes
-                found.append(node)
+            if inside and node.is_named and node.type in kind_of:  # `(t)` in a query: named nodes
+                found[kind_of[node.type]].append(node)
             if inside and depth < MAX_WALK_DEPTH and cursor.goto_first_child():
                 depth += 1
                 continue

@@ -188,3 +188,29 @@ def test_node_walk_finds_what_a_query_finds(lang, text):
                 cursor.set_byte_range(syntax.c2b(rng[0]), syntax.c2b(rng[1]))
             want = sorted(cursor.captures(syntax.tree.root_node).get("n", []), key=lambda n: n.start_byte)
             assert [n.id for n in syntax.nodes(kind, *rng)] == [n.id for n in want], (kind, rng)
+    for rng in ((None, None), (len(text) // 3, len(text) // 2)):  # one walk for several kinds: the same
+        both = syntax.nodes_of(("scopes", "imports", "comments"), *rng)
+        assert {k: [n.id for n in v] for k, v in both.items()} == \
+            {k: [n.id for n in syntax.nodes(k, *rng)] for k in ("scopes", "imports", "comments")}
+
+
+def test_chars_per_token_is_counted_once_while_typing_within_a_line():
+    from lsp_server.context import chars_per_token
+
+    calls = []
+
+    def count(s: str) -> int:
+        calls.append(len(s))
+        return len(s) // 4
+
+    text = "".join(f"value_{i} = compute({i}, name='n{i}')\n" for i in range(300))
+    cursor = text.index("value_200")
+    first = chars_per_token(text, cursor, count)
+    for typed in ("x", "xy", "xyz"):  # keystrokes on the cursor's line
+        edited = text[:cursor] + typed + text[cursor:]
+        assert chars_per_token(edited, cursor + len(typed), count) == first
+    assert len(calls) == 1 and 1000 <= calls[0] <= 4000
+    nxt = text.index("value_201")  # the next line: a new sample, counted
+    chars_per_token(text, nxt, count)
+    assert len(calls) == 2
+    assert chars_per_token("short", 2, count) == 3.5
