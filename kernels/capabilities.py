@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
 
 HAS_CUDA: bool = torch.cuda.is_available()
 
-try:  # triton is optional; its import never runs GPU code
-    import triton  # noqa: F401
-
-    HAS_TRITON = True
-except ImportError:
-    HAS_TRITON = False
-
-try:
-    import flash_attn  # noqa: F401
-
-    HAS_FLASH_ATTN = HAS_CUDA
-except ImportError:
-    HAS_FLASH_ATTN = False
+# whether they are installed, without importing them: importing triton maps ~70 MB of
+# libraries into every process (the language server's resident set on a CPU machine); the
+# kernel modules import it when a kernel first runs
+HAS_TRITON: bool = importlib.util.find_spec("triton") is not None
+HAS_FLASH_ATTN: bool = HAS_CUDA and importlib.util.find_spec("flash_attn") is not None
 
 # TRITON_INTERPRET=1 runs Triton kernels on CPU tensors (tests only). Read at call time, not
 # import time: test packages set it after other packages may already have imported `kernels`.

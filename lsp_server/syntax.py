@@ -67,9 +67,43 @@ def _parser(name: str) -> Any:
     return parsers[name]
 
 
-def _parse(name: str, data: bytes) -> Any:
+def common_head(a: bytes, b: bytes) -> int:
+    """Length of the common prefix of `a` and `b` (binary search over slice compares: each a
+    memcmp, so ~16 of them for 40 KB instead of a Python loop per byte)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _point(data: bytes, offset: int) -> tuple[int, int]:
+    return data.count(b"\n", 0, offset), offset - (data.rfind(b"\n", 0, offset) + 1)
+
+
+def edited_tree(old_data: bytes, old_tree: Any, data: bytes) -> Any:
+    """A copy of `old_tree` (the parse of `old_data`) told about the one edit that turns
+    `old_data` into `data` (their common head and tail kept), for an incremental parse."""
+    head = common_head(old_data, data)
+    room = min(len(old_data), len(data)) - head
+    tail = common_head(old_data[::-1][:room], data[::-1][:room])
+    tree = old_tree.copy()
+    tree.edit(start_byte=head, old_end_byte=len(old_data) - tail, new_end_byte=len(data) - tail,
+              start_point=_point(data, head), old_end_point=_point(old_data, len(old_data) - tail),
+              new_end_point=_point(data, len(data) - tail))
+    return tree
+
+
+def _parse(name: str, data: bytes, old_tree: Any = None) -> Any:
+    """Parse `data`; with `old_tree` (already edited to match, see `edited_tree`) incrementally:
+    only the edited region and what depends on it is re-parsed (~0.2 ms instead of ~4 for a
+    keystroke in a 40 KB window)."""
+    parser = _parser(name)
     if len(data) <= _CHUNK:
-        return _parser(name).parse(data)
+        return parser.parse(data) if old_tree is None else parser.parse(data, old_tree)
     stopped = False
 
     def read(offset: int, _point: Any) -> bytes:
@@ -79,7 +113,7 @@ def _parse(name: str, data: bytes) -> Any:
             return b""
         return data[offset:offset + _CHUNK]
 
-    tree = _parser(name).parse(read)
+    tree = parser.parse(read) if old_tree is None else parser.parse(read, old_tree)
     if stopped:
         raise OverBudget
     return tree
@@ -94,11 +128,14 @@ def _kinds(name: str, kind: str) -> frozenset[str]:
 class Syntax:
     """The parse of `text` (a window of a document that starts at offset `base`)."""
 
-    def __init__(self, text: str, base: int, spec: LangSpec) -> None:
+    def __init__(self, text: str, base: int, spec: LangSpec, previous: Syntax | None = None) -> None:
+        """`previous`: an earlier parse of the same window (same language and base) to parse
+        from incrementally."""
         self.text, self.base, self.spec = text, base, spec
         self._data = text.encode("utf-8", "surrogatepass")
         self._ascii = len(self._data) == len(text)
-        self.tree = _parse(spec.name, self._data)
+        old = None if previous is None else edited_tree(previous._data, previous.tree, self._data)
+        self.tree = _parse(spec.name, self._data, old)
         self._chains: dict[int, list[Any]] = {}
 
     @classmethod
@@ -112,8 +149,11 @@ class Syntax:
             if key in _cache:
                 _cache.move_to_end(key)
                 return _cache[key]
+            # the most recent parse of a window with the same language and start: typing edits
+            # one place, so the new parse starts from that tree
+            previous = next((v for k, v in reversed(_cache.items()) if k[0] == spec.name and k[1] == base), None)
         try:
-            syntax = cls(text, base, spec)
+            syntax = cls(text, base, spec, previous)
         except OverBudget:
             log.info("parse stopped: over its time budget (plain-text context)")
             return None

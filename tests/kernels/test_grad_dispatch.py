@@ -86,3 +86,15 @@ def test_a_training_step_reaches_every_layer(tiny_ckpt, kernel_device):
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing
+
+
+def test_importing_the_server_does_not_import_triton():
+    """Triton maps ~70 MB of libraries into a process: the server (CPU) must not pay for it;
+    the kernel modules import it when a kernel first runs."""
+    import subprocess
+    import sys
+
+    code = "import sys, lsp_server.server, engine.engine; print('triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

@@ -214,3 +214,30 @@ def test_chars_per_token_is_counted_once_while_typing_within_a_line():
     chars_per_token(text, nxt, count)
     assert len(calls) == 2
     assert chars_per_token("short", 2, count) == 3.5
+
+
+@pytest.mark.parametrize("lang", ["python", "javascript", "rust"])
+def test_incremental_parse_equals_a_fresh_parse(lang):
+    """A parse starts from the last tree of the same window (typing edits one place): after any
+    edit (insert, delete, replace; at the start, middle, end; multi-byte text) the tree is the
+    one a fresh parse gives."""
+    import random
+
+    from lsp_server import syntax as syntax_mod
+
+    unit = {"python": "def f{i}(x):\n    return x + {i}  # é\n",
+            "javascript": "function f{i}(x) {{ return x + {i}; }} // é\n",
+            "rust": "fn f{i}(x: i32) -> i32 {{ x + {i} }} // é\n"}[lang]
+    text = "".join(unit.format(i=i) for i in range(120))  # > 1 KB: the chunked reader is used
+    spec = spec_for(lang)
+    rng = random.Random(0)
+    syntax_mod._cache.clear()
+    Syntax.parse(text, 0, spec)
+    for _ in range(40):
+        a = rng.randrange(len(text) + 1)
+        b = min(len(text), a + rng.choice([0, 0, 1, 5, 40]))
+        text = text[:a] + rng.choice(["", "x", "(", "\n", "é", "}", unit.format(i=999)]) + text[b:]
+        inc = Syntax.parse(text, 0, spec)
+        fresh = Syntax(text, 0, spec)
+        assert str(inc.tree.root_node) == str(fresh.tree.root_node)
+    assert syntax_mod.common_head(b"abcdef", b"abcxef") == 3 and syntax_mod.common_head(b"", b"a") == 0
