@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from engine.config import FAMILIES, ModelArgs, family_of_config
 from engine.errors import CheckpointError
-from engine.model import Transformer
+from engine.model import Transformer, skeleton
 from engine.tokenizer import Tokenizer
 
 
@@ -108,8 +108,7 @@ def load_model(ckpt: str | Path, device: str = "cpu", dtype: torch.dtype = torch
         ckpt = assemble(ckpt)
     args = read_args(ckpt)
     family = FAMILIES[args.family]
-    with torch.device("meta"):
-        model = Transformer(args)
+    model = skeleton(args)
     tensors = _read_tensors(_weight_files(ckpt))
     state: dict[str, torch.Tensor] = {}
     for native, param in model.state_dict(keep_vars=True).items():

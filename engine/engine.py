@@ -24,7 +24,7 @@ from engine.cuda_graphs import StepGraphs
 from engine.errors import CheckpointError, InvalidRequestError
 from engine.generate import generate
 from engine.healing import Healer
-from engine.model import Transformer
+from engine.model import Transformer, skeleton
 from engine.quantize import MIN_PARAMS, calibration_ids, int8_available, own_parameters_, quantize_int8
 from engine.reuse import ReusePolicy, Session
 from engine.runtime import ThreadTuner
@@ -168,8 +168,7 @@ class Engine:
         dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
         params = 0
         if ckpt.is_dir() and (ckpt / "config.json").is_file():  # else load_model names what is wrong
-            with torch.device("meta"):
-                params = Transformer(read_args(ckpt)).num_params()
+            params = skeleton(read_args(ckpt)).num_params()
         if int8 is None:
             env = os.environ.get("DLSP_INT8", "auto")
             int8 = env == "1" or (env != "0" and params >= MIN_PARAMS)

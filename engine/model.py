@@ -11,7 +11,9 @@ The LM head is separate (`logits(h)`) so that callers run it on the rows they ne
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -107,13 +109,18 @@ class Transformer(nn.Module):
         if open_frac is not None and open_frac < 1.0:
             ahead = pos[None, :] > pos[:, None]  # (L, L)
             bias = torch.zeros(n, n, device=ids.device).masked_fill(ahead, math.log(max(open_frac, 1e-12)))
-        x = self.tok_emb(ids)
+        x = self.embed(ids)
         cache = KVCache.empty()
         for i in range(len(self.layers)):
             x, k, v = self.layer_forward(i, x, cos, sin, bias)
             if keep_cache:
                 cache.append(k, v)
         return self.norm(x), cache
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings in the layers' dtype (an int8 model keeps its table in fp16)."""
+        x = self.tok_emb(ids)
+        return x if x.dtype == self.norm.weight.dtype else x.to(self.norm.weight.dtype)
 
     def layer_forward(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,7 +156,7 @@ class Transformer(nn.Module):
             hidden (B, Q, D) after the final norm.
         """
         cos, sin = rope_tables(self.args.head_dim, index, self.args.rope_theta)
-        x = self.tok_emb(ids)
+        x = self.embed(ids)
         for i, (layer, (kc, vc)) in enumerate(zip(self.layers, cache)):
             q, k, v = layer.qkv(x, cos, sin)
             kc[:, :, index] = k
@@ -178,3 +185,28 @@ class Transformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+_INITS = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "ones_", "zeros_")
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """`torch.nn.init` functions as no-ops (module constructors call them). Not thread-safe
+    against other threads building modules meanwhile; only `skeleton` uses it."""
+    saved = {name: getattr(nn.init, name) for name in _INITS}
+    try:
+        for name in _INITS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def skeleton(args: ModelArgs) -> Transformer:
+    """The model's modules on the meta device, their initialisers not run: on meta tensors they
+    go through `torch._refs`, whose first use imports `torch._dynamo` (and with it triton):
+    ~140 MB more resident memory in every process that only loads a checkpoint."""
+    with torch.device("meta"), _no_init():
+        return Transformer(args)

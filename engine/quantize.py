@@ -300,7 +300,9 @@ def own_parameters_(model: nn.Module, dtype: torch.dtype = torch.float32) -> Non
     memory of their own, in `dtype` (shared ones stay shared), and freed memory is handed back.
     Loaded weights are views of the checkpoint file's memory map, which lives while any of them
     does: without the copy the embedding keeps the whole map, and the pages the smoothing wrote
-    into it, resident (~1 GB instead of ~0.7 GB for the 135M model)."""
+    into it, resident (~1 GB instead of ~0.7 GB for the 135M model). (An fp16 embedding table
+    would save 57 MB more; it moved the adapted model's distributions at masked slots 50% further
+    from fp32's, KL 0.029 -> 0.044, so the table stays in `dtype`.)"""
     copies: dict[int, nn.Parameter] = {}
     with torch.no_grad():
         for mod in model.modules():

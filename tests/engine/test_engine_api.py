@@ -293,3 +293,17 @@ def test_the_server_loader_builds_vocabulary_tables_before_the_first_request(tin
     assert loaded._healer is not None and loaded._newlines is not None and loaded._blank is not None
     texts = loaded.tokenizer.token_texts()
     assert [bool(b) for b in loaded._blank[:len(texts)]] == [t != "" and t.strip() == "" for t in texts]
+
+
+def test_loading_a_checkpoint_imports_neither_dynamo_nor_triton(tmp_path):
+    """Module initialisers on the meta device route through torch._refs, whose first use imports
+    torch._dynamo (and triton): ~140 MB resident. `skeleton` builds the model without them."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; from engine.testing import make_tiny_checkpoint; from engine import Engine; "
+            f"e = Engine.from_pretrained(make_tiny_checkpoint({str(tmp_path)!r}), device='cpu'); "
+            f"print('torch._dynamo' in sys.modules, 'triton' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["False", "False"]
