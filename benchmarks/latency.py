@@ -304,6 +304,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def server_options(a: argparse.Namespace) -> dict[str, Any]:
+    """The server settings of a replay. A random-weight model never ends a fill by itself: its
+    fill length and step count are pinned (12 tokens, 4 steps per block unless given); a trained
+    model decodes with its own defaults unless told otherwise."""
+    options: dict[str, Any] = {"contextTokens": a.context_tokens}
+    max_tokens, steps = (a.max_tokens or 12, a.steps or 4) if a.shape else (a.max_tokens, a.steps)
+    if max_tokens:
+        options["maxTokens"] = max_tokens
+    if steps:
+        options["steps"] = steps
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse(list(sys.argv[1:] if argv is None else argv))
     if a.shape:
@@ -313,14 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         model = Path(a.model) if a.model else Path(__file__).resolve().parents[1] / "engine/default_model"
     files = [Path(f) for f in a.files] if a.files else default_files()
     traces = make_traces(files, a.traces, a.lines, a.seed, a.speed)
-    options: dict[str, Any] = {"contextTokens": a.context_tokens}
-    # a random-weight model never ends a fill by itself: its length and step count are pinned; a
-    # trained model decodes with its own defaults unless told otherwise
-    max_tokens, steps = (a.max_tokens or 12, a.steps or 4) if a.shape else (a.max_tokens, a.steps)
-    if max_tokens:
-        options["maxTokens"] = max_tokens
-    if steps:
-        options["steps"] = steps
+    options = server_options(a)
     runs = [run_mode(model, True, traces, a, options)]
     if not a.no_baseline:
         runs.append(run_mode(model, False, traces, a, options))

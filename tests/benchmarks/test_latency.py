@@ -27,3 +27,11 @@ def test_shape_is_the_135m_default():
     s = latency.SHAPES["smol135m"]
     assert (s["n_layers"], s["dim"], s["n_heads"], s["n_kv_heads"], s["intermediate_size"], s["vocab_size"]) == (
         30, 576, 9, 3, 1536, 49152)
+
+
+def test_fill_length_and_steps_are_pinned_only_for_random_weights():
+    shape = latency.parse(["--shape", "smol135m"])
+    assert latency.server_options(shape) == {"contextTokens": 1024, "maxTokens": 12, "steps": 4}
+    trained = latency.parse([])
+    assert latency.server_options(trained) == {"contextTokens": 1024}  # the model's own decoding
+    assert latency.server_options(latency.parse(["--max-tokens", "20"])) == {"contextTokens": 1024, "maxTokens": 20}
