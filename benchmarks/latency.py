@@ -5,7 +5,8 @@ chunks (`editor_clients.headless.profile`): after every chunk a `didChange` and 
 completion request, the previous request cancelled if it is still pending. At a pause (a line
 end, a space, punctuation: a chunk followed by >= `--pause` seconds) the client waits for the
 answer, as a user looking at the screen does; those answers are what is measured (p50/p95 of the
-client-side latency). The same replay runs against a second server with reuse across keystrokes
+client-side latency, over the pauses where the server writes a single line by its own rule,
+`decide_mode`; block fills at empty lines, up to `maxTokens` long, are reported apart). The same replay runs against a second server with reuse across keystrokes
 off (DLSP_REUSE=0): the baseline. Also reported: the server's per-stage timings (`dlsp/stats`),
 server time over the engine's own time, the server's peak RSS, and (`--agreement N`) the engine
 in this process against the server on the same N cold tasks (`benchmarks/engine_speed.py`'s
@@ -57,6 +58,7 @@ class Run:
 
     mode: str
     pauses_ms: list[float] = field(default_factory=list)
+    single_line: list[bool] = field(default_factory=list)  # per answer at a pause: the server's mode
     outcomes: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     rss_mb: float | None = None
@@ -107,6 +109,17 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float | None:
     return None
 
 
+def single_line_at(text: str, cursor: int) -> bool:
+    """Whether the server answers with a single-line fill here (its own rule: `decide_mode`);
+    on an empty line it writes a block, which is not what the single-line targets are about."""
+    from lsp_server.context import SINGLE_LINE, decide_mode
+    from lsp_server.languages import spec_for
+    from lsp_server.syntax import Syntax
+
+    spec = spec_for("python")
+    return decide_mode(text, cursor, spec, Syntax.parse(text, 0, spec)) in SINGLE_LINE
+
+
 def replay_at_pauses(client: LspClient, trace: Trace, pause_s: float, timeout: float, run: Run) -> None:
     """Type one trace; wait for the answer after every chunk followed by a pause >= `pause_s`.
     The document is opened and asked once before typing starts (the cold first answer, timed
@@ -140,6 +153,7 @@ def replay_at_pauses(client: LspClient, trace: Trace, pause_s: float, timeout: f
         run.outcomes[kind] = run.outcomes.get(kind, 0) + 1
         if kind == "answered":
             run.pauses_ms.append(waited * 1e3)
+            run.single_line.append(single_line_at(doc.text, at))
             items = (msg.get("result") or {}).get("items", []) if isinstance(msg.get("result"), dict) else []
             run.suggestions.append(items[0]["insertText"] if items else "")
         pending = None
@@ -230,17 +244,23 @@ def report(runs: list[Run], agree: dict[str, Any] | None) -> dict[str, Any]:
           + " ".join(f"{s[:8]:>8}" for s in stages) + f" {'RSS MB':>7} {'peak MB':>7}")
     out: dict[str, Any] = {}
     for r in runs:
-        pc = percentiles(r.pauses_ms)
+        pc = percentiles([ms for ms, one in zip(r.pauses_ms, r.single_line) if one])
+        every = percentiles(r.pauses_ms)
         overhead = _stage(r.stats, "server")  # per request: total - engine - queue - debounce
         cells = " ".join(f"{_stage(r.stats, s) or 0:>8.1f}" for s in stages)
         cold = statistics.median(r.cold_ms) if r.cold_ms else 0.0
-        print(f"{r.mode:<10} {len(r.pauses_ms):>4} {pc.get('p50', 0):>8.1f} {pc.get('p95', 0):>8.1f} {cold:>8.1f} "
+        print(f"{r.mode:<10} {pc.get('n', 0):>4} {pc.get('p50', 0):>8.1f} {pc.get('p95', 0):>8.1f} {cold:>8.1f} "
               f"{cells} {r.rss_mb or 0:>7.0f} {r.peak_rss_mb or 0:>7.0f}")
-        out[r.mode] = {"pauses": pc, "outcomes": r.outcomes, "server_stats": r.stats, "rss_mb": r.rss_mb,
+        out[r.mode] = {"pauses": pc, "all_pauses": every, "outcomes": r.outcomes, "server_stats": r.stats, "rss_mb": r.rss_mb,
                        "peak_rss_mb": r.peak_rss_mb, "cold_first_answer_ms": r.cold_ms,
                        "server_minus_engine_p50_ms": overhead}
-    print("(server stages: p50 over the requests the engine answered, at pauses or not; server = "
+    print("(n, p50, p95: answers at pauses where the server writes a single line (its `decide_mode`); "
+          "server stages: p50 over the requests the engine answered, at pauses or not; server = "
           "the server's own time per request: total - engine - queue - debounce)")
+    for r in runs:
+        every = out[r.mode]["all_pauses"]
+        print(f"  {r.mode}: every pause (block fills on empty lines too): n {every.get('n', 0)}, "
+              f"p50 {every.get('p50', 0):.1f} ms, p95 {every.get('p95', 0):.1f} ms")
     checks = []
     on = out.get("reuse", {}).get("pauses", {})
     if on:

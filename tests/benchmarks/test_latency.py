@@ -5,11 +5,12 @@ from __future__ import annotations
 from benchmarks import latency
 
 
-def _run(mode, pauses, total, engine, queue=0.0, rss=400.0, suggestions=("a",)):
+def _run(mode, pauses, total, engine, queue=0.0, rss=400.0, suggestions=("a",), single=None):
     stages = {"total": {"p50_ms": total}, "engine": {"p50_ms": engine}, "queue": {"p50_ms": queue},
               "server": {"p50_ms": total - engine - queue - 20.0}}
     return latency.Run(mode, pauses_ms=list(pauses), stats={"stages": stages}, rss_mb=rss,
-                       suggestions=list(suggestions), debounce_ms=20.0)
+                       suggestions=list(suggestions), debounce_ms=20.0,
+                       single_line=list(single) if single is not None else [True] * len(pauses))
 
 
 def test_report_checks_the_targets(capsys):
@@ -35,3 +36,14 @@ def test_fill_length_and_steps_are_pinned_only_for_random_weights():
     trained = latency.parse([])
     assert latency.server_options(trained) == {"contextTokens": 1024}  # the model's own decoding
     assert latency.server_options(latency.parse(["--max-tokens", "20"])) == {"contextTokens": 1024, "maxTokens": 20}
+
+
+def test_single_line_targets_leave_block_fills_out(capsys):
+    # a block fill on an empty line (5 s) is reported under every pause, not the single-line p95
+    on = _run("reuse", [100, 120, 140, 5000], total=150, engine=124, single=[True, True, True, False])
+    out = latency.report([on], None)
+    assert out["reuse"]["pauses"]["n"] == 3 and out["reuse"]["pauses"]["max"] == 140
+    assert out["reuse"]["all_pauses"]["max"] == 5000
+    assert {c["name"]: c["pass"] for c in out["checks"]}["p95 at pauses"]
+    assert latency.single_line_at("def f(x):\n    return x\n", len("def f(x):\n    ret"))
+    assert not latency.single_line_at("def f(x):\n    \n", len("def f(x):\n    "))  # empty line: a block
