@@ -4,6 +4,7 @@ so `dlsp serve` does not pay for training code and `dlsp --help` is instant."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # subcommand -> ("module:function", one-line help). The function takes argv (list[str]) and
@@ -36,5 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"dlsp: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # every command may run beside an editor, a training run or the test suite on a few cores:
+    # OpenMP's idle threads must sleep, not spin (spinning threads of two torch processes on 2
+    # cores made each ~10x slower); read once, when torch loads, so set before any import
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     module, func = COMMANDS[name][0].split(":")
     return int(getattr(importlib.import_module(module), func)(rest) or 0)
