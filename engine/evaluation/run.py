@@ -166,7 +166,8 @@ def build_systems(engine: Engine, a: argparse.Namespace) -> dict[str, Callable[[
         systems["base_ar"] = model_system(base_ar_engine(engine), "fast", a.max_new_tokens, see_suffix=False,
                                           context_tokens=ctx)
     for name, _, path in compare:
-        other = Engine.from_pretrained(path, device=str(engine.device), int8=None)
+        # the same arithmetic as the model it is compared with (int8 or not)
+        other = Engine.from_pretrained(path, device=str(engine.device), int8=bool(getattr(engine, "int8", False)))
         systems[f"other/{name}"] = model_system(other, samplers[0] if samplers else "fast", a.max_new_tokens,
                                                 context_tokens=ctx)
     if "untrained" in baselines and samplers:

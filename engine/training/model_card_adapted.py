@@ -73,9 +73,13 @@ def render_adapted(ckpt: Path, run: Path, eval_json: Path | None, experiments: s
         f"{ad['first_layer']}-{a.n_layers - 1}: {trained / 1e6:.2f} M parameters; everything else frozen.",
         "- Objective: masked diffusion on FIM-shaped rows: each 256-token row is cut into "
         f"{tr.get('holes_per_row', 3)} chunks, each",
-        "  with a middle (a whole line, 2-8 lines, or a random span) followed by 0-8 `<|endoftext|>` pads",
+        "  with a middle (a whole line, 2-8 lines, or a random span) followed by "
+        f"0-{tr.get('max_pad', 8)} `<|endoftext|>` pads",
         "  so fills learn where they end; middle tokens masked with probability t ~ U(0, 1); mean",
-        "  cross-entropy over the masked tokens, read from the row before each (shifted logits).",
+        "  cross-entropy over the masked tokens, read from the row before each (shifted logits)."
+        + (f" In {tr['ltr_rate']:.0%} of the middles (`--ltr-rate {tr['ltr_rate']:g}`) a random head is"
+           " left visible and only the tail is masked: the state a left-to-right decode leaves."
+           if tr.get("ltr_rate") else ""),
         "- Attention ahead of the query opened gradually in the upper layers: its weight scaled by a",
         f"  factor ramping 0 -> 1 over the first {tr.get('open_steps', '?')} steps (at 0 the model is the AR base).",
         f"- Steps: {tr.get('step', '?')}; tokens seen: {tr.get('tokens_seen', 0) / 1e6:.2f} M; training time: "
