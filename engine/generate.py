@@ -241,8 +241,7 @@ class _Run:
             n_min_t = torch.maximum(n_min_t, factor_commits(conf, mhole, n_holes, self.cfg.factor))
         eligible = None  # with `block`, `masked` is the window already
         if self.cfg.contiguous and not self.naive:
-            run = frontier_run(conf, mhole, n_holes, thr, n_min_t)
-            eligible, thr = (run if eligible is None else run & eligible), float("-inf")
+            eligible, thr = frontier_run(conf, mhole, n_holes, thr, n_min_t), float("-inf")
         chosen = commit_rows(self.canvas[0], mpos, tokens, conf, group, thr, n_min_t, eligible)
         for hh in {self.hole_host[i] for i in masked}:
             self.holes.used[hh] += 1

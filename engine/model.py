@@ -109,18 +109,13 @@ class Transformer(nn.Module):
         if open_frac is not None and open_frac < 1.0:
             ahead = pos[None, :] > pos[:, None]  # (L, L)
             bias = torch.zeros(n, n, device=ids.device).masked_fill(ahead, math.log(max(open_frac, 1e-12)))
-        x = self.embed(ids)
+        x = self.tok_emb(ids)
         cache = KVCache.empty()
         for i in range(len(self.layers)):
             x, k, v = self.layer_forward(i, x, cos, sin, bias)
             if keep_cache:
                 cache.append(k, v)
         return self.norm(x), cache
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings in the layers' dtype (an int8 model keeps its table in fp16)."""
-        x = self.tok_emb(ids)
-        return x if x.dtype == self.norm.weight.dtype else x.to(self.norm.weight.dtype)
 
     def layer_forward(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -156,7 +151,7 @@ class Transformer(nn.Module):
             hidden (B, Q, D) after the final norm.
         """
         cos, sin = rope_tables(self.args.head_dim, index, self.args.rope_theta)
-        x = self.embed(ids)
+        x = self.tok_emb(ids)
         for i, (layer, (kc, vc)) in enumerate(zip(self.layers, cache)):
             q, k, v = layer.qkv(x, cos, sin)
             kc[:, :, index] = k
