@@ -173,20 +173,18 @@ class Engine:
             env = os.environ.get("DLSP_INT8", "auto")
             int8 = env == "1" or (env != "0" and params >= MIN_PARAMS)
         int8 = bool(int8) and device == "cpu" and dtype == torch.float32 and int8_available()
-        # int8: load the weights as stored when that is 16-bit, quantize the matmuls from there, and
-        # only then widen the rest (embedding, norms) to fp32: the peak never holds an fp32 copy
-        weights = ckpt
-        if int8 and is_adapter_dir(ckpt):  # the weights are the assembled checkpoint's (fp32)
-            weights = assemble(ckpt)
-        model, _ = load_model(weights if int8 else ckpt, device=device,
-                              dtype=stored_dtype(weights) if int8 else dtype)
+        adapted = is_adapter_dir(ckpt)
+        weights = assemble(ckpt) if adapted else ckpt  # an adapter: the checkpoint it assembles to
+        # int8: load the weights as stored when that is 16-bit, quantize the matmuls from there
+        # (block by block in fp32), and only then widen the rest (embedding, norms) to fp32
+        model, _ = load_model(weights, device=device, dtype=stored_dtype(weights) if int8 else dtype)
         tokenizer = load_tokenizer(ckpt)
         if int8:
             quantize_int8(model, calibration_ids(tokenizer, _lead_id(model.args)))
             own_parameters_(model, dtype)
         engine = cls(model, tokenizer, name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
         engine.int8, engine.params = bool(int8), params
-        engine.adapted_from_base = is_adapter_dir(ckpt)
+        engine.adapted_from_base = adapted
         return engine
 
     def count_tokens(self, text: str) -> int:

@@ -280,7 +280,7 @@ def _smooth_and_quantize(model: nn.Module, calibration: list[torch.Tensor], alph
         smooth_block_(blk, seen, a.n_kv_heads, alpha)
         n += _quantize_block(blk)
         rows = [(model.layer_forward(i, x, cos, sin)[0], cos, sin) for x, cos, sin in rows]
-    return n + _replace_linears(model, skip=("lm_head",))
+    return n
 
 
 def release_freed_memory() -> bool:
@@ -325,7 +325,7 @@ def quantize_int8(model: nn.Module, calibration: list[torch.Tensor] | None = Non
         n = _smooth_and_quantize(model, calibration, alpha)
     else:
         n = sum(_quantize_block(blk) for blk in getattr(model, "layers", []) if hasattr(blk, "fused_qkv"))
-        n += _replace_linears(model, skip=("lm_head",))
+    n += _replace_linears(model, skip=("lm_head",))  # any other layer (none in a Transformer)
     head = getattr(model, "lm_head", None)
     if isinstance(head, nn.Linear) and head.bias is None and head.out_features > SHORTLIST_MIN_VOCAB:
         model.lm_head = ShortlistHead(head)

@@ -12,6 +12,7 @@ rank (`engine.clip`).
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class Context:
 
 
 _RATIOS: OrderedDict[tuple[int, str], float] = OrderedDict()  # (counter, sample) -> chars per token
+_RATIOS_LOCK = threading.Lock()  # contexts are built on several worker threads
 
 
 def chars_per_token(text: str, cursor: int, count: Callable[[str], int] | None) -> float:
@@ -80,16 +82,18 @@ def chars_per_token(text: str, cursor: int, count: Callable[[str], int] | None) 
     if count is None or len(sample) < 64:
         return 3.5
     key = (id(getattr(count, "__self__", count)), sample)  # a bound method: its object (stable)
-    if key in _RATIOS:
-        _RATIOS.move_to_end(key)
-        return _RATIOS[key]
+    with _RATIOS_LOCK:
+        if key in _RATIOS:
+            _RATIOS.move_to_end(key)
+            return _RATIOS[key]
     try:
         ratio = max(1.0, min(8.0, len(sample) / max(1, count(sample))))
     except Exception:
         return 3.5
-    _RATIOS[key] = ratio
-    while len(_RATIOS) > 16:
-        _RATIOS.popitem(last=False)
+    with _RATIOS_LOCK:
+        _RATIOS[key] = ratio
+        while len(_RATIOS) > 16:
+            _RATIOS.popitem(last=False)
     return ratio
 
 
