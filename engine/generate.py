@@ -33,6 +33,7 @@ from engine.samplers import (
     min_commit,
     propose,
 )
+from engine.speculate import Speculator, applies
 from engine.types import SamplingConfig
 
 
@@ -389,6 +390,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
     first_stop = None if first is None or first.stop is None else set(torch.nonzero(first.stop).flatten().tolist())
     policy = policy or ReusePolicy()
+    spec = Speculator(run, cfg.draft) if applies(run) else None
     prior = None
     if session is not None and session.canvas is not None and session.cache is not None:
         prior = (session.canvas, session.holes, session.cache, session.age, True)
@@ -404,6 +406,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         slots = run.slots()
         before = None  # the slots at the last forward (lazy steps run the rows changed since)
         left = slots.count(a.mask_id)
+        if spec is not None:
+            spec.reset()
         while left:
             if should_stop is not None and should_stop():
                 run.out.cancelled = True
@@ -412,13 +416,18 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
                 return run.out
             if step > 0:
                 refresh = run.full_every_step or (cfg.refresh_every > 0 and step % cfg.refresh_every == 0)
-                run.full() if refresh else run.cached_step(before, slots)
+                if spec is not None:
+                    spec.forward(slots)
+                else:
+                    run.full() if refresh else run.cached_step(before, slots)
             before = slots
             run.commit_once(slots)
             slots = run.slots()  # the one host read of the step
             run.out.tokens_per_step.append(left - slots.count(a.mask_id))
             left -= run.out.tokens_per_step[-1]
             step += 1
+            if spec is not None:  # commit on through the drafts that held
+                slots, left = spec.follow(slots, left)
         run.out.steps_ms += (time.perf_counter() - t0) * 1e3
         run.read_fills()
         prior = (run.ids, run.hole_span, run.cache, run.age, False)  # growth splices the run's own cache

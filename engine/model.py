@@ -21,7 +21,7 @@ from torch import nn
 
 from engine.config import ModelArgs
 from engine.kv_cache import KVCache
-from kernels.attention import attention, causal_attention
+from kernels.attention import attention, causal_attention, ordered_rows_attention
 from kernels.norm import rms_norm
 from kernels.rope import apply_rope, rope_tables
 
@@ -138,7 +138,8 @@ class Transformer(nn.Module):
 
     # ---- cached step -------------------------------------------------------------------
     def step(self, ids: torch.Tensor, index: torch.Tensor, cache: KVCache,
-             kv_len: torch.Tensor | None = None) -> torch.Tensor:
+             kv_len: torch.Tensor | None = None,
+             prior: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Forward of selected canvas rows against the cache.
 
         Args:
@@ -147,6 +148,11 @@ class Transformer(nn.Module):
                 overwritten with the fresh keys/values of this step (in place).
             kv_len: 0-d int64 tensor: keys at positions >= kv_len are ignored (a fixed-shape
                 padded cache, as captured by `engine.cuda_graphs`); None = all of them.
+            prior: per layer, the rows' keys/values before this step, (B, Hkv, Q, hd) each, with
+                `index` ascending: in the bidirectional layers each row then sees the rows after
+                it as they were (`ordered_rows_attention`), so row i computes exactly what it
+                would in a step of its own before rows i+1.. changed (speculative checking).
+                Causal layers never see later rows. Not with `kv_len`.
         Returns:
             hidden (B, Q, D) after the final norm.
         """
@@ -158,6 +164,8 @@ class Transformer(nn.Module):
             vc[:, :, index] = v
             if i < self.args.causal_layers:
                 o = causal_attention(q, kc, vc, index, kv_len)
+            elif prior is not None:
+                o = ordered_rows_attention(q, kc, vc, index, *prior[i])
             else:
                 o = attention(q, kc, vc, kv_len)
             x = layer.finish(x, o)

@@ -57,6 +57,13 @@ class SamplingConfig:
             rows ahead of the frontier are stale (Fast-dLLM's approximate caching, Wu et al. 2025,
             arXiv:2505.22618), a quality cost for `dlsp eval` to measure. With `block=1` a step
             runs one row instead of the whole hole.
+        draft: self-speculative decoding (0 = off): with `block=1`, greedy decoding, a shifted
+            family and one hole, each forward also runs the next `draft` slots holding the
+            tokens the model last predicted for them (drafts), each row seeing the rows after it
+            as they were (`engine.model.Transformer.step`'s `prior`); the commit then continues
+            through every draft that turns out to be what it would have committed anyway. The
+            fill is the one-row-per-step decode's (`lazy_rows`), in fewer forwards; a forward of
+            a few rows costs about what one row does on a CPU (weights are read once).
     """
 
     sampler: str = "fast"
@@ -77,6 +84,7 @@ class SamplingConfig:
     contiguous: bool = False
     nonempty: bool = True
     lazy_rows: bool = False
+    draft: int = 0
 
 
 @dataclass(frozen=True)

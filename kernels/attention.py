@@ -71,6 +71,29 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
+def ordered_rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
+                           k_old: torch.Tensor, v_old: torch.Tensor) -> torch.Tensor:
+    """Bidirectional attention of a block of rows in which each row sees the rows *after* it as
+    they were before this step: the state a one-row-at-a-time decode would have shown it, so
+    several drafted rows are checked in one forward (speculative decoding, `engine.generate`).
+
+    Args:
+        q: (B, Hq, Q, d) queries of the rows at canvas positions `q_pos` (Q,), ascending.
+        k, v: (B, Hkv, L, d) the cache, the rows' fresh keys/values already written at `q_pos`.
+        k_old, v_old: (B, Hkv, Q, d) the rows' keys/values before this step.
+    Returns:
+        (B, Hq, Q, d) in q.dtype: row i attends to every cache position, except that for a row j
+        after it (q_pos[j] > q_pos[i]) it reads the old key/value of j instead of the fresh one.
+    """
+    n, lk = q.shape[2], k.shape[2]
+    later = q_pos[None, :] > q_pos[:, None]  # (Q, Q): row j comes after row i
+    fresh = torch.ones(n, lk, dtype=torch.bool, device=q.device)  # (Q, L)
+    fresh[:, q_pos] = ~later
+    mask = torch.cat([fresh, later], 1)  # (Q, L + Q)
+    return F.scaled_dot_product_attention(q, torch.cat([k, k_old], 2), torch.cat([v, v_old], 2),
+                                          attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               kv_len: torch.Tensor | None = None) -> torch.Tensor:
     """Dispatcher. Same contract as `attention_ref`.

@@ -1,0 +1,156 @@
+"""Self-speculative decoding (`SamplingConfig.draft`): the fill and the cache are the one-row
+decode's (`lazy_rows`, `block=1`), in fewer forwards when the drafts hold."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from engine import speculate
+from engine.checkpoint import load_model, load_tokenizer
+from engine.generate import generate
+from engine.reuse import Session
+from engine.types import SamplingConfig
+from kernels.attention import attention_ref, ordered_rows_attention
+
+CFG = SamplingConfig(block=1, lazy_rows=True, eos_fill=False, eos_frontier=False, nonempty=False)
+HOLE = 12
+
+
+def test_ordered_rows_attention_is_one_row_at_a_time():
+    """Row i sees the fresh keys of rows <= i and the old keys of the rows after it."""
+    torch.manual_seed(0)
+    b, hq, hkv, lk, d = 1, 4, 2, 20, 8
+    pos = torch.tensor([5, 6, 7, 9])
+    q = torch.randn(b, hq, len(pos), d)
+    k, v = torch.randn(b, hkv, lk, d), torch.randn(b, hkv, lk, d)
+    k_old, v_old = k[:, :, pos].clone(), v[:, :, pos].clone()
+    k_new, v_new = torch.randn(b, hkv, len(pos), d), torch.randn(b, hkv, len(pos), d)
+    kc, vc = k.clone(), v.clone()
+    kc[:, :, pos], vc[:, :, pos] = k_new, v_new
+    out = ordered_rows_attention(q, kc, vc, pos, k_old, v_old)
+    for i in range(len(pos)):
+        ki, vi = k.clone(), v.clone()
+        ki[:, :, pos[:i + 1]], vi[:, :, pos[:i + 1]] = k_new[:, :, :i + 1], v_new[:, :, :i + 1]
+        ref = attention_ref(q[:, :, i:i + 1], ki, vi)
+        torch.testing.assert_close(out[:, :, i:i + 1], ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A shifted (Dream-family) tiny model with one causal and one bidirectional layer: the
+    embedded model's layout (causal lower layers, bidirectional upper ones)."""
+    from engine.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("mixed"), family="dream", causal_layers=1, seed=3)
+    model, _ = load_model(ckpt)
+    tok = load_tokenizer(ckpt)
+    segs = [tok.encode("def area(w, h):\n    return "), tok.encode("\n\nprint(area(2, 3))\n")]
+    return model, segs
+
+
+def _run(model, segs, cfg, drafts=None, monkeypatch=None):
+    """generate() with a session (to read its cache back); `drafts`: a function of the canvas
+    position giving the draft there, replacing the lookup's."""
+    if drafts is not None:
+        def fixed(self, slots):
+            mask = self.run.a.mask_id
+            first = slots.index(mask)
+            for p in self.run.pos_host[first:first + self.width]:
+                self.drafts[p] = drafts(p)
+        monkeypatch.setattr(speculate.Speculator, "_draft", fixed)
+    session = Session()
+    out = generate(model, segs, cfg, True, hole_tokens=HOLE, max_new_tokens=HOLE, session=session)
+    return out, session
+
+
+def _assert_same_cache(a, b):
+    """Same keys/values at every row but the hole's last slot, which the one-row decode never
+    runs (nothing is read from it) and a forward checking a right draft there does."""
+    last = a.holes[1] - 1
+    keep = torch.ones(a.cache.length, dtype=torch.bool)
+    keep[last] = False
+    for (ka, va), (kb, vb) in zip(a.cache, b.cache):
+        torch.testing.assert_close(ka[:, :, keep], kb[:, :, keep], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(va[:, :, keep], vb[:, :, keep], atol=1e-4, rtol=1e-4)
+
+
+def test_lookup_drafts_give_the_one_row_decode(mixed):
+    model, segs = mixed
+    lazy, s_lazy = _run(model, segs, CFG)
+    spec, s_spec = _run(model, segs, replace(CFG, draft=3))
+    assert spec.fills == lazy.fills
+    assert len(spec.fills[0]) == HOLE and lazy.forward_passes == HOLE
+    assert spec.forward_passes <= lazy.forward_passes
+    _assert_same_cache(s_lazy, s_spec)
+
+
+def test_right_drafts_commit_several_tokens_per_forward(mixed, monkeypatch):
+    """Drafts equal to what the decode commits: every forward checks all of them, so 12 tokens
+    take the prefill and ceil(11 / 4) forwards of 4 rows; fill and cache stay the one-row decode's."""
+    model, segs = mixed
+    lazy, s_lazy = _run(model, segs, CFG)
+    a = model.args
+    start = 1 + len(segs[0])  # the hole's first canvas position (after the lead token)
+    truth = dict(enumerate(lazy.fills[0], start))
+    spec, s_spec = _run(model, segs, replace(CFG, draft=3), drafts=lambda p: truth.get(p, a.eos_id),
+                        monkeypatch=monkeypatch)
+    assert spec.fills == lazy.fills
+    assert spec.forward_passes == 1 + -(-(HOLE - 1) // 4)
+    assert max(spec.tokens_per_step) == 1 and len(spec.tokens_per_step) == HOLE  # one commit at a time
+    _assert_same_cache(s_lazy, s_spec)
+
+
+def test_wrong_drafts_cost_nothing_but_rows(mixed, monkeypatch):
+    """Drafts that never hold: one token per forward, as without drafts, and the rows they
+    wrote are put back (the cache equals the one-row decode's)."""
+    model, segs = mixed
+    lazy, s_lazy = _run(model, segs, CFG)
+    a = model.args
+    wrong = next(t for t in range(3, a.vocab_size) if t not in lazy.fills[0])
+    spec, s_spec = _run(model, segs, replace(CFG, draft=3), drafts=lambda p: wrong, monkeypatch=monkeypatch)
+    assert spec.fills == lazy.fills
+    assert spec.forward_passes == lazy.forward_passes
+    _assert_same_cache(s_lazy, s_spec)
+
+
+def test_half_right_drafts(mixed, monkeypatch):
+    """Drafts right at every other slot: the fill is still the one-row decode's."""
+    model, segs = mixed
+    lazy, s_lazy = _run(model, segs, CFG)
+    a = model.args
+    start = 1 + len(segs[0])
+    truth = dict(enumerate(lazy.fills[0], start))
+    wrong = next(t for t in range(3, a.vocab_size) if t not in lazy.fills[0])
+    spec, s_spec = _run(model, segs, replace(CFG, draft=4),
+                        drafts=lambda p: truth.get(p) if p % 2 else wrong, monkeypatch=monkeypatch)
+    assert spec.fills == lazy.fills
+    assert spec.forward_passes < lazy.forward_passes
+    _assert_same_cache(s_lazy, s_spec)
+
+
+def test_speculation_only_where_it_is_exact(mixed):
+    from engine.generate import _Holes, _Run
+
+    model, segs = mixed
+
+    def run(cfg, n_holes=1):
+        holes = _Holes([[0] * 4 for _ in range(n_holes)], [4] * n_holes, [0] * n_holes)
+        return _Run(model, True, cfg, holes, segs[:1] + segs[1:] * n_holes, torch.device("cpu"))
+
+    assert speculate.applies(run(replace(CFG, draft=2)))
+    assert not speculate.applies(run(CFG))  # draft 0
+    assert not speculate.applies(run(replace(CFG, draft=2, block=2)))
+    assert not speculate.applies(run(replace(CFG, draft=2, temperature=0.5)))
+    assert not speculate.applies(run(replace(CFG, draft=2), n_holes=2))
+
+
+def test_lookup_drafts_what_followed_the_tail_nearest_first():
+    before = [5, 1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 0, 1, 2, 3]
+    assert speculate.lookup(before, [], 3) == [7, 8, 0]  # the nearest earlier "1 2 3"
+    assert speculate.lookup([4, 6, 1, 2], [3, 1, 2, 8, 8], 4) == [8, 8]  # only in the text after the hole
+    assert speculate.lookup([4, 6, 1, 2], [], 4) == []  # nowhere else
+    assert speculate.lookup([1, 2, 5, 2], [], 2) == [5, 2]  # order 1 when no longer tail occurs
+    assert speculate.lookup([1, 2, 9, 1, 2], [], 2, orders=(2,)) == [9, 1]
