@@ -316,6 +316,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None,
                    help="server steps per block (pins the step count; default 4 with --shape, else the model's)")
     p.add_argument("--context-tokens", type=int, default=1024)
+    p.add_argument("--draft", type=int, default=None,
+                   help="server setting draft (speculative drafts per forward; 0 = off; default: the model's)")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--agreement", type=int, default=0, help="also compare engine and server on N cold tasks")
     p.add_argument("--no-baseline", action="store_true", help="skip the replay with reuse off")
@@ -334,6 +336,8 @@ def server_options(a: argparse.Namespace) -> dict[str, Any]:
         options["maxTokens"] = max_tokens
     if steps:
         options["steps"] = steps
+    if a.draft is not None:
+        options["draft"] = a.draft
     return options
 
 

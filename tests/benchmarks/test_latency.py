@@ -36,6 +36,7 @@ def test_fill_length_and_steps_are_pinned_only_for_random_weights():
     trained = latency.parse([])
     assert latency.server_options(trained) == {"contextTokens": 1024}  # the model's own decoding
     assert latency.server_options(latency.parse(["--max-tokens", "20"])) == {"contextTokens": 1024, "maxTokens": 20}
+    assert latency.server_options(latency.parse(["--draft", "0"])) == {"contextTokens": 1024, "draft": 0}
 
 
 def test_single_line_targets_leave_block_fills_out(capsys):
