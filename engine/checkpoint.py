@@ -125,7 +125,8 @@ def load_model(ckpt: str | Path, device: str = "cpu", dtype: torch.dtype = torch
         if tuple(t.shape) != tuple(param.shape):
             raise CheckpointError(f, f"tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(param.shape)}")
         state[native] = t.to(dtype)
-    model = model.to_empty(device="cpu")
+    # every tensor but a tied head is assigned, so the skeleton is never materialised: `to_empty`
+    # on meta goes through torch's Python references, which import sympy (~40 MB resident)
     model.load_state_dict(state, strict=False, assign=True)
     if args.tie_embeddings:
         model.lm_head.weight = model.tok_emb.weight

@@ -27,7 +27,7 @@ from engine.healing import Healer
 from engine.model import Transformer, skeleton
 from engine.quantize import MIN_PARAMS, calibration_ids, int8_available, own_parameters_, quantize_int8
 from engine.reuse import ReusePolicy, Session
-from engine.runtime import ThreadTuner
+from engine.runtime import ThreadTuner, mapped_allocations, release_freed_memory
 from engine.samplers import CONFIDENCE
 from engine.tokenizer import Tokenizer
 from engine.types import ContextSegment, InfillRequest, InfillResult, SamplingConfig
@@ -38,6 +38,9 @@ MAX_SESSIONS = 4  # documents whose clipping anchor is kept (LRU)
 # per context token at the 135M shape (~60 MB for a 1k-token context); the document being typed
 # in is the one that reuses it, one switched back to pays a prefill
 MAX_CACHED_SESSIONS = 2
+# the cached sessions other than the one in use keep their cache in half precision (half the memory;
+# widened again when used, ~30 ms instead of a prefill's seconds)
+IDLE_CACHE_DTYPE = torch.float16
 ANCHOR_CHARS = 48  # text of the window's start remembered to keep it in place across keystrokes
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -180,8 +183,9 @@ class Engine:
         model, _ = load_model(weights, device=device, dtype=stored_dtype(weights) if int8 else dtype)
         tokenizer = load_tokenizer(ckpt)
         if int8:
-            quantize_int8(model, calibration_ids(tokenizer, _lead_id(model.args)))
-            own_parameters_(model, dtype)
+            with mapped_allocations():
+                quantize_int8(model, calibration_ids(tokenizer, _lead_id(model.args)))
+                own_parameters_(model, dtype)
         engine = cls(model, tokenizer, name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
         engine.int8, engine.params = bool(int8), params
         engine.adapted_from_base = adapted
@@ -262,8 +266,17 @@ class Engine:
             self._sessions[key] = session  # most recently used last
             while len(self._sessions) > MAX_SESSIONS:
                 self._sessions.popitem(last=False)
-            for old in list(self._sessions.values())[:-MAX_CACHED_SESSIONS]:
+            kept, changed = list(self._sessions.values()), False
+            for old in kept[:-MAX_CACHED_SESSIONS]:
+                changed |= old.cache is not None
                 old.canvas, old.cache = None, None
+            for old in kept[-MAX_CACHED_SESSIONS:-1]:
+                if old.cache is not None and old.cache.dtype == torch.float32:
+                    old.cache, changed = old.cache.to(IDLE_CACHE_DTYPE), True
+            if session.cache is not None and session.cache.dtype != self.dtype:
+                session.cache = session.cache.to(self.dtype)
+        if changed:
+            release_freed_memory()
         return session
 
     def forget(self, session: str) -> None:
@@ -292,6 +305,10 @@ class Engine:
                        stop_ids=self._newline_ids() if req.single_line else None,
                        first=heal[1] if heal is not None else None, session=session, policy=self.reuse,
                        banned=self._banned, blank_ids=self._blank_ids())
+        if out.forward_passes and not out.reused_tokens:
+            # a prefill's transient buffers (~100-200 MB at 1k tokens) leave the heap fragmented:
+            # without this the process grew ~250 MB past its caches (~10 ms, once per prefill)
+            release_freed_memory()
         t2 = time.perf_counter()
         if threads is not None and out.forward_passes and not out.cancelled:
             self.threads.record(threads, (out.prefill_ms + out.steps_ms) / out.forward_passes)

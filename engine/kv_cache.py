@@ -15,6 +15,8 @@ import torch
 
 from kernels.rope import rerotate_keys
 
+HEADROOM = 256  # spare rows a prefilled or spliced cache keeps, so that typing grows it in place
+
 
 class KVCache:
     """Per layer keys and values, (B, Hkv, C, hd) each, of which the first `length` positions hold
@@ -48,10 +50,22 @@ class KVCache:
                    [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)], length)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Add one layer's (B, Hkv, L, hd) keys and values (prefill builds the cache layer by layer)."""
-        self.keys.append(k)
-        self.values.append(v)
-        self.length = k.shape[2]
+        """Add one layer's (B, Hkv, L, hd) keys and values (prefill builds the cache layer by layer),
+        copied into storage with `HEADROOM` spare rows: the first keystroke's splice then grows
+        in place instead of copying the whole cache (and freeing this one: ~60 MB churned per
+        prefill at the 135M shape), and the values stop being a view of the fused q/k/v
+        projection's whole output (L x 960 floats per layer, L x 192 of them values), which
+        kept a 1k-token session's cache at ~160 MB instead of ~54 MB."""
+        if self.storage is None:
+            self.storage = list(zip(self.keys, self.values))
+        b, h, n, d = k.shape
+        store_k = k.new_empty(b, h, n + HEADROOM, d)  # (B, Hkv, L + HEADROOM, hd)
+        store_v = v.new_empty(b, h, n + HEADROOM, v.shape[3])
+        store_k[:, :, :n], store_v[:, :, :n] = k, v
+        self.storage.append((store_k, store_v))
+        self.keys.append(store_k[:, :, :n])
+        self.values.append(store_v[:, :, :n])
+        self.length = n
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -69,6 +83,17 @@ class KVCache:
     def touch(self) -> None:
         """Record a write that did not go through a step (graphs holding this cache reload it)."""
         self.epoch += 1
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return self.keys[0].dtype if self.keys else None
+
+    def to(self, dtype: torch.dtype) -> KVCache:
+        """A copy of the `length` rows in `dtype` (with `HEADROOM` spare rows, like a prefill's)."""
+        out = KVCache.empty()
+        for k, v in self:
+            out.append(k[:, :, :self.length].to(dtype), v[:, :, :self.length].to(dtype))
+        return out
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
@@ -107,9 +132,6 @@ def splice(old: KVCache, new_length: int, head: int, tail: int, theta: float) ->
         keys.append(k2)
         values.append(v2)
     return KVCache(keys, values, new_length)
-
-
-HEADROOM = 256  # spare rows a spliced cache keeps, so that typing grows it in place
 
 
 def splice_in_place(cache: KVCache, new_length: int, head: int, tail: int, theta: float) -> KVCache:

@@ -10,7 +10,7 @@ import torch
 from engine import Engine, InfillRequest, SamplingConfig
 from engine.checkpoint import load_model
 from engine.cuda_graphs import StepGraphs
-from engine.kv_cache import KVCache, splice
+from engine.kv_cache import HEADROOM, KVCache, splice, splice_in_place
 from kernels.rope import apply_rope_ref, rope_tables
 
 
@@ -34,6 +34,38 @@ def test_splice_copies_the_head_and_re_rotates_the_moved_tail():
     assert not k[:, :, 5:11].any()
     shorter = splice(old, new_length=10, head=3, tail=6, theta=10000.0)  # text deleted: the tail moves left
     torch.testing.assert_close(shorter.keys[0][:, :, 4:], _rotated(raw[:, :, 6:], 4), atol=1e-5, rtol=1e-5)
+
+
+def test_a_prefilled_cache_owns_its_rows_and_grows_in_place():
+    """Values sliced out of a fused q/k/v output are copied out of it (the view kept the whole
+    output alive), into storage with spare rows that the first keystroke's splice grows into."""
+    g = torch.Generator().manual_seed(1)
+    fused = torch.randn(1, 10, 3 * 8, generator=g)  # (B, L, q + k + v), one head of 8
+    _, k, v = (t.view(1, 10, 1, 8).transpose(1, 2) for t in fused.split(8, -1))  # (B, 1, L, 8) views
+    cache = KVCache.empty()
+    cache.append(k, v)
+    kc, vc = cache[0]
+    assert torch.equal(kc, k) and torch.equal(vc, v) and cache.length == 10
+    assert vc.untyped_storage().nbytes() == (10 + HEADROOM) * 8 * 4  # its own rows, not the fused output
+    ptr = vc.untyped_storage().data_ptr()
+    splice_in_place(cache, 13, head=6, tail=4, theta=10000.0)  # 3 rows typed after row 5
+    assert cache.values[0].untyped_storage().data_ptr() == ptr
+    assert torch.equal(cache.values[0][:, :, :6], v[:, :, :6]) and torch.equal(cache.values[0][:, :, 9:], v[:, :, 6:])
+
+
+def test_a_cache_in_half_precision_and_back_keeps_its_rows():
+    g = torch.Generator().manual_seed(2)
+    cache = KVCache.empty()
+    for _ in range(2):
+        cache.append(torch.randn(1, 2, 7, 4, generator=g) * 30, torch.randn(1, 2, 7, 4, generator=g))
+    half = cache.to(torch.float16)
+    assert half.dtype == torch.float16 and half.length == 7 and len(half) == 2 and cache.dtype == torch.float32
+    back = half.to(torch.float32)
+    for (k, v), (k2, v2) in zip(cache, back):
+        assert k2.dtype == torch.float32 and k2.shape == k.shape
+        torch.testing.assert_close(k2, k, rtol=1e-3, atol=0)  # fp16 rounding only
+        torch.testing.assert_close(v2, v, rtol=1e-3, atol=0)
+    assert back.storage is not None and back.storage[0][0].shape[2] == 7 + HEADROOM  # typing grows it in place
 
 
 def test_graphs_reload_a_different_cache_even_at_the_same_address(tiny_dream_ckpt):

@@ -11,6 +11,7 @@ from engine import Engine, InfillRequest
 from engine.checkpoint import load_model, load_tokenizer
 from engine.quantize import (
     Int8Linear,
+    Int8Rows,
     ShortlistHead,
     activation_max,
     calibration_ids,
@@ -150,7 +151,23 @@ def test_smoothing_removes_the_error_of_an_outlier_channel(tmp_path):
     assert errs["smoothed"] < 0.5 * errs["plain"]
 
 
-def test_shortlist_head_is_exact_on_its_top_rows():
+def test_int8_rows_are_the_table_within_half_a_step_per_row():
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(20000, 48, generator=g) * torch.rand(20000, 1, generator=g)  # rows of different ranges
+    w[7] = 0.0  # an all-zero row keeps a usable scale
+    rows = Int8Rows(w)  # more rows than one quantization chunk
+    table = rows.dequantized()
+    assert rows.q.dtype == torch.int8 and table.shape == w.shape
+    step = w.abs().amax(1, keepdim=True) / 127
+    assert ((table - w).abs() <= step / 2 + 1e-7).all()
+    assert not table[7].any()
+    ids = torch.tensor([[3, 19999, 7], [0, 0, 12345]])
+    got = rows(ids)
+    assert got.shape == (2, 3, 48) and got.dtype == torch.float32
+    assert torch.equal(got, table[ids])
+
+
+def test_shortlist_head_rescores_its_top_rows_from_the_int8_rows():
     g = torch.Generator().manual_seed(5)
     head = nn.Linear(48, 6000, bias=False)
     with torch.no_grad():
@@ -158,24 +175,47 @@ def test_shortlist_head_is_exact_on_its_top_rows():
     h = torch.randn(3, 48, generator=g)
     exact = head(h).detach()
     sl = ShortlistHead(head, k=16)
-    assert sl.weight is head.weight  # shared (a tied head's embedding), not copied
+    assert not [t for t in (*sl.parameters(), *sl.buffers()) if t.is_floating_point() and t.numel() >= 6000 * 48]
+    ref = h @ sl.rows.dequantized().T  # (3, V): float activations, int8 rows
     got = sl(h[None])[0]
     assert got.shape == exact.shape
-    assert torch.equal(got.argmax(-1), exact.argmax(-1))
-    top = exact.topk(8, dim=-1)
-    assert torch.allclose(got.gather(1, top.indices), top.values, atol=1e-5)  # the likely tokens: float
-    assert (got - exact).abs().max() > 1e-6  # the tail: int8 estimates
+    top2 = ref.topk(2, dim=-1).values
+    assert (top2[:, 0] - top2[:, 1] > 1e-4).all()  # (ties could differ between the two paths)
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    top = ref.topk(8, dim=-1)
+    assert torch.allclose(got.gather(1, top.indices), top.values, atol=1e-5)  # the likely tokens: rescored
+    assert (got - ref).abs().max() > 1e-6  # the tail: int8 estimates
     assert (got - exact).norm() / exact.norm() < 0.05
+    # the rows' own rounding, against the float head, is below the int8 matmul's (7-bit activations too)
+    assert (ref - exact).norm() < 0.6 * (sl.q(h) - exact).norm()
 
 
-def test_quantize_gives_a_large_vocabulary_a_shortlist_head_and_own_parameters(tmp_path):
+def test_quantize_gives_a_large_vocabulary_one_int8_table_for_embedding_and_head(tmp_path):
     from engine.testing import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "m", family="llada", vocab_size=5000)
     model, _ = load_model(ckpt)
-    emb = model.tok_emb.weight
+    emb = model.tok_emb.weight.detach().clone()
+    ids = torch.randint(0, 5000, (1, 30), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        before = model(ids)
     quantize_int8(model, calibration_ids(load_tokenizer(ckpt), 2, rows=1, tokens=30))
-    assert isinstance(model.lm_head, ShortlistHead) and model.lm_head.weight is emb
+    assert isinstance(model.lm_head, ShortlistHead) and model.tok_emb is model.lm_head.rows  # still tied
+    assert ((model.tok_emb.dequantized() - emb).abs() <= model.tok_emb.scale / 2 + 1e-7).all()
+    own_parameters_(model)
+    assert not [n for n, p in model.named_parameters() if p.shape == emb.shape]  # no float table left
+    with torch.inference_mode():
+        after = model(ids)
+    top2 = before.topk(2, dim=-1).values
+    sure = (top2[..., 0] - top2[..., 1]) > 0.5
+    assert (before.argmax(-1) == after.argmax(-1))[sure].float().mean() > 0.9
+
+
+def test_own_parameters_copies_out_of_the_loaded_storage_and_keeps_ties(tmp_path):
+    from engine.testing import make_tiny_checkpoint
+
+    model, _ = load_model(make_tiny_checkpoint(tmp_path / "m", family="llada"))  # a small vocabulary: float head
+    emb = model.tok_emb.weight
     own_parameters_(model)
     assert model.tok_emb.weight is not emb and torch.equal(model.tok_emb.weight, emb)
     assert model.lm_head.weight is model.tok_emb.weight  # still tied

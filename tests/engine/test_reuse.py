@@ -119,3 +119,22 @@ def test_only_the_most_recent_sessions_keep_a_cache(causal_ckpt):
     # it is prefilled again when used, and reuses from then on
     assert eng.infill(_req(TYPED[1], session="doc0")).reused_tokens == 0
     assert eng.infill(_req(TYPED[2], session="doc0")).reused_tokens > 0
+
+
+def test_the_idle_cached_session_keeps_half_precision_and_reuses_when_switched_back(causal_ckpt):
+    from engine.engine import IDLE_CACHE_DTYPE
+
+    eng = Engine.from_pretrained(causal_ckpt, device="cpu")
+    fresh = Engine(eng.model, eng.tokenizer, reuse=ReusePolicy(enabled=False))
+    eng.infill(_req(TYPED[0], session="a"))
+    full = eng._sessions["a"].cache
+    eng.infill(_req(TYPED[0], session="b"))
+    idle = eng._sessions["a"].cache
+    assert idle.dtype == IDLE_CACHE_DTYPE and eng._sessions["b"].cache.dtype == torch.float32
+    assert idle.length == full.length
+    torch.testing.assert_close(idle.keys[0].float(), full.keys[0], rtol=1e-3, atol=1e-6)
+    res = eng.infill(_req(TYPED[1], session="a"))  # switched back: widened, then spliced
+    assert res.reused_tokens > 0
+    assert eng._sessions["a"].cache.dtype == torch.float32 and eng._sessions["b"].cache.dtype == IDLE_CACHE_DTYPE
+    # every layer causal: reuse is exact but for the keys/values' fp16 rounding
+    assert res.text == fresh.infill(_req(TYPED[1])).text
