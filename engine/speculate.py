@@ -45,7 +45,7 @@ class Speculator:
     """The drafts and the last speculative forward of one `_Run` (one hole).
 
     Attributes:
-        drafts: canvas position -> the token last predicted for that (masked) slot.
+        drafts: canvas position -> the token drafted for that (masked) slot.
         fed: the rows of the last speculative forward, (position, token fed) in order; None
             when the hidden states come from a prefill or reuse step (nothing to check).
     """
@@ -102,7 +102,7 @@ class Speculator:
     def follow(self, slots: list[int], left: int) -> tuple[list[int], int]:
         """After the commit that read the forward's first row: commit on through every row that
         turned out valid, then put back the keys/values of the rows that did not and draft the
-        slots ahead from the rows this forward ran. Returns the slots and masks left."""
+        slots ahead. Returns the slots and masks left."""
         run = self.run
         mask = run.a.mask_id
         while left and self._confirmed(slots):
