@@ -219,6 +219,8 @@ class Engine:
             raise InvalidRequestError("min_per_step must be >= 1")
         if not 0 <= cfg.draft <= 64:
             raise InvalidRequestError("draft must be in 0..64")
+        if cfg.loop_guard < 0 or cfg.loop_guard == 1:
+            raise InvalidRequestError("loop_guard must be 0 (off) or >= 2")
         if cfg.factor is not None and (cfg.factor <= 0 or cfg.confidence not in ("max_prob", "margin")):
             raise InvalidRequestError("factor must be > 0 and needs confidence 'max_prob' or 'margin'")
 

@@ -22,6 +22,8 @@ import torch
 
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
+from engine.fills import grow as _grow
+from engine.fills import strip as _strip
 from engine.kv_cache import KVCache, splice_in_place
 from engine.model import Transformer
 from engine.reuse import ReusePolicy, Session, plan
@@ -30,6 +32,7 @@ from engine.samplers import (
     copy_prior,
     factor_commits,
     frontier_run,
+    loop_start,
     min_commit,
     propose,
 )
@@ -302,49 +305,31 @@ class _Run:
         tail = (self.pos > first[self.hole_of]) & (row == self.a.mask_id)
         self.canvas[0, self.pos] = torch.where(tail, self.a.eos_id, row)
 
+    def cut_loops(self, slots: list[int], left: int) -> tuple[list[int], int]:
+        """`loop_guard`: a hole whose decoded head (its slots up to the first mask) ends in a loop
+        ends after the loop's first copy; the rest of it becomes EOS. Returns the slots and the
+        masks left."""
+        mask, cut = self.a.mask_id, []
+        for h in range(len(self.holes.fills)):
+            idx = [i for i, hh in enumerate(self.hole_host) if hh == h]
+            head = [slots[i] for i in idx]
+            head = head[:head.index(mask)] if mask in head else head
+            if self.a.eos_id in head or self.a.pad_id in head:
+                continue
+            at = loop_start(head, self.cfg.loop_guard)
+            if at is not None:
+                cut += idx[at:]
+        if not cut:
+            return slots, left
+        self.canvas[0, self.pos[torch.tensor(cut, device=self.device)]] = self.a.eos_id
+        slots = list(slots)
+        for i in cut:
+            slots[i] = self.a.eos_id
+        return slots, slots.count(mask)
+
     def read_fills(self) -> None:
         for h in range(len(self.holes.fills)):
             self.holes.fills[h] = self.canvas[0, self.pos[self.hole_of == h]].tolist()
-
-
-def _stop_at(fill: list[int], stop: set[int] | None, first_stop: set[int] | None) -> int | None:
-    """Index of the first stop token in a fill (`first_stop` rules index 0 when given)."""
-    if not stop:
-        return None
-    for i, t in enumerate(fill):
-        if t in (first_stop if i == 0 and first_stop is not None else stop):
-            return i
-    return None
-
-
-def _grow(a: ModelArgs, holes: _Holes, cfg: SamplingConfig, max_new_tokens: int,
-          stop: set[int] | None = None, first_stop: set[int] | None = None) -> bool:
-    """Append masks to every full hole that has not ended (EOS/pad or a stop token); True if any grew."""
-    grew = False
-    for h, fill in enumerate(holes.fills):
-        ended = (a.eos_id in fill or a.pad_id in fill
-                 or _stop_at(fill, stop, first_stop if h == 0 else None) is not None)
-        room = max_new_tokens - len(fill)
-        if ended or room <= 0 or cfg.grow_tokens <= 0:
-            continue
-        n = min(cfg.grow_tokens, room)
-        fill.extend([a.mask_id] * n)
-        holes.budget[h], holes.used[h] = cfg.steps or n, 0
-        grew = True
-    return grew
-
-
-def _strip(a: ModelArgs, fill: list[int], stop: set[int] | None = None,
-           first_stop: set[int] | None = None) -> list[int]:
-    """The fill up to its first EOS/pad (excluded) or stop token (kept), special tokens dropped."""
-    end = _stop_at(fill, stop, first_stop)
-    out = []
-    for t in fill if end is None else fill[:end + 1]:
-        if t in (a.eos_id, a.pad_id):
-            break
-        if t not in (a.mask_id, a.bos_id, a.expand_id):
-            out.append(t)
-    return out
 
 
 @torch.inference_mode()
@@ -428,6 +413,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             step += 1
             if spec is not None:  # commit on through the drafts that held
                 slots, left = spec.follow(slots, left)
+            if cfg.loop_guard:
+                slots, left = run.cut_loops(slots, left)
         run.out.steps_ms += (time.perf_counter() - t0) * 1e3
         run.read_fills()
         prior = (run.ids, run.hole_span, run.cache, run.age, False)  # growth splices the run's own cache

@@ -188,3 +188,24 @@ def copy_prior(logits: torch.Tensor, canvas: torch.Tensor, pos: torch.Tensor, us
     probs = torch.softmax(logits.float(), dim=-1)
     mixed = torch.where(total > 0, (1 - weight) * probs + weight * counts / total.clamp(min=1e-9), probs)
     return torch.log(mixed.clamp(min=1e-30))
+
+
+def loop_start(tokens: list[int], repeats: int, min_tokens: int = 12, max_period: int = 16) -> int | None:
+    """Where a fill's degenerate loop starts repeating, or None.
+
+    A loop is a tail made of the same span of 1..`max_period` tokens `repeats` times or more in a
+    row, `min_tokens` tokens long at least (short runs such as `[0, 0, 0]` are code). Returns the
+    index just after the span's first copy: cutting there keeps the text up to one copy.
+
+    Args:
+        tokens: the fill's committed ids, in order.
+    """
+    n = len(tokens)
+    for period in range(1, min(max_period, n // max(repeats, 1)) + 1):
+        unit = tokens[n - period:]
+        copies = 1
+        while (copies + 1) * period <= n and tokens[n - (copies + 1) * period:n - copies * period] == unit:
+            copies += 1
+        if copies >= repeats and copies * period >= min_tokens:
+            return n - copies * period + period
+    return None

@@ -64,6 +64,10 @@ class SamplingConfig:
             through every draft that turns out to be what it would have committed anyway. The
             fill is the one-row-per-step decode's (`lazy_rows`), in fewer forwards; a forward of
             a few rows costs about what one row does on a CPU (weights are read once).
+        loop_guard: end a fill whose decoded head has fallen into a loop (0 = off): once it ends
+            with the same span of 1-16 tokens this many times in a row, 12 tokens or more
+            (`engine.samplers.loop_start`), the fill is cut after the span's first copy. A small
+            model sometimes repeats a fragment until the budget runs out (`op(op(op(...`).
     """
 
     sampler: str = "fast"
@@ -85,6 +89,7 @@ class SamplingConfig:
     nonempty: bool = True
     lazy_rows: bool = False
     draft: int = 0
+    loop_guard: int = 0
 
 
 @dataclass(frozen=True)
