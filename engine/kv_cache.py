@@ -15,7 +15,9 @@ import torch
 
 from kernels.rope import rerotate_keys
 
-HEADROOM = 256  # spare rows a prefilled or spliced cache keeps, so that typing grows it in place
+# spare rows a prefilled or spliced cache keeps, so that typing grows it in place (~46 KB per row at
+# the 135M shape; a splice that outgrows them reallocates with as many spare rows again)
+HEADROOM = 64
 
 
 class KVCache:
@@ -49,9 +51,9 @@ class KVCache:
         return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)],
                    [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)], length)
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+    def append(self, k: torch.Tensor, v: torch.Tensor, headroom: int = HEADROOM) -> None:
         """Add one layer's (B, Hkv, L, hd) keys and values (prefill builds the cache layer by layer),
-        copied into storage with `HEADROOM` spare rows: the first keystroke's splice then grows
+        copied into storage with `headroom` spare rows: the first keystroke's splice then grows
         in place instead of copying the whole cache (and freeing this one: ~60 MB churned per
         prefill at the 135M shape), and the values stop being a view of the fused q/k/v
         projection's whole output (L x 960 floats per layer, L x 192 of them values), which
@@ -59,8 +61,8 @@ class KVCache:
         if self.storage is None:
             self.storage = list(zip(self.keys, self.values))
         b, h, n, d = k.shape
-        store_k = k.new_empty(b, h, n + HEADROOM, d)  # (B, Hkv, L + HEADROOM, hd)
-        store_v = v.new_empty(b, h, n + HEADROOM, v.shape[3])
+        store_k = k.new_empty(b, h, n + headroom, d)  # (B, Hkv, L + headroom, hd)
+        store_v = v.new_empty(b, h, n + headroom, v.shape[3])
         store_k[:, :, :n], store_v[:, :, :n] = k, v
         self.storage.append((store_k, store_v))
         self.keys.append(store_k[:, :, :n])
@@ -88,11 +90,12 @@ class KVCache:
     def dtype(self) -> torch.dtype | None:
         return self.keys[0].dtype if self.keys else None
 
-    def to(self, dtype: torch.dtype) -> KVCache:
-        """A copy of the `length` rows in `dtype` (with `HEADROOM` spare rows, like a prefill's)."""
+    def to(self, dtype: torch.dtype, headroom: int = HEADROOM) -> KVCache:
+        """A copy of the `length` rows in `dtype` with `headroom` spare rows (a cache that is only
+        kept, never spliced, needs none)."""
         out = KVCache.empty()
         for k, v in self:
-            out.append(k[:, :, :self.length].to(dtype), v[:, :, :self.length].to(dtype))
+            out.append(k[:, :, :self.length].to(dtype), v[:, :, :self.length].to(dtype), headroom)
         return out
 
     def nbytes(self) -> int:

@@ -10,6 +10,7 @@ request is cancelled (`$/cancelRequest`). Stopped jobs never deliver results.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Job(Generic[T]):
@@ -102,6 +104,22 @@ class Scheduler:
             job.stop("cancelled")
             self.release(job)
             raise
+
+    def after(self, work: Callable[[], object]) -> None:
+        """Run `work()` on the worker once what is queued before it is done; nothing awaits it
+        (housekeeping that must not run on the event loop or beside a job, e.g. the engine
+        dropping a closed document's cache). Its exceptions are logged."""
+
+        def call() -> None:
+            try:
+                work()
+            except Exception:
+                log.exception("background work failed")
+
+        try:
+            self._executor.submit(call)
+        except RuntimeError:  # shut down
+            pass
 
     def release(self, job: Job) -> None:
         if self._latest.get(job.key) is job:

@@ -132,9 +132,27 @@ def test_the_idle_cached_session_keeps_half_precision_and_reuses_when_switched_b
     idle = eng._sessions["a"].cache
     assert idle.dtype == IDLE_CACHE_DTYPE and eng._sessions["b"].cache.dtype == torch.float32
     assert idle.length == full.length
+    assert all(k.shape[2] == idle.length for k, _ in idle.storage)  # kept, never spliced: no spare rows
     torch.testing.assert_close(idle.keys[0].float(), full.keys[0], rtol=1e-3, atol=1e-6)
     res = eng.infill(_req(TYPED[1], session="a"))  # switched back: widened, then spliced
     assert res.reused_tokens > 0
-    assert eng._sessions["a"].cache.dtype == torch.float32 and eng._sessions["b"].cache.dtype == IDLE_CACHE_DTYPE
+    back = eng._sessions["a"].cache
+    assert back.dtype == torch.float32 and eng._sessions["b"].cache.dtype == IDLE_CACHE_DTYPE
+    assert all(k.shape[2] >= back.length + 1 for k, _ in back.storage)  # spare rows again for typing
     # every layer causal: reuse is exact but for the keys/values' fp16 rounding
     assert res.text == fresh.infill(_req(TYPED[1])).text
+
+
+def test_forget_drops_the_cache_and_hands_its_memory_back_once(causal_ckpt, monkeypatch):
+    import engine.engine as engine_mod
+
+    trims = []
+    eng = Engine.from_pretrained(causal_ckpt, device="cpu")
+    eng.infill(_req(TYPED[0], session="a"))
+    monkeypatch.setattr(engine_mod, "release_freed_memory", lambda: trims.append(1) or True)
+    eng.forget("a")
+    assert "a" not in eng._sessions and trims == [1]
+    eng.forget("a")  # nothing held: no trim
+    eng.forget("never-seen")
+    assert trims == [1]
+    assert eng.infill(_req(TYPED[1], session="a")).reused_tokens == 0  # prefilled afresh

@@ -317,5 +317,7 @@ def test_requests_carry_the_session_and_ranked_segments_and_close_forgets_it():
     assert req.session == URI and req.prefix == SRC[:SRC.index("return ") + 7]
     assert any(s.kind == "imports" and s.text == "import os\n" for s in req.context)
     svc.did_close(URI)
-    assert engine.forgotten == [URI]
+    done = threading.Event()
+    svc.scheduler.after(done.set)  # forgotten on the worker, in order with what is queued there
+    assert done.wait(10) and engine.forgotten == [URI]
     svc.scheduler.shutdown()

@@ -96,6 +96,31 @@ def test_scheduler_skips_superseded_jobs_without_running_them():
     sched.shutdown()
 
 
+def test_scheduler_runs_background_work_after_the_queued_job_and_survives_its_errors():
+    """`after` work (a closed document's cache dropped) waits for the job queued before it, never
+    runs beside it, and a failure is logged without stopping the worker."""
+    import threading
+
+    sched = Scheduler()
+    gate, order, done = threading.Event(), [], threading.Event()
+
+    async def main():
+        job = sched.claim("doc")
+        running = asyncio.ensure_future(sched.run(job, lambda stop: gate.wait(10) and order.append("job")))
+        await asyncio.sleep(0.01)
+        sched.after(lambda: order.append("after"))
+        sched.after(lambda: 1 / 0)
+        sched.after(done.set)
+        gate.set()
+        await running
+
+    asyncio.run(main())
+    assert done.wait(10) and order == ["job", "after"]
+    sched.shutdown()
+    sched.after(lambda: order.append("late"))  # after shutdown: dropped, no error
+    assert order == ["job", "after"]
+
+
 def test_default_loader_reads_the_model_cards_languages(tiny_ckpt, tmp_path):
     import json
     import shutil
