@@ -61,7 +61,8 @@ class Run:
     single_line: list[bool] = field(default_factory=list)  # per answer at a pause: the server's mode
     outcomes: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
-    rss_mb: float | None = None
+    rss_mb: float | None = None  # after the replay, every document closed and the server idle
+    rss_open_mb: float | None = None  # the most while a trace's document was open (its cache live)
     peak_rss_mb: float | None = None
     cold_ms: list[float] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
@@ -158,7 +159,30 @@ def replay_at_pauses(client: LspClient, trace: Trace, pause_s: float, timeout: f
             run.suggestions.append(items[0]["insertText"] if items else "")
         pending = None
         time.sleep(max(0.0, chunk.pause_s - waited))
+    if client.proc:
+        run.rss_open_mb = max(run.rss_open_mb or 0.0, _rss_mb(client.proc.pid) or 0.0)
     client.close_document(uri)
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wait_idle(pid: int, quiet_s: float = 0.3, limit_s: float = 5.0) -> bool:
+    """Until the process has used no CPU for `quiet_s` (the work the last messages queued, such as
+    handing a closed document's cache back, is done), at most `limit_s`. False if it never was."""
+    deadline, last = time.monotonic() + limit_s, _cpu_ticks(pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = _cpu_ticks(pid)
+        if now is None or now == last:
+            return True
+        last = now
+    return False
 
 
 def serve(model: Path, reuse: bool, threads: int | None, options: dict[str, Any], log: Path | None) -> LspClient:
@@ -185,6 +209,7 @@ def run_mode(model: Path, reuse: bool, traces: list[Trace], a: argparse.Namespac
             print(f"  {run.mode}: {tr.name}: {len(run.pauses_ms)} answers at pauses so far", file=sys.stderr)
         run.stats = client.stats()
         if client.proc:
+            wait_idle(client.proc.pid)
             run.rss_mb, run.peak_rss_mb = _rss_mb(client.proc.pid), _rss_mb(client.proc.pid, "VmHWM")
     finally:
         client.close()
@@ -241,7 +266,7 @@ def _stage(stats: dict[str, Any], name: str, q: str = "p50_ms") -> float | None:
 def report(runs: list[Run], agree: dict[str, Any] | None) -> dict[str, Any]:
     stages = ("context", "queue", "tokenize", "prefill", "steps", "postprocess", "engine", "total", "server")
     print(f"{'mode':<10} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'cold p50':>8} "
-          + " ".join(f"{s[:8]:>8}" for s in stages) + f" {'RSS MB':>7} {'peak MB':>7}")
+          + " ".join(f"{s[:8]:>8}" for s in stages) + f" {'open MB':>7} {'RSS MB':>7} {'peak MB':>7}")
     out: dict[str, Any] = {}
     for r in runs:
         pc = percentiles([ms for ms, one in zip(r.pauses_ms, r.single_line) if one])
@@ -250,9 +275,9 @@ def report(runs: list[Run], agree: dict[str, Any] | None) -> dict[str, Any]:
         cells = " ".join(f"{_stage(r.stats, s) or 0:>8.1f}" for s in stages)
         cold = statistics.median(r.cold_ms) if r.cold_ms else 0.0
         print(f"{r.mode:<10} {pc.get('n', 0):>4} {pc.get('p50', 0):>8.1f} {pc.get('p95', 0):>8.1f} {cold:>8.1f} "
-              f"{cells} {r.rss_mb or 0:>7.0f} {r.peak_rss_mb or 0:>7.0f}")
+              f"{cells} {r.rss_open_mb or 0:>7.0f} {r.rss_mb or 0:>7.0f} {r.peak_rss_mb or 0:>7.0f}")
         out[r.mode] = {"pauses": pc, "all_pauses": every, "outcomes": r.outcomes, "server_stats": r.stats, "rss_mb": r.rss_mb,
-                       "peak_rss_mb": r.peak_rss_mb, "cold_first_answer_ms": r.cold_ms,
+                       "rss_open_mb": r.rss_open_mb, "peak_rss_mb": r.peak_rss_mb, "cold_first_answer_ms": r.cold_ms,
                        "server_minus_engine_p50_ms": overhead}
     print("(n, p50, p95: answers at pauses where the server writes a single line (its `decide_mode`); "
           "server stages: p50 over the requests the engine answered, at pauses or not; server = "
@@ -266,9 +291,11 @@ def report(runs: list[Run], agree: dict[str, Any] | None) -> dict[str, Any]:
     if on:
         checks += [("p50 at pauses", on["p50"], f"<= {TARGETS['p50_ms']:g} ms", on["p50"] <= TARGETS["p50_ms"]),
                    ("p95 at pauses", on["p95"], f"<= {TARGETS['p95_ms']:g} ms", on["p95"] <= TARGETS["p95_ms"])]
-        rss = out["reuse"]["rss_mb"]
-        if rss is not None:
-            checks.append(("server RSS MB after the replay", rss, f"<= {TARGETS['rss_mb']:g}", rss <= TARGETS["rss_mb"]))
+        for key, what in (("rss_open_mb", "server RSS MB with a document open (most over traces)"),
+                          ("rss_mb", "server RSS MB after the replay (documents closed, server idle)")):
+            rss = out["reuse"][key]
+            if rss is not None:
+                checks.append((what, rss, f"<= {TARGETS['rss_mb']:g}", rss <= TARGETS["rss_mb"]))
         ov = out["reuse"]["server_minus_engine_p50_ms"]
         if ov is not None:
             checks.append(("server - engine p50 ms", ov, f"<= {TARGETS['overhead_ms']:g}", ov <= TARGETS["overhead_ms"]))

@@ -5,11 +5,11 @@ from __future__ import annotations
 from benchmarks import latency
 
 
-def _run(mode, pauses, total, engine, queue=0.0, rss=400.0, suggestions=("a",), single=None):
+def _run(mode, pauses, total, engine, queue=0.0, rss=400.0, suggestions=("a",), single=None, rss_open=450.0):
     stages = {"total": {"p50_ms": total}, "engine": {"p50_ms": engine}, "queue": {"p50_ms": queue},
               "server": {"p50_ms": total - engine - queue - 20.0}}
     return latency.Run(mode, pauses_ms=list(pauses), stats={"stages": stages}, rss_mb=rss,
-                       suggestions=list(suggestions), debounce_ms=20.0,
+                       rss_open_mb=rss_open, suggestions=list(suggestions), debounce_ms=20.0,
                        single_line=list(single) if single is not None else [True] * len(pauses))
 
 
@@ -18,7 +18,9 @@ def test_report_checks_the_targets(capsys):
     off = _run("no reuse", [500, 600, 700, 900], total=700, engine=650, queue=10)
     out = latency.report([on, off], {"n": 3, "engine_p50_ms": 100.0, "server_p50_ms": 110.0, "ratio": 1.1})
     checks = {c["name"]: c["pass"] for c in out["checks"]}
-    assert checks == {"p50 at pauses": True, "p95 at pauses": True, "server RSS MB after the replay": True,
+    assert checks == {"p50 at pauses": True, "p95 at pauses": True,
+                      "server RSS MB with a document open (most over traces)": True,
+                      "server RSS MB after the replay (documents closed, server idle)": True,
                       "server - engine p50 ms": True, "speedup p50 (off / on)": True, "server / engine_speed": True}
     assert abs(out["speedup_p50"] - 650 / 130) < 1e-9 and out["same_suggestion_rate"] == 1.0
     assert "PASS  p50 at pauses" in capsys.readouterr().out
@@ -48,3 +50,25 @@ def test_single_line_targets_leave_block_fills_out(capsys):
     assert {c["name"]: c["pass"] for c in out["checks"]}["p95 at pauses"]
     assert latency.single_line_at("def f(x):\n    return x\n", len("def f(x):\n    ret"))
     assert not latency.single_line_at("def f(x):\n    \n", len("def f(x):\n    "))  # empty line: a block
+
+
+def test_memory_is_checked_with_a_document_open_and_after_the_replay():
+    on = _run("reuse", [100, 120], total=150, engine=124, rss=480.0, rss_open=540.0)
+    checks = {c["name"]: c["pass"] for c in latency.report([on], None)["checks"]}
+    assert checks["server RSS MB after the replay (documents closed, server idle)"] is True
+    assert checks["server RSS MB with a document open (most over traces)"] is False
+
+
+def test_wait_idle_returns_once_a_process_stops_using_cpu():
+    import os
+    import subprocess
+    import sys
+
+    assert latency.wait_idle(os.getpid(), quiet_s=0.05, limit_s=5.0)  # this process sleeps meanwhile
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert not latency.wait_idle(busy.pid, quiet_s=0.1, limit_s=0.5)  # never idle
+    finally:
+        busy.kill()
+        busy.wait()
+    assert latency._cpu_ticks(os.getpid()) is not None and latency._cpu_ticks(2 ** 22 + 12345) is None
