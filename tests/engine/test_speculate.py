@@ -154,3 +154,26 @@ def test_lookup_drafts_what_followed_the_tail_nearest_first():
     assert speculate.lookup([4, 6, 1, 2], [], 4) == []  # nowhere else
     assert speculate.lookup([1, 2, 5, 2], [], 2) == [5, 2]  # order 1 when no longer tail occurs
     assert speculate.lookup([1, 2, 9, 1, 2], [], 2, orders=(2,)) == [9, 1]
+
+
+def test_engine_text_is_the_same_with_and_without_drafts(tmp_path):
+    """Through `Engine.infill` (token healing, single-line stop, non-empty rule, reuse of the
+    session across a keystroke): drafts change the forwards, never the text (fp32)."""
+    from engine.engine import Engine
+    from engine.testing import make_tiny_checkpoint
+    from engine.types import InfillRequest
+
+    ckpt = make_tiny_checkpoint(tmp_path / "m", family="dream", causal_layers=1, seed=5)
+    engine = Engine.from_pretrained(str(ckpt), device="cpu", int8=False)
+    text = "def area(w, h):\n    return w * h\n\n\ndef volume(w, h, d):\n    return area(w, h) * d\n\n\ndef perimeter(w, h):\n    return "
+    runs = {}
+    for draft in (0, 4):
+        cfg = replace(engine.default_sampling, block=1, lazy_rows=True, draft=draft)
+        outs = []
+        for typed in ("", "2", "2 * (w"):  # keystrokes in one session: the cache is reused
+            req = InfillRequest(prefix=text + typed, suffix="\n", hole_tokens=8, max_new_tokens=16,
+                                sampling=cfg, single_line=bool(typed), session=f"doc{draft}")
+            outs.append(engine.infill(req))
+        runs[draft] = outs
+    assert [o.text for o in runs[4]] == [o.text for o in runs[0]]
+    assert sum(o.forward_passes for o in runs[4]) < sum(o.forward_passes for o in runs[0])  # drafts held
