@@ -203,6 +203,14 @@ class _Run:
         the run is done, tokens committed by the previous step) comes from it."""
         return self.canvas[0, self.pos].tolist()
 
+    def commit(self, slots: list[int], left: int) -> tuple[list[int], int]:
+        """`commit_once`, then the step's one host read: the slots and the masks left after it
+        (the tokens it committed are counted in `tokens_per_step`)."""
+        self.commit_once(slots)
+        slots = self.slots()
+        self.out.tokens_per_step.append(left - slots.count(self.a.mask_id))
+        return slots, left - self.out.tokens_per_step[-1]
+
     def commit_once(self, slots: list[int]) -> None:
         """Propose tokens for the masked slots (`slots`, as read at the start of this step) and
         commit by the rule, on the device, without reading anything back."""
@@ -399,17 +407,13 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
                 run.out.steps_ms += (time.perf_counter() - t0) * 1e3
                 run.out.fills = [[] for _ in range(n_holes)]
                 return run.out
-            if step > 0:
+            if step > 0 and spec is not None:
+                spec.forward(slots)
+            elif step > 0:
                 refresh = run.full_every_step or (cfg.refresh_every > 0 and step % cfg.refresh_every == 0)
-                if spec is not None:
-                    spec.forward(slots)
-                else:
-                    run.full() if refresh else run.cached_step(before, slots)
+                run.full() if refresh else run.cached_step(before, slots)
             before = slots
-            run.commit_once(slots)
-            slots = run.slots()  # the one host read of the step
-            run.out.tokens_per_step.append(left - slots.count(a.mask_id))
-            left -= run.out.tokens_per_step[-1]
+            slots, left = run.commit(slots, left)
             step += 1
             if spec is not None:  # commit on through the drafts that held
                 slots, left = spec.follow(slots, left)

@@ -103,14 +103,8 @@ class Speculator:
         """After the commit that read the forward's first row: commit on through every row that
         turned out valid, then put back the keys/values of the rows that did not and draft the
         slots ahead. Returns the slots and masks left."""
-        run = self.run
-        mask = run.a.mask_id
         while left and self._confirmed(slots):
-            run.commit_once(slots)
-            slots = run.slots()
-            n = left - slots.count(mask)
-            run.out.tokens_per_step.append(n)
-            left -= n
+            slots, left = self.run.commit(slots, left)
         self._settle(slots)
         if left:
             self._draft(slots)
