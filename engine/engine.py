@@ -221,6 +221,8 @@ class Engine:
             raise InvalidRequestError("draft must be in 0..64")
         if cfg.loop_guard < 0 or cfg.loop_guard == 1:
             raise InvalidRequestError("loop_guard must be 0 (off) or >= 2")
+        if not (cfg.lookahead == 0 or 2 <= cfg.lookahead <= 256):
+            raise InvalidRequestError("lookahead must be 0 (off) or in 2..256")
         if cfg.factor is not None and (cfg.factor <= 0 or cfg.confidence not in ("max_prob", "margin")):
             raise InvalidRequestError("factor must be > 0 and needs confidence 'max_prob' or 'margin'")
 

@@ -23,6 +23,7 @@ import torch
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.fills import grow as _grow
+from engine.fills import short_of_masks
 from engine.fills import strip as _strip
 from engine.kv_cache import KVCache, splice_in_place
 from engine.model import Transformer
@@ -419,6 +420,9 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
                 slots, left = spec.follow(slots, left)
             if cfg.loop_guard:
                 slots, left = run.cut_loops(slots, left)
+            if cfg.lookahead and left and short_of_masks(a, slots, run.hole_host, n_holes, cfg.lookahead,
+                                                         max_new_tokens):
+                break
         run.out.steps_ms += (time.perf_counter() - t0) * 1e3
         run.read_fills()
         prior = (run.ids, run.hole_span, run.cache, run.age, False)  # growth splices the run's own cache

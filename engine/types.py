@@ -68,6 +68,11 @@ class SamplingConfig:
             with the same span of 1-16 tokens this many times in a row, 12 tokens or more
             (`engine.samplers.loop_start`), the fill is cut after the span's first copy. A small
             model sometimes repeats a fragment until the budget runs out (`op(op(op(...`).
+        lookahead: keep at least `lookahead // 2` masks ahead of a fill's decoded head (0 = off):
+            when fewer are left and the fill has not ended, the hole is topped up to `lookahead`
+            masks (a growth round). The number of masks between the head and the suffix tells a
+            model trained with EOS padding how much is left to write; a fixed hole that empties
+            as it is decoded tells it, falsely, that the line must end soon.
     """
 
     sampler: str = "fast"
@@ -90,6 +95,7 @@ class SamplingConfig:
     lazy_rows: bool = False
     draft: int = 0
     loop_guard: int = 0
+    lookahead: int = 0
 
 
 @dataclass(frozen=True)

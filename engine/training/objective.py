@@ -50,6 +50,9 @@ class ObjectiveConfig:
     # commit order; a left-to-right decoder only ever meets this one, and at a budget of a few
     # million tokens the adapter should spend its signal where decoding happens.
     ltr_rate: float = 0.0
+    # FIM middles drawn as (one line, 2-8 lines, a random span) with these relative weights; equal
+    # weights draw uniformly (the generator's stream is the same as before the option existed).
+    kind_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def _newline_positions(seq: torch.Tensor, is_nl: torch.Tensor) -> list[int]:
@@ -69,7 +72,11 @@ def fim_example(seq: torch.Tensor, a: ModelArgs, is_nl: torch.Tensor, cfg: Objec
     T = seq.shape[0]
     r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
     nls = [p for p in _newline_positions(seq, is_nl) if 1 <= p < T - 2]
-    kind = r(0, 2)
+    w = cfg.kind_weights
+    if w[0] == w[1] == w[2]:
+        kind = r(0, 2)
+    else:
+        kind = int(torch.multinomial(torch.tensor(w, dtype=torch.float64), 1, generator=g))
     if kind < 2 and len(nls) >= 3:
         i = r(0, len(nls) - 2)
         j = min(len(nls) - 1, i + (1 if kind == 0 else r(2, 8)))

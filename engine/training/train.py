@@ -29,6 +29,16 @@ from engine.training.objective import DiffusionLoss, ObjectiveConfig, corrupt
 from engine.training.plot import plot_curve
 
 
+def _weights(text: str) -> tuple[float, float, float]:
+    try:
+        w = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 2,1,1, got {text!r}") from None
+    if len(w) != 3 or min(w) < 0 or sum(w) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three weights >= 0, not all 0, got {text!r}")
+    return w  # type: ignore[return-value]
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dlsp train", description=__doc__)
     p.add_argument("--data", default="data/tokens", help="folder with train.bin, val.bin")
@@ -71,6 +81,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-pad", type=int, default=24, help="FIM rows: EOS pads after a middle, uniform in [0, N]")
     p.add_argument("--ltr-rate", type=float, default=0.0,
                    help="FIM holes masked as a left-to-right decode leaves them (a decoded head, a masked tail)")
+    p.add_argument("--kind-weights", type=_weights, default=(1.0, 1.0, 1.0),
+                   help="FIM middles: relative weights of one line, 2-8 lines, a random span (e.g. 2,1,1)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -147,7 +159,7 @@ class Trainer:
         self.lead = self.args.bos_id if self.args.bos_id is not None else self.args.eos_id
         self.obj = ObjectiveConfig(fim_rate=a.fim_rate, weighting=a.loss_weighting, region=a.region,
                                    holes_per_row=a.holes_per_row, max_pad=a.max_pad,
-                                   ltr_rate=a.ltr_rate)
+                                   ltr_rate=a.ltr_rate, kind_weights=a.kind_weights)
         self.g = torch.Generator().manual_seed(a.seed * 1000 + self.rank)
         self.step, self.best_val, self.tokens_seen, self.train_seconds = 0, float("inf"), 0, 0.0
         self.prior = {"seconds": 0.0, "tokens": 0}  # training the warm start had before this run
@@ -263,7 +275,7 @@ class Trainer:
             meta["dlsp_training"].update(base="smollm2", causal_layers=self.a.causal_layers,
                                          lora_rank=self.a.lora_rank, open_steps=self.a.open_steps,
                                          holes_per_row=self.a.holes_per_row, max_pad=self.a.max_pad,
-                                         ltr_rate=self.a.ltr_rate)
+                                         ltr_rate=self.a.ltr_rate, kind_weights=self.a.kind_weights)
             adapt.export(self.model, self.args, self.adapter, Path(self.a.export), Path(self.a.tokenizer), meta)
             return
         save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta,

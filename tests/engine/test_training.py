@@ -35,6 +35,32 @@ def test_fim_example_keeps_length_and_pads_the_middle_with_eos():
         assert all(t == 1 for t in region[n_mid:])  # EOS pads close the middle
 
 
+def test_kind_weights_choose_the_shape_of_middles():
+    """(1, 0, 0): every middle is one whole line (from a line start up to, not including, its line
+    break); equal weights also draw multi-line middles and spans."""
+    is_nl = torch.zeros(50, dtype=torch.bool)
+    is_nl[10] = True
+    seq = torch.tensor([2] + [5, 6, 10, 7, 8, 10, 9, 9, 10, 11, 12, 10, 13] * 3)
+    lines = ObjectiveConfig(kind_weights=(1.0, 0.0, 0.0), max_pad=0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        out, s, m, e = fim_example(seq, A, is_nl, lines, g)
+        assert seq[s - 1] == 10 and seq[m] == 10 and 10 not in seq[s:m].tolist()
+    g = torch.Generator().manual_seed(0)
+    shapes = set()
+    for _ in range(40):
+        out, s, m, e = fim_example(seq, A, is_nl, ObjectiveConfig(max_pad=0), g)
+        shapes.add("line" if seq[s - 1] == 10 and seq[m] == 10 and 10 not in seq[s:m].tolist() else "other")
+    assert shapes == {"line", "other"}
+
+
+def test_kind_weights_are_parsed_and_checked():
+    assert parse(["--kind-weights", "2,1,1"]).kind_weights == (2.0, 1.0, 1.0)
+    for bad in ("1,1", "a,b,c", "0,0,0", "-1,1,1"):
+        with pytest.raises(SystemExit):
+            parse(["--kind-weights", bad])
+
+
 def test_corrupt_masks_only_the_region_and_weights_by_inverse_t():
     g = torch.Generator().manual_seed(1)
     is_nl = torch.zeros(50, dtype=torch.bool)
