@@ -21,7 +21,7 @@ from torch import nn
 
 from engine.config import ModelArgs
 from engine.kv_cache import KVCache
-from kernels.attention import attention, causal_attention, ordered_rows_attention
+from kernels.attention import attention, causal_attention, future_mask, ordered_rows_attention
 from kernels.norm import rms_norm
 from kernels.rope import apply_rope, rope_tables
 
@@ -59,7 +59,13 @@ class Block(nn.Module):
         b, n, _ = x.shape
         h = self.attn_norm(x)
         if self.fused_qkv is not None:
-            q, k, v = self.fused_qkv(h).split((self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd), -1)
+            # queries and keys lie side by side in the fused output: one rotation for both
+            # (fewer small ops per layer: a one-row CPU step is bound by per-op overhead)
+            hq = self.n_heads + self.n_kv
+            out = self.fused_qkv(h)  # (B, n, (Hq + 2 Hkv) hd)
+            qk = apply_rope(out[..., :hq * self.hd].view(b, n, hq, self.hd).transpose(1, 2), cos, sin)
+            v = out[..., hq * self.hd:].view(b, n, self.n_kv, self.hd).transpose(1, 2)
+            return qk[:, :self.n_heads], qk[:, self.n_heads:], v
         else:
             q, k, v = self.wq(h), self.wk(h), self.wv(h)
         q = q.view(b, n, self.n_heads, self.hd).transpose(1, 2)  # (B, H, n, hd)
@@ -158,11 +164,20 @@ class Transformer(nn.Module):
         """
         cos, sin = rope_tables(self.args.head_dim, index, self.args.rope_theta)
         x = self.tok_emb(ids)
+        # causal layers on the host: keys past the last row are never visible, so attend to the
+        # cache up to it (a view) with one mask for every layer, none for a single row
+        upto = causal_mask = None
+        if kv_len is None and index.device.type == "cpu" and self.args.causal_layers > 0:
+            upto = int(index.max()) + 1
+            causal_mask = None if index.numel() == 1 else future_mask(index, upto)
         for i, (layer, (kc, vc)) in enumerate(zip(self.layers, cache)):
             q, k, v = layer.qkv(x, cos, sin)
             kc[:, :, index] = k
             vc[:, :, index] = v
-            if i < self.args.causal_layers:
+            if i < self.args.causal_layers and upto is not None:
+                o = F.scaled_dot_product_attention(q, kc[:, :, :upto], vc[:, :, :upto], attn_mask=causal_mask,
+                                                   enable_gqa=kc.shape[1] != q.shape[1])
+            elif i < self.args.causal_layers:
                 o = causal_attention(q, kc, vc, index, kv_len)
             elif prior is not None:
                 o = ordered_rows_attention(q, kc, vc, index, *prior[i])

@@ -83,3 +83,40 @@ def test_cached_step_matches_full_forward(tiny_ckpt):
         idx = torch.tensor([10, 11, 12, 30])
         h_step = model.step(ids[:, idx], idx, cache)
     assert torch.allclose(h_full[0, idx], h_step[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [[17], [10, 11, 12, 30], [0, 39]])
+def test_cached_step_matches_full_forward_with_causal_lower_layers(tmp_path, rows):
+    """The step attends the causal layers' cache only up to its last row (a view, one mask for all
+    of them, none for a single row); a row must still see exactly the keys a prefill shows it."""
+    ckpt = make_tiny_checkpoint(tmp_path / "m", family="dream", causal_layers=1)
+    model, a = load_model(ckpt)
+    assert 0 < a.causal_layers < a.n_layers
+    ids = _ids(a.vocab_size, 40)
+    with torch.no_grad():
+        h_full, cache = model.prefill(ids)
+        idx = torch.tensor(rows)
+        h_step = model.step(ids[:, idx], idx, cache)
+    assert torch.allclose(h_full[0, idx], h_step[0], atol=1e-5)
+
+
+def test_fused_qkv_rotation_matches_the_separate_projections(tmp_path):
+    """Inference fuses q/k/v into one matmul and rotates queries and keys in one call; with the
+    fused weight equal to the three stacked ones the layer must give the same q, k, v."""
+    from kernels.rope import rope_tables
+
+    model, a = load_model(make_tiny_checkpoint(tmp_path / "m", family="dream"))
+    blk = model.layers[0]
+    fused = torch.nn.Linear(a.dim, blk.wq.out_features + 2 * blk.wk.out_features, bias=a.qkv_bias)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([blk.wq.weight, blk.wk.weight, blk.wv.weight]))
+        if a.qkv_bias:
+            fused.bias.copy_(torch.cat([blk.wq.bias, blk.wk.bias, blk.wv.bias]))
+    x = torch.randn(1, 7, a.dim, generator=torch.Generator().manual_seed(2))
+    cos, sin = rope_tables(a.head_dim, torch.arange(3, 10), a.rope_theta)
+    with torch.no_grad():
+        want = blk.qkv(x, cos, sin)
+        blk.fused_qkv = fused
+        got = blk.qkv(x, cos, sin)
+    for w, g in zip(want, got):
+        assert w.shape == g.shape and torch.allclose(w, g, atol=1e-5)
