@@ -180,7 +180,7 @@ class Transformer(nn.Module):
             elif i < self.args.causal_layers:
                 o = causal_attention(q, kc, vc, index, kv_len)
             elif prior is not None:
-                o = ordered_rows_attention(q, kc, vc, index, *prior[i])
+                o = ordered_rows_attention(q, kc, vc, index, *prior[i], spare=_spare_rows(cache, i, len(index)))
             else:
                 o = attention(q, kc, vc, kv_len)
             x = layer.finish(x, o)
@@ -203,6 +203,18 @@ class Transformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _spare_rows(cache: KVCache, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The storage a layer's cached keys/values lead, when it has `n` spare rows after them."""
+    if cache.storage is None or len(cache.storage) != len(cache.keys):
+        return None
+    (sk, sv), k, v = cache.storage[layer], cache.keys[layer], cache.values[layer]
+    for store, t in ((sk, k), (sv, v)):
+        if (store.data_ptr() != t.data_ptr() or store.stride() != t.stride()
+                or store.shape[2] < t.shape[2] + n or store.shape[:2] != t.shape[:2]):
+            return None
+    return sk, sv
 
 
 _INITS = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "ones_", "zeros_")

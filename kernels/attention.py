@@ -72,7 +72,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
 
 
 def ordered_rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
-                           k_old: torch.Tensor, v_old: torch.Tensor) -> torch.Tensor:
+                           k_old: torch.Tensor, v_old: torch.Tensor,
+                           spare: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Bidirectional attention of a block of rows in which each row sees the rows *after* it as
     they were before this step: the state a one-row-at-a-time decode would have shown it, so
     several drafted rows are checked in one forward (speculative decoding, `engine.generate`).
@@ -81,6 +82,10 @@ def ordered_rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_
         q: (B, Hq, Q, d) queries of the rows at canvas positions `q_pos` (Q,), ascending.
         k, v: (B, Hkv, L, d) the cache, the rows' fresh keys/values already written at `q_pos`.
         k_old, v_old: (B, Hkv, Q, d) the rows' keys/values before this step.
+        spare: the storage `k` and `v` are the leading rows of (a view from its start), with at
+            least Q rows after them: the old keys/values are written there and attention reads
+            one view of both, instead of concatenating a copy of the whole cache per layer
+            (1.1 -> 0.3 ms per layer at 1.3k keys on 2 CPU cores). The spare rows hold nothing.
     Returns:
         (B, Hq, Q, d) in q.dtype: row i attends to every cache position, except that for a row j
         after it (q_pos[j] > q_pos[i]) it reads the old key/value of j instead of the fresh one.
@@ -90,8 +95,13 @@ def ordered_rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_
     fresh = torch.ones(n, lk, dtype=torch.bool, device=q.device)  # (Q, L)
     fresh[:, q_pos] = ~later
     mask = torch.cat([fresh, later], 1)  # (Q, L + Q)
-    return F.scaled_dot_product_attention(q, torch.cat([k, k_old], 2), torch.cat([v, v_old], 2),
-                                          attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+    if spare is not None:
+        sk, sv = spare
+        sk[:, :, lk:lk + n], sv[:, :, lk:lk + n] = k_old, v_old
+        keys, values = sk[:, :, :lk + n], sv[:, :, :lk + n]
+    else:
+        keys, values = torch.cat([k, k_old], 2), torch.cat([v, v_old], 2)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -19,8 +19,10 @@ CFG = SamplingConfig(block=1, lazy_rows=True, eos_fill=False, eos_frontier=False
 HOLE = 12
 
 
-def test_ordered_rows_attention_is_one_row_at_a_time():
-    """Row i sees the fresh keys of rows <= i and the old keys of the rows after it."""
+@pytest.mark.parametrize("spare", [False, True])
+def test_ordered_rows_attention_is_one_row_at_a_time(spare):
+    """Row i sees the fresh keys of rows <= i and the old keys of the rows after it; with `spare`
+    the old ones are written to the storage's spare rows after the cache instead of a copy."""
     torch.manual_seed(0)
     b, hq, hkv, lk, d = 1, 4, 2, 20, 8
     pos = torch.tensor([5, 6, 7, 9])
@@ -28,9 +30,12 @@ def test_ordered_rows_attention_is_one_row_at_a_time():
     k, v = torch.randn(b, hkv, lk, d), torch.randn(b, hkv, lk, d)
     k_old, v_old = k[:, :, pos].clone(), v[:, :, pos].clone()
     k_new, v_new = torch.randn(b, hkv, len(pos), d), torch.randn(b, hkv, len(pos), d)
-    kc, vc = k.clone(), v.clone()
+    sk, sv = torch.full((b, hkv, lk + 6, d), float("nan")), torch.full((b, hkv, lk + 6, d), float("nan"))
+    kc, vc = sk[:, :, :lk], sv[:, :, :lk]
+    kc[:], vc[:] = k, v
     kc[:, :, pos], vc[:, :, pos] = k_new, v_new
-    out = ordered_rows_attention(q, kc, vc, pos, k_old, v_old)
+    out = ordered_rows_attention(q, kc, vc, pos, k_old, v_old, spare=(sk, sv) if spare else None)
+    assert not out.isnan().any()
     for i in range(len(pos)):
         ki, vi = k.clone(), v.clone()
         ki[:, :, pos[:i + 1]], vi[:, :, pos[:i + 1]] = k_new[:, :, :i + 1], v_new[:, :, :i + 1]
@@ -177,3 +182,18 @@ def test_engine_text_is_the_same_with_and_without_drafts(tmp_path):
         runs[draft] = outs
     assert [o.text for o in runs[4]] == [o.text for o in runs[0]]
     assert sum(o.forward_passes for o in runs[4]) < sum(o.forward_passes for o in runs[0])  # drafts held
+
+
+def test_a_prefill_cache_lends_its_spare_rows_to_the_check(mixed):
+    from engine.kv_cache import HEADROOM, KVCache
+    from engine.model import _spare_rows
+
+    model, segs = mixed[0], mixed[1]
+    ids = torch.tensor([[1] + segs[0] + segs[1]])
+    with torch.no_grad():
+        _, cache = model.prefill(ids)
+    sk, _ = _spare_rows(cache, 0, 4)
+    assert sk.shape[2] == ids.shape[1] + HEADROOM
+    assert _spare_rows(cache, 0, HEADROOM + 1) is None  # not enough room: the copy path
+    padded = KVCache.zeros(2, (1, 1, 8, 4), torch.float32, torch.device("cpu"), length=5)
+    assert _spare_rows(padded, 0, 2) is None  # no storage behind it
