@@ -278,7 +278,10 @@ def report(runs: list[Run], agree: dict[str, Any] | None) -> dict[str, Any]:
               f"{cells} {r.rss_open_mb or 0:>7.0f} {r.rss_mb or 0:>7.0f} {r.peak_rss_mb or 0:>7.0f}")
         out[r.mode] = {"pauses": pc, "all_pauses": every, "outcomes": r.outcomes, "server_stats": r.stats, "rss_mb": r.rss_mb,
                        "rss_open_mb": r.rss_open_mb, "peak_rss_mb": r.peak_rss_mb, "cold_first_answer_ms": r.cold_ms,
-                       "server_minus_engine_p50_ms": overhead}
+                       "server_minus_engine_p50_ms": overhead,
+                       # every answer at a pause, in replay order: what the tail is made of
+                       "each_pause": [{"ms": round(ms, 1), "single_line": one, "chars": len(text)}
+                                      for ms, one, text in zip(r.pauses_ms, r.single_line, r.suggestions)]}
     print("(n, p50, p95: answers at pauses where the server writes a single line (its `decide_mode`); "
           "server stages: p50 over the requests the engine answered, at pauses or not; server = "
           "the server's own time per request: total - engine - queue - debounce)")

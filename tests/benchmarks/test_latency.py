@@ -43,11 +43,14 @@ def test_fill_length_and_steps_are_pinned_only_for_random_weights():
 
 def test_single_line_targets_leave_block_fills_out(capsys):
     # a block fill on an empty line (5 s) is reported under every pause, not the single-line p95
-    on = _run("reuse", [100, 120, 140, 5000], total=150, engine=124, single=[True, True, True, False])
+    on = _run("reuse", [100, 120, 140, 5000], total=150, engine=124, single=[True, True, True, False],
+              suggestions=["x"] * 4)
     out = latency.report([on], None)
     assert out["reuse"]["pauses"]["n"] == 3 and out["reuse"]["pauses"]["max"] == 140
     assert out["reuse"]["all_pauses"]["max"] == 5000
     assert {c["name"]: c["pass"] for c in out["checks"]}["p95 at pauses"]
+    assert [p["single_line"] for p in out["reuse"]["each_pause"]] == [True, True, True, False]
+    assert out["reuse"]["each_pause"][3]["ms"] == 5000
     assert latency.single_line_at("def f(x):\n    return x\n", len("def f(x):\n    ret"))
     assert not latency.single_line_at("def f(x):\n    \n", len("def f(x):\n    "))  # empty line: a block
 
