@@ -27,7 +27,7 @@ from engine.healing import Healer
 from engine.model import Transformer, skeleton
 from engine.quantize import MIN_PARAMS, calibration_ids, int8_available, own_parameters_, quantize_int8
 from engine.reuse import ReusePolicy, Session
-from engine.runtime import ThreadTuner, mapped_allocations, release_freed_memory
+from engine.runtime import ResidentTrim, ThreadTuner, mapped_allocations, release_freed_memory
 from engine.samplers import CONFIDENCE
 from engine.tokenizer import Tokenizer
 from engine.types import ContextSegment, InfillRequest, InfillResult, SamplingConfig
@@ -147,6 +147,7 @@ class Engine:
         self._sessions_lock = threading.Lock()
         self.int8, self.params = False, model.num_params()
         self.threads: ThreadTuner | None = None  # per-request thread count from measured speed (CPU)
+        self.memory = ResidentTrim()  # hands a run's freed buffers back (`infill`)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         if cuda_graphs is None:
@@ -316,10 +317,10 @@ class Engine:
                        stop_ids=self._newline_ids() if req.single_line else None,
                        first=heal[1] if heal is not None else None, session=session, policy=self.reuse,
                        banned=self._banned, blank_ids=self._blank_ids())
-        if out.forward_passes and not out.reused_tokens:
-            # a prefill's transient buffers (~100-200 MB at 1k tokens) leave the heap fragmented:
-            # without this the process grew ~250 MB past its caches (~10 ms, once per prefill)
-            release_freed_memory()
+        # a prefill's transient buffers (~150 MB at 1k tokens) stay resident once freed, also
+        # when the prefill came after a reuse (a growth round, a failed plan): handed back when
+        # the process grew past its last low point (~10 ms when it did, ~20 us to check)
+        self.memory.settle(release_freed_memory, prefilled=bool(out.forward_passes and not out.reused_tokens))
         t2 = time.perf_counter()
         if threads is not None and out.forward_passes and not out.cancelled:
             self.threads.record(threads, (out.prefill_ms + out.steps_ms) / out.forward_passes)

@@ -63,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     # OpenMP reads its wait policy once, when torch loads it: idle threads must sleep, not spin
     # beside the editor (engine.runtime), so this comes before anything imports torch.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from engine.runtime import configure_threads
+    from engine.runtime import configure_threads, single_arena
 
+    # before the loading and engine threads exist: one malloc arena, whose free top malloc_trim
+    # can hand back (per-thread arenas kept theirs resident beside an open document's cache)
+    single_arena()
     configure_threads()
     # Syntax work and the engine's Python run on worker threads; the event loop waits for the
     # GIL up to one switch interval per hand-over (5 ms by default, several per request). At

@@ -156,3 +156,20 @@ def test_forget_drops_the_cache_and_hands_its_memory_back_once(causal_ckpt, monk
     eng.forget("never-seen")
     assert trims == [1]
     assert eng.infill(_req(TYPED[1], session="a")).reused_tokens == 0  # prefilled afresh
+
+
+def test_a_reusing_run_that_grew_the_process_hands_memory_back(causal_ckpt, monkeypatch):
+    """Trimming only after runs that reused nothing left a keystroke's growth prefill (~150 MB
+    at 1k tokens) resident; the engine now trims after any run past its slack, and only then."""
+    import engine.engine as engine_mod
+    from engine.runtime import ResidentTrim
+
+    trims = []
+    monkeypatch.setattr(engine_mod, "release_freed_memory", lambda: trims.append(1) or True)
+    eng = Engine.from_pretrained(causal_ckpt, device="cpu")
+    # resident sizes read at: construction, after run 1, after its trim, after run 2, after run 3, after its trim
+    sizes = iter([1000, 5000, 1100, 1150, 9000, 1200])
+    eng.memory = ResidentTrim(slack=100, resident=lambda: next(sizes))
+    assert eng.infill(_req(TYPED[0])).reused_tokens == 0 and trims == [1]
+    assert eng.infill(_req(TYPED[1])).reused_tokens > 0 and trims == [1]  # grew within the slack
+    assert eng.infill(_req(TYPED[2])).reused_tokens > 0 and trims == [1, 1]

@@ -1,0 +1,106 @@
+"""Process memory: one malloc arena, and freed buffers handed back after runs that grew the process."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from engine import runtime
+from engine.runtime import M_ARENA_MAX, ResidentTrim, resident_bytes, single_arena
+
+
+class _Readings:
+    """A resident-size reader that replays fixed values (bytes)."""
+
+    def __init__(self, *values: int | None) -> None:
+        self.values = list(values)
+
+    def __call__(self) -> int | None:
+        return self.values.pop(0)
+
+
+def test_a_run_that_grew_the_process_past_the_slack_is_trimmed_once():
+    trims = []
+    trim = ResidentTrim(slack=100, resident=_Readings(1000, 1050, 1300, 1020, 1090, 1130, 1040))
+    release = lambda: trims.append(1) or True  # noqa: E731
+    assert not trim.settle(release)  # 1050: within the slack of 1000
+    assert trim.settle(release) and trims == [1]  # 1300: trimmed; the new low is read after it (1020)
+    assert trim.low == 1020
+    assert not trim.settle(release)  # 1090 <= 1020 + 100
+    assert trim.settle(release) and trims == [1, 1]  # 1130 > 1120
+
+
+def test_the_low_point_follows_the_process_down():
+    """After memory went back elsewhere (a closed document), growth counts from the new low."""
+    trims = []
+    trim = ResidentTrim(slack=100, resident=_Readings(1000, 600, 750, 720))
+    release = lambda: trims.append(1) or True  # noqa: E731
+    assert not trim.settle(release) and trim.low == 600
+    assert trim.settle(release) and trims == [1] and trim.low == 720  # 750 > 600 + 100
+
+
+def test_without_a_resident_size_runs_that_prefilled_are_trimmed():
+    trims = []
+    trim = ResidentTrim(slack=100, resident=lambda: None)
+    release = lambda: trims.append(1) or True  # noqa: E731
+    assert not trim.settle(release, prefilled=False) and trims == []
+    assert trim.settle(release, prefilled=True) and trims == [1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_resident_bytes_sees_touched_memory():
+    before = resident_bytes()
+    block = torch.ones(64 << 18)  # 64 MB of float32, every page written
+    after = resident_bytes()
+    assert before is not None and after is not None and after - before >= 48 << 20
+    del block
+
+
+class _Libc:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append((param, value))
+        return 1
+
+
+@pytest.fixture
+def fake_libc(monkeypatch):
+    libc = _Libc()
+    monkeypatch.setattr(runtime, "_libc", lambda: libc)
+    single_arena.cache_clear()
+    yield libc
+    single_arena.cache_clear()
+
+
+def test_single_arena_is_set_once_per_process(fake_libc, monkeypatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert single_arena() and single_arena()
+    assert fake_libc.calls == [(M_ARENA_MAX, 1)]
+
+
+def test_single_arena_leaves_a_users_malloc_arena_max_alone(fake_libc, monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not single_arena() and fake_libc.calls == []
+
+
+def test_the_server_sets_one_arena_before_its_threads_start(monkeypatch):
+    """`lsp_server.__main__` applies it before anything else runs (here: a bad --model ends it
+    right after the process-wide settings)."""
+    import logging
+
+    import lsp_server.__main__ as entry
+
+    order = []
+    monkeypatch.setattr(runtime, "single_arena", lambda: order.append("arena") or True)
+    monkeypatch.setattr(runtime, "configure_threads", lambda threads=None: order.append("threads") or 1)
+    handlers, interval = logging.getLogger().handlers[:], sys.getswitchinterval()
+    try:
+        assert entry.main(["--model", "/no/such/dir"]) == 2
+    finally:
+        logging.getLogger().handlers[:] = handlers
+        sys.setswitchinterval(interval)
+    assert order == ["arena", "threads"]
