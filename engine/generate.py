@@ -241,6 +241,8 @@ class _Run:
             logits.masked_fill_(barred, float("-inf"))
         if self.blank is not None:
             self._bar_empty_end(logits, slots, masked, mpos)
+        if self.cfg.end_penalty:
+            self._penalize_ends(logits, mpos)
         tokens, conf = propose(logits, self.cfg.confidence, self.cfg.temperature, self.gen)
         if self.naive:
             group, thr, n_min = torch.zeros_like(mhole), float("inf"), [1]
@@ -272,6 +274,21 @@ class _Run:
                 window.append(i)
                 seen[h] += 1
         return window
+
+    def _penalize_ends(self, logits: torch.Tensor, mpos: torch.Tensor) -> None:
+        """`end_penalty`: lower the logits of every token that would end the fill at its slot (EOS
+        and pad; with single-line fills, the tokens holding a line break, and at hole 0's first
+        slot the ones its constraint says end there)."""
+        pen = self.cfg.end_penalty
+        logits[:, self.ends] -= pen
+        if self.stop is not None:
+            first = (mpos == self.pos[0])[:, None]  # (M, 1)
+            stop = self.stop[None, :] & ~first  # (M, V)
+            if self.first is not None and self.first.stop is not None:
+                stop = stop | (self.first.stop[None, :] & first)
+            elif self.first is None:
+                stop = self.stop[None, :].expand_as(logits)
+            logits.sub_(stop.to(logits.dtype) * pen)
 
     def _bar_empty_end(self, logits: torch.Tensor, slots: list[int], masked: list[int],
                        mpos: torch.Tensor) -> None:

@@ -73,6 +73,9 @@ class SamplingConfig:
             masks (a growth round). The number of masks between the head and the suffix tells a
             model trained with EOS padding how much is left to write; a fixed hole that empties
             as it is decoded tells it, falsely, that the line must end soon.
+        end_penalty: subtracted from the logits of every token that would end a fill at its slot
+            (EOS/pad; with single-line fills, tokens holding a line break): a prior against
+            endings the model proposes too early (`return` for `return 2`).
     """
 
     sampler: str = "fast"
@@ -96,6 +99,7 @@ class SamplingConfig:
     draft: int = 0
     loop_guard: int = 0
     lookahead: int = 0
+    end_penalty: float = 0.0
 
 
 @dataclass(frozen=True)
