@@ -285,6 +285,7 @@ class Engine:
                 session.cache = session.cache.to(self.dtype)
         if changed:
             release_freed_memory()
+            self.memory.released()
         return session
 
     def forget(self, session: str) -> None:
@@ -297,6 +298,7 @@ class Engine:
         del dropped  # the cache is freed here (a run still using the session holds it until it ends)
         if held:
             release_freed_memory()
+            self.memory.released()
 
     def infill(self, req: InfillRequest) -> InfillResult:
         """Fill every hole of the request. Raises InvalidRequestError on unusable settings."""

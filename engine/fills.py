@@ -22,18 +22,22 @@ def stop_at(fill: list[int], stop: set[int] | None, first_stop: set[int] | None)
     return None
 
 
+def ended(a: ModelArgs, fill: list[int], stop: set[int] | None, first_stop: set[int] | None) -> bool:
+    """Whether a fill has ended: EOS/pad, or a stop token (`first_stop` rules its first slot)."""
+    return a.eos_id in fill or a.pad_id in fill or stop_at(fill, stop, first_stop) is not None
+
+
 def grow(a: ModelArgs, holes: _Holes, cfg: SamplingConfig, max_new_tokens: int,
           stop: set[int] | None = None, first_stop: set[int] | None = None) -> bool:
     """Append masks to every hole that has not ended (EOS/pad or a stop token): `grow_tokens` to a
     full one, or with `cfg.lookahead` as many as bring it back to `lookahead` masks. True if any grew."""
     grew = False
     for h, fill in enumerate(holes.fills):
-        ended = (a.eos_id in fill or a.pad_id in fill
-                 or stop_at(fill, stop, first_stop if h == 0 else None) is not None)
+        done = ended(a, fill, stop, first_stop if h == 0 else None)
         room = max_new_tokens - len(fill)
         masks = fill.count(a.mask_id)
         want = cfg.lookahead - masks if cfg.lookahead else cfg.grow_tokens
-        if ended or room <= 0 or want <= 0:
+        if done or room <= 0 or want <= 0:
             continue
         n = min(want, room)
         fill.extend([a.mask_id] * n)
@@ -56,12 +60,13 @@ def strip(a: ModelArgs, fill: list[int], stop: set[int] | None = None,
 
 
 def short_of_masks(a: ModelArgs, slots: list[int], hole_of: list[int], n_holes: int, lookahead: int,
-                   max_new_tokens: int) -> bool:
-    """`lookahead`: some hole has not ended, has room to grow, and fewer than `lookahead // 2`
-    masks are left in it (so the decode should stop for a growth round)."""
+                   max_new_tokens: int, stop: set[int] | None = None, first_stop: set[int] | None = None) -> bool:
+    """`lookahead`: some hole has not ended (the same rule as `grow`'s), has room to grow, and
+    fewer than `lookahead // 2` masks are left in it (so the decode should stop for a growth
+    round, which then tops that hole up)."""
     for h in range(n_holes):
         fill = [t for t, hh in zip(slots, hole_of) if hh == h]
-        if a.eos_id in fill or a.pad_id in fill or len(fill) >= max_new_tokens:
+        if ended(a, fill, stop, first_stop if h == 0 else None) or len(fill) >= max_new_tokens:
             continue
         if fill.count(a.mask_id) < lookahead // 2:
             return True

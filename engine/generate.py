@@ -103,6 +103,9 @@ class _Run:
         self.shift = 1 if shifted else 0
         self.holes, self.segments, self.device = holes, segments, device
         self.out = GenOutput(fills=[])
+        # `lookahead`: whether the slots leave some hole short of masks (set by `generate`); the
+        # decode, speculative follow-through included, stops there for a growth round
+        self.short_of_masks: Callable[[list[int]], bool] = lambda slots: False
         self.naive = cfg.sampler == "naive"
         self.full_every_step = self.naive or cfg.refresh_every == 1
         # on the model's device: torch.multinomial needs the generator where the probabilities are
@@ -401,6 +404,9 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
     first_stop = None if first is None or first.stop is None else set(torch.nonzero(first.stop).flatten().tolist())
     policy = policy or ReusePolicy()
+    if cfg.lookahead:
+        run.short_of_masks = lambda slots: short_of_masks(a, slots, run.hole_host, n_holes, cfg.lookahead,
+                                                          max_new_tokens, stop, first_stop)
     spec = Speculator(run, cfg.draft) if applies(run) else None
     prior = None
     if session is not None and session.canvas is not None and session.cache is not None:
@@ -437,8 +443,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
                 slots, left = spec.follow(slots, left)
             if cfg.loop_guard:
                 slots, left = run.cut_loops(slots, left)
-            if cfg.lookahead and left and short_of_masks(a, slots, run.hole_host, n_holes, cfg.lookahead,
-                                                         max_new_tokens):
+            if left and run.short_of_masks(slots):
                 break
         run.out.steps_ms += (time.perf_counter() - t0) * 1e3
         run.read_fills()

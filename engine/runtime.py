@@ -192,3 +192,10 @@ class ResidentTrim:
         release()
         self.low = self.resident()
         return True
+
+    def released(self) -> None:
+        """Memory was handed back outside `settle` (a closed document, an evicted session): the
+        low point is where the process is now, so the next run's growth is measured from it."""
+        now = self.resident()
+        if now is not None:
+            self.low = now if self.low is None else min(self.low, now)

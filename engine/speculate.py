@@ -103,7 +103,7 @@ class Speculator:
         """After the commit that read the forward's first row: commit on through every row that
         turned out valid, then put back the keys/values of the rows that did not and draft the
         slots ahead. Returns the slots and masks left."""
-        while left and self._confirmed(slots):
+        while left and self._confirmed(slots) and not self.run.short_of_masks(slots):
             slots, left = self.run.commit(slots, left)
         self._settle(slots)
         if left:

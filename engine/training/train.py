@@ -34,7 +34,7 @@ def _weights(text: str) -> tuple[float, float, float]:
         w = tuple(float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected three numbers like 2,1,1, got {text!r}") from None
-    if len(w) != 3 or min(w) < 0 or sum(w) <= 0:
+    if len(w) != 3 or not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
         raise argparse.ArgumentTypeError(f"expected three weights >= 0, not all 0, got {text!r}")
     return w  # type: ignore[return-value]
 

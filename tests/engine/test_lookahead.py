@@ -4,6 +4,7 @@ by a hole emptying as it is decoded, that its line must end soon."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from engine.engine import Engine
 from engine.errors import InvalidRequestError
@@ -55,3 +56,26 @@ def test_lookahead_is_validated():
     with pytest.raises(InvalidRequestError, match="lookahead"):
         Engine._check_sampling(SamplingConfig(lookahead=-4))
     Engine._check_sampling(SamplingConfig(lookahead=16))
+
+
+class Graded(ScriptedModel):
+    """Token script(p) at canvas position p, sure (logit 20) at position 5 only, so the
+    threshold rule commits that slot first."""
+
+    def logits(self, h):
+        out = torch.zeros((h.shape[0], self.args.vocab_size))
+        for i, p in enumerate(h[:, 0].long().tolist()):
+            out[i, self.script(p)] = 20.0 if p == 5 else 1.0
+        return out
+
+
+def test_a_fill_ended_by_a_stop_token_is_decoded_to_its_end():
+    """A hole whose stop token (a line break) is committed first, at its last slot, has ended: the
+    decode must not leave for a growth round that grows nothing and drop the slots before it."""
+    stop = torch.zeros(A.vocab_size, dtype=torch.bool)
+    stop[7] = True
+    script = lambda p: 7 if p == 5 else 5  # noqa: E731  (slots at canvas positions 2..5)
+    for la in (0, 16):
+        out = _run(Graded(script), [[3], [9]], SamplingConfig(lookahead=la), hole_tokens=4, max_new_tokens=32,
+                   stop_ids=stop)
+        assert out.fills == [[5, 5, 5, 7]], la

@@ -41,6 +41,18 @@ def test_the_low_point_follows_the_process_down():
     assert trim.settle(release) and trims == [1] and trim.low == 720  # 750 > 600 + 100
 
 
+def test_a_hand_back_elsewhere_lowers_the_low_point_at_once():
+    """A closed document's cache handed back outside `settle`: the next run that leaves 60 of its
+    own freed bytes resident is measured from the new low and trimmed (not from the old one)."""
+    trims = []
+    trim = ResidentTrim(slack=50, resident=_Readings(1000, 940, 1000, 930))
+    release = lambda: trims.append(1) or True  # noqa: E731
+    trim.released()  # 940 after the close
+    assert trim.low == 940
+    assert trim.settle(release) and trims == [1]  # 1000 > 940 + 50
+    assert trim.low == 930
+
+
 def test_without_a_resident_size_runs_that_prefilled_are_trimmed():
     trims = []
     trim = ResidentTrim(slack=100, resident=lambda: None)

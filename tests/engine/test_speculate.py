@@ -197,3 +197,17 @@ def test_a_prefill_cache_lends_its_spare_rows_to_the_check(mixed):
     assert _spare_rows(cache, 0, HEADROOM + 1) is None  # not enough room: the copy path
     padded = KVCache.zeros(2, (1, 1, 8, 4), torch.float32, torch.device("cpu"), length=5)
     assert _spare_rows(padded, 0, 2) is None  # no storage behind it
+
+
+@pytest.mark.parametrize("lookahead", [8, 16])
+def test_drafts_keep_the_one_row_decode_with_lookahead(mixed, lookahead):
+    """The speculative follow-through stops where the one-row decode would stop for a top-up
+    (fewer than lookahead/2 masks ahead): the fill is the one-row decode's, in fewer forwards."""
+    from dataclasses import replace
+
+    model, segs = mixed[0], mixed[1]
+    cfg = replace(CFG, lookahead=lookahead)
+    one = generate(model, segs, cfg, True, hole_tokens=6, max_new_tokens=40)
+    spec = generate(model, segs, replace(cfg, draft=4), True, hole_tokens=6, max_new_tokens=40)
+    assert spec.fills == one.fills and len(one.fills[0]) > 20
+    assert spec.forward_passes < one.forward_passes

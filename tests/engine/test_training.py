@@ -56,7 +56,7 @@ def test_kind_weights_choose_the_shape_of_middles():
 
 def test_kind_weights_are_parsed_and_checked():
     assert parse(["--kind-weights", "2,1,1"]).kind_weights == (2.0, 1.0, 1.0)
-    for bad in ("1,1", "a,b,c", "0,0,0", "-1,1,1"):
+    for bad in ("1,1", "a,b,c", "0,0,0", "-1,1,1", "nan,1,1", "inf,1,1"):
         with pytest.raises(SystemExit):
             parse(["--kind-weights", bad])
 
