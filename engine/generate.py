@@ -279,18 +279,15 @@ class _Run:
         return window
 
     def _penalize_ends(self, logits: torch.Tensor, mpos: torch.Tensor) -> None:
-        """`end_penalty`: lower the logits of every token that would end the fill at its slot (EOS
-        and pad; with single-line fills, the tokens holding a line break, and at hole 0's first
-        slot the ones its constraint says end there)."""
+        """`end_penalty`: lower the logits of every token that would end the fill at its slot: EOS
+        and pad, and the stop tokens by `_end_fill`'s rule (with single-line fills, the tokens
+        holding a line break; hole 0's first slot has its own set when its constraint gives one)."""
         pen = self.cfg.end_penalty
         logits[:, self.ends] -= pen
         if self.stop is not None:
-            first = (mpos == self.pos[0])[:, None]  # (M, 1)
-            stop = self.stop[None, :] & ~first  # (M, V)
+            stop = self.stop[None, :]  # (1, V)
             if self.first is not None and self.first.stop is not None:
-                stop = stop | (self.first.stop[None, :] & first)
-            elif self.first is None:
-                stop = self.stop[None, :].expand_as(logits)
+                stop = torch.where((mpos == self.pos[0])[:, None], self.first.stop[None, :], stop)  # (M, V)
             logits.sub_(stop.to(logits.dtype) * pen)
 
     def _bar_empty_end(self, logits: torch.Tensor, slots: list[int], masked: list[int],
