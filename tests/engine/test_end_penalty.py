@@ -62,3 +62,40 @@ def test_end_penalty_is_validated():
         with pytest.raises(InvalidRequestError, match="end_penalty"):
             Engine._check_sampling(SamplingConfig(end_penalty=bad))
     Engine._check_sampling(SamplingConfig(end_penalty=1.5))
+
+
+class EndsFirst(ScriptedModel):
+    """At the first slot (canvas position 2) token 7 scores 1.0 and token 5 0.5; after it, token 5
+    until position 4, then EOS."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda p: 5)
+
+    def logits(self, h):
+        out = torch.full((h.shape[0], self.args.vocab_size), -20.0)
+        for i, p in enumerate(h[:, 0].long().tolist()):
+            if p == 2:
+                out[i, 7], out[i, 5] = 1.0, 0.5
+            elif p < 5:
+                out[i, 5] = 1.0
+            else:
+                out[i, A.eos_id] = 1.0
+        return out
+
+
+def test_the_first_slot_is_penalized_by_its_own_stop_rule():
+    """Token healing's first slot: its own stop set rules there (here: nothing stops, so token 7
+    is no ending and keeps its lead); without one, the general stop set does."""
+    from engine.generate import FirstSlot
+    from engine.types import SamplingConfig
+
+    stop = torch.zeros(A.vocab_size, dtype=torch.bool)
+    stop[7] = True
+    allowed = torch.ones(A.vocab_size, dtype=torch.bool)
+    cfg = SamplingConfig(end_penalty=1.0, **CFG)
+    own = _run(EndsFirst(), [[3], [9]], cfg, hole_tokens=6, max_new_tokens=6, stop_ids=stop,
+               first=FirstSlot(allowed, torch.zeros(A.vocab_size, dtype=torch.bool)))
+    assert own.fills == [[7, 5, 5]]
+    general = _run(EndsFirst(), [[3], [9]], cfg, hole_tokens=6, max_new_tokens=6, stop_ids=stop,
+                   first=FirstSlot(allowed, None))
+    assert general.fills == [[5, 5, 5]]
