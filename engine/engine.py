@@ -284,8 +284,7 @@ class Engine:
             if session.cache is not None and session.cache.dtype != self.dtype:
                 session.cache = session.cache.to(self.dtype)
         if changed:
-            release_freed_memory()
-            self.memory.released()
+            self.memory.hand_back(release_freed_memory)
         return session
 
     def forget(self, session: str) -> None:
@@ -297,8 +296,7 @@ class Engine:
         held = dropped is not None and dropped.cache is not None
         del dropped  # the cache is freed here (a run still using the session holds it until it ends)
         if held:
-            release_freed_memory()
-            self.memory.released()
+            self.memory.hand_back(release_freed_memory)
 
     def infill(self, req: InfillRequest) -> InfillResult:
         """Fill every hole of the request. Raises InvalidRequestError on unusable settings."""

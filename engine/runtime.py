@@ -193,9 +193,12 @@ class ResidentTrim:
         self.low = self.resident()
         return True
 
-    def released(self) -> None:
-        """Memory was handed back outside `settle` (a closed document, an evicted session): the
-        low point is where the process is now, so the next run's growth is measured from it."""
+    def hand_back(self, release: Callable[[], bool] = release_freed_memory) -> bool:
+        """Hand freed memory back now, outside a run (a closed document, idle caches narrowed):
+        the low point becomes where the process is after it, so the next run's growth is
+        measured from there. Returns what `release` did."""
+        done = release()
         now = self.resident()
         if now is not None:
             self.low = now if self.low is None else min(self.low, now)
+        return done

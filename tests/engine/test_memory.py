@@ -47,9 +47,9 @@ def test_a_hand_back_elsewhere_lowers_the_low_point_at_once():
     trims = []
     trim = ResidentTrim(slack=50, resident=_Readings(1000, 940, 1000, 930))
     release = lambda: trims.append(1) or True  # noqa: E731
-    trim.released()  # 940 after the close
+    assert trim.hand_back(release) and trims == [1]  # the close's hand-back: 940 after it
     assert trim.low == 940
-    assert trim.settle(release) and trims == [1]  # 1000 > 940 + 50
+    assert trim.settle(release) and trims == [1, 1]  # 1000 > 940 + 50
     assert trim.low == 930
 
 
