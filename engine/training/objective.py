@@ -53,6 +53,10 @@ class ObjectiveConfig:
     # FIM middles drawn as (one line, 2-8 lines, a random span) with these relative weights; equal
     # weights draw uniformly (the generator's stream is the same as before the option existed).
     kind_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Left-to-right holes: the loss weight of the first masked slot (the decode's frontier) relative
+    # to the other masked tokens. A `block=1` decode only ever reads the frontier's prediction; the
+    # slots behind it still teach the model to read the suffix. 1 leaves every masked token equal.
+    frontier_weight: float = 1.0
 
 
 def _newline_positions(seq: torch.Tensor, is_nl: torch.Tensor) -> list[int]:
@@ -111,6 +115,7 @@ def corrupt(batch: torch.Tensor, a: ModelArgs, is_nl: torch.Tensor, cfg: Objecti
     clean = batch.clone()
     region = torch.zeros(B, T, dtype=torch.bool)  # masked at random with rate t
     ltr = torch.zeros(B, T, dtype=torch.bool)  # masked outright: the unfilled end of a left-to-right decode
+    boost = torch.ones(B, T)  # relative loss weight per position (the frontier of left-to-right holes)
     for b in range(B):
         if float(torch.rand((), generator=g)) < cfg.fim_rate:
             k = max(1, cfg.holes_per_row)
@@ -121,6 +126,7 @@ def corrupt(batch: torch.Tensor, a: ModelArgs, is_nl: torch.Tensor, cfg: Objecti
                     # middle tokens already decoded; at least one slot (a token or the closing EOS) is left
                     done = int(torch.randint(0, min(m - s, e - s - 1) + 1, (1,), generator=g))
                     ltr[b, lo + s + done:lo + e] = True
+                    boost[b, lo + s + done] = cfg.frontier_weight
                 else:
                     region[b, lo + s:lo + e] = True
         elif cfg.region == "sequence":
@@ -138,10 +144,11 @@ def corrupt(batch: torch.Tensor, a: ModelArgs, is_nl: torch.Tensor, cfg: Objecti
     first = region.float().argmax(1)
     empty = ~mask.any(1)
     mask[empty, first[empty]] = True
+    scaled = mask.float() * boost
     if cfg.weighting == "elbo":
-        weight = mask.float() / t / region.sum(1, keepdim=True).clamp(min=1)
+        weight = scaled / t / region.sum(1, keepdim=True).clamp(min=1)
     elif cfg.weighting == "flat":
-        weight = mask.float() * (B / mask.sum())
+        weight = scaled * (B / scaled.sum())
     else:
         raise ValueError(f"unknown loss weighting {cfg.weighting!r} (elbo, flat)")
     noisy = torch.where(mask, torch.full_like(clean, a.mask_id), clean)

@@ -39,6 +39,16 @@ def _weights(text: str) -> tuple[float, float, float]:
     return w  # type: ignore[return-value]
 
 
+def _positive(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return x
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="dlsp train", description=__doc__)
     p.add_argument("--data", default="data/tokens", help="folder with train.bin, val.bin")
@@ -83,6 +93,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="FIM holes masked as a left-to-right decode leaves them (a decoded head, a masked tail)")
     p.add_argument("--kind-weights", type=_weights, default=(1.0, 1.0, 1.0),
                    help="FIM middles: relative weights of one line, 2-8 lines, a random span (e.g. 2,1,1)")
+    p.add_argument("--frontier-weight", type=_positive, default=1.0,
+                   help="left-to-right holes: loss weight of the first masked slot relative to the rest")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -159,7 +171,10 @@ class Trainer:
         self.lead = self.args.bos_id if self.args.bos_id is not None else self.args.eos_id
         self.obj = ObjectiveConfig(fim_rate=a.fim_rate, weighting=a.loss_weighting, region=a.region,
                                    holes_per_row=a.holes_per_row, max_pad=a.max_pad,
-                                   ltr_rate=a.ltr_rate, kind_weights=a.kind_weights)
+                                   ltr_rate=a.ltr_rate, kind_weights=a.kind_weights,
+                                   frontier_weight=a.frontier_weight)
+        # validation reads every masked token alike, so its loss compares across frontier weights
+        self.val_obj = replace(self.obj, frontier_weight=1.0)
         self.g = torch.Generator().manual_seed(a.seed * 1000 + self.rank)
         self.step, self.best_val, self.tokens_seen, self.train_seconds = 0, float("inf"), 0, 0.0
         self.prior = {"seconds": 0.0, "tokens": 0}  # training the warm start had before this run
@@ -241,7 +256,7 @@ class Trainer:
         g = torch.Generator().manual_seed(4321)  # the same corruption every evaluation
         total, ce15 = 0.0, 0.0
         for batch in self.val:
-            noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.obj, g)
+            noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.val_obj, g)
             total += float(self.loss_mod(noisy.to(self.device), clean.to(self.device), mask.to(self.device),
                                          w.to(self.device))[0])
             m15 = torch.rand(batch.shape, generator=g) < 0.15
@@ -275,7 +290,8 @@ class Trainer:
             meta["dlsp_training"].update(base="smollm2", causal_layers=self.a.causal_layers,
                                          lora_rank=self.a.lora_rank, open_steps=self.a.open_steps,
                                          holes_per_row=self.a.holes_per_row, max_pad=self.a.max_pad,
-                                         ltr_rate=self.a.ltr_rate, kind_weights=self.a.kind_weights)
+                                         ltr_rate=self.a.ltr_rate, kind_weights=self.a.kind_weights,
+                                         frontier_weight=self.a.frontier_weight)
             adapt.export(self.model, self.args, self.adapter, Path(self.a.export), Path(self.a.tokenizer), meta)
             return
         save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta,

@@ -96,6 +96,36 @@ def test_left_to_right_holes_mask_a_tail_of_each_middle():
     assert gaps > 2 * 16
 
 
+def test_frontier_weight_scales_the_first_masked_slot_of_left_to_right_holes():
+    """frontier_weight=4: in each left-to-right hole the first masked slot weighs 4x each other
+    masked slot, masks are unchanged, and the flat weights still sum to the batch size."""
+    is_nl = torch.zeros(50, dtype=torch.bool)
+    is_nl[10] = True
+    row = torch.tensor([2] + [5, 6, 10, 7, 8, 10, 9, 9, 10, 11, 12, 10, 13] * 5)
+    batch = row.repeat(8, 1)
+    base = ObjectiveConfig(fim_rate=1.0, ltr_rate=1.0, holes_per_row=2, max_pad=4)
+    _, _, mask1, w1 = corrupt(batch, A, is_nl, base, torch.Generator().manual_seed(5))
+    cfg = ObjectiveConfig(fim_rate=1.0, ltr_rate=1.0, holes_per_row=2, max_pad=4, frontier_weight=4.0)
+    _, _, mask4, w4 = corrupt(batch, A, is_nl, cfg, torch.Generator().manual_seed(5))
+    assert torch.equal(mask1, mask4)
+    assert float(w4.sum()) == pytest.approx(8.0)
+    for b in range(8):
+        for lo, hi in ((0, 33), (33, 66)):
+            pos = mask4[b, lo:hi].nonzero().flatten() + lo
+            first, rest = pos[0], pos[1:]
+            assert (w1[b, pos] == w1[b, first]).all()  # equal weights without the option
+            if len(rest):
+                assert float(w4[b, first]) == pytest.approx(4 * float(w4[b, rest[0]]))
+                assert (w4[b, rest] == w4[b, rest[0]]).all()
+
+
+def test_frontier_weight_is_parsed_and_checked():
+    assert parse(["--frontier-weight", "4"]).frontier_weight == 4.0
+    for bad in ("0", "-1", "nan", "inf", "x"):
+        with pytest.raises(SystemExit):
+            parse(["--frontier-weight", bad])
+
+
 def test_loss_weightings():
     g = torch.Generator().manual_seed(2)
     is_nl = torch.zeros(50, dtype=torch.bool)
