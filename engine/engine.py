@@ -229,11 +229,15 @@ class Engine:
         if cfg.factor is not None and (cfg.factor <= 0 or cfg.confidence not in ("max_prob", "margin")):
             raise InvalidRequestError("factor must be > 0 and needs confidence 'max_prob' or 'margin'")
 
-    def _segments(self, req: InfillRequest, session: Session | None) -> tuple[list[list[int]], int, Clipped]:
+    def _segments(self, req: InfillRequest, session: Session | None) -> tuple[list[list[int]], int, Clipped, str]:
         """Tokenize and clip once, in this model's tokens, within its positions: the cursor window
-        first, ranked context segments next, middles whole (`engine.clip.clip`)."""
+        first, ranked context segments next, middles whole (`engine.clip.clip`). Also returns the
+        end of the prefix left off the canvas for token healing (see `encode_before_word`)."""
         prefix_text = _clean(req.prefix)
-        prefix, starts = self.tokenizer.encode_offsets(prefix_text)
+        if req.token_healing:  # trailing whitespace as code after it has it; `rest` is healed
+            prefix, starts, rest = self.tokenizer.encode_before_word(prefix_text)
+        else:
+            (prefix, starts), rest = self.tokenizer.encode_offsets(prefix_text), ""
         suffix = self.tokenizer.encode(_clean(req.suffix))
         middles = [self.tokenizer.encode(_clean(m)) for m in req.middles]
         max_new = req.max_new_tokens
@@ -253,7 +257,7 @@ class Engine:
         if session is not None:
             session.anchor = prefix_text[out.window_start:out.window_start + ANCHOR_CHARS] or None
             session.pieces = frozenset(out.kept_ids)
-        return [out.prefix, *middles, out.suffix], max_new, out
+        return [out.prefix, *middles, out.suffix], max_new, out, rest
 
     def _piece(self, seg: ContextSegment) -> Piece | None:
         text = _clean(seg.text)
@@ -304,12 +308,17 @@ class Engine:
         self._check(req, cfg)
         t0 = time.perf_counter()
         session = self._session(req.session) if req.n_holes == 1 else None
-        segments, max_new, clipped = self._segments(req, session)
+        segments, max_new, clipped, rest = self._segments(req, session)
         t1 = time.perf_counter()
         hole_tokens = min(req.hole_tokens, max_new)
-        heal = self.healer().first_slot(segments[0][-1], req.single_line) \
-            if req.token_healing and segments[0] and max_new else None
-        if heal is not None:
+        heal, moved = None, False  # the constraint on the fill's start; whether a prefix token moved into the hole
+        if req.token_healing and max_new:
+            if rest:  # the prefix's last whitespace belongs to the first token after it
+                heal = self.healer().for_text(rest, req.single_line)
+            elif segments[0]:
+                heal = self.healer().first_slot(segments[0][-1], req.single_line)
+                moved = heal is not None
+        if moved:
             segments[0] = segments[0][:-1]
         threads = self.threads.pick() if self.threads is not None else None
         if threads is not None:
@@ -330,7 +339,7 @@ class Engine:
         generated = sum(map(len, out.fills))
         if heal is not None and out.fills[0]:
             texts[0] = texts[0][len(heal[0]):] if texts[0].startswith(heal[0]) else texts[0]
-            generated -= 1  # the healed slot restores context; it is not new text
+            generated -= moved  # a moved prefix token restores context; it is not new text
         if req.single_line:
             texts = [t.split("\n", 1)[0] for t in texts]
         t3 = time.perf_counter()
@@ -339,7 +348,7 @@ class Engine:
         return InfillResult(texts=tuple(texts), timings_ms=timings, forward_passes=out.forward_passes,
                             tokens_per_step=tuple(out.tokens_per_step),
                             generated_tokens=generated, cancelled=out.cancelled,
-                            context_tokens=(len(segments[0]) + (heal is not None), len(segments[-1])),
+                            context_tokens=(len(segments[0]) + moved, len(segments[-1])),
                             kept=clipped.kinds, reused_tokens=out.reused_tokens)
 
     def warm(self) -> None:

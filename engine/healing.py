@@ -44,7 +44,14 @@ class Healer:
         with a line break after that text). None when `last` is special or a partial UTF-8
         sequence."""
         text = self.texts[last] if 0 <= last < len(self.texts) else ""
-        if not text or "\ufffd" in text or last in self.special:
+        if last in self.special:
+            return None
+        return self.for_text(text, single_line)
+
+    def for_text(self, text: str, single_line: bool) -> tuple[str, FirstSlot] | None:
+        """The constraint on a fill that must start with `text` (the end of a prefix that is not
+        on the canvas), as `first_slot` gives it for a token's text."""
+        if not text or "\ufffd" in text:
             return None
         lo = bisect.bisect_left(self.sorted_texts, text)
         hi = bisect.bisect_left(self.sorted_texts, text + "\U0010ffff", lo)  # every string with this start

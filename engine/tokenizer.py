@@ -49,6 +49,21 @@ class Tokenizer:
         enc = self._encode(text)
         return enc.ids, [a for a, _ in enc.offsets]
 
+    def encode_before_word(self, text: str) -> tuple[list[int], list[int], str]:
+        """`encode_offsets` of `text` as it is tokenized when a word follows it, and the end of
+        `text` left out (the leading space such a word's token takes). Byte-level BPE splits a
+        run of whitespace by what follows it: `"\\n    "` alone is one token, but before code it
+        is `"\\n   "` + `" return"`, and `"\\n\\n"` before `def` is `"\\n"` + `"\\n"`. A model
+        trained on code only ever saw the second form. Text not ending in whitespace, or a
+        tokenizer that does not split that way, gives `encode_offsets(text)` and `""`."""
+        if not text or not text[-1].isspace():
+            return (*self.encode_offsets(text), "")
+        ids, starts = self.encode_offsets(text + "x")
+        rest = text[starts[-1]:] if len(ids) >= 2 and starts[-1] <= len(text) else "\ufffd"
+        if rest.strip() or self.decode([ids[-1]]) != rest + "x":  # not the word (and whitespace) alone
+            return (*self.encode_offsets(text), "")
+        return ids[:-1], starts[:-1], rest
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False) if ids else ""
 

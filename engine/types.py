@@ -151,7 +151,11 @@ class InfillRequest:
         token_healing: move the prefix's last token into the hole and let the model rewrite it
             (its first slot may only take tokens that start with that token's text), so that a
             cursor inside a word or after a line break does not leave the model at a token
-            boundary it never saw in training. The returned text starts after the prefix.
+            boundary it never saw in training. A prefix ending in whitespace is first tokenized
+            as code after it has it (`Tokenizer.encode_before_word`): after a new line's
+            indentation the canvas ends in the indentation less one space and the fill's first
+            token must start with that space (` return`); after a blank line it ends in two
+            one-newline tokens. The returned text starts after the prefix.
         should_stop: polled between denoising steps; True cancels the run.
     """
 

@@ -1,0 +1,106 @@
+"""Token healing at a prefix that ends in whitespace: the canvas holds the prefix as code after
+it would be tokenized, and the whitespace the next word's token takes becomes the fill's start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine.engine as engine_mod
+from engine.engine import Engine
+from engine.tokenizer import Tokenizer
+from engine.types import InfillRequest
+
+SHIPPED = Path(__file__).resolve().parents[2] / "engine" / "default_model" / "tokenizer.json"
+
+CASES = [  # (prefix, what the user goes on to write)
+    ("def f(x):\n    ", "return x"),  # the cursor after a new line's indentation
+    ("class A:\n    def g(self):\n        ", "pass"),
+    ("x = g(b[0])\n\n", "def h(b):"),  # column 0 after a blank line
+    ("import os\n", "import re"),
+    ("y = 1 ", "+ 2"),
+    ("s = 'a'\n\n    ", "# note"),
+]
+
+
+@pytest.fixture(scope="module")
+def smol() -> Tokenizer:
+    return Tokenizer.from_file(SHIPPED)
+
+
+@pytest.mark.parametrize("prefix,word", CASES)
+def test_the_prefix_is_tokenized_as_code_after_it_has_it(smol, prefix, word):
+    ids, starts, rest = smol.encode_before_word(prefix)
+    assert smol.decode(ids) + rest == prefix
+    whole = smol.encode(prefix + word)
+    assert whole[:len(ids)] == ids  # exactly the tokens the prefix has with the word after it
+    assert smol.decode([whole[len(ids)]]).startswith(rest)  # `rest` opens the next token
+    assert starts == [len(smol.decode(ids[:i])) for i in range(len(ids))]  # each token's offset in `prefix`
+
+
+def test_the_plain_tokenization_differs_where_it_matters(smol):
+    """Alone, a new line's indentation is one token that code never has after it: the old canvas."""
+    plain = smol.encode("def f(x):\n    ")
+    assert smol.decode([plain[-1]]) == "\n    "
+    assert smol.encode("def f(x):\n    return x")[len(plain) - 1:len(plain)] != plain[-1:]
+    ids, _, rest = smol.encode_before_word("def f(x):\n    ")
+    assert smol.decode([ids[-1]]) == "\n   " and rest == " "
+    ids, _, rest = smol.encode_before_word("x = g(b[0])\n\n")
+    assert [smol.decode([i]) for i in ids[-2:]] == ["\n", "\n"] and rest == ""
+
+
+@pytest.mark.parametrize("text", ["def f(x): return x", "a.ite", "", "x(\u00e9"])
+def test_text_not_ending_in_whitespace_is_tokenized_as_before(smol, text):
+    assert smol.encode_before_word(text) == (*smol.encode_offsets(text), "")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_ckpt):
+    return Engine.from_pretrained(tiny_ckpt, device="cpu")
+
+
+def _capture(monkeypatch):
+    seen = {}
+    real = engine_mod.generate
+
+    def spy(model, segments, cfg, shifted, **kw):
+        seen["segments"], seen["first"] = [list(s) for s in segments], kw.get("first")
+        return real(model, segments, cfg, shifted, **kw)
+
+    monkeypatch.setattr(engine_mod, "generate", spy)
+    return seen
+
+
+def test_the_fill_starts_with_the_whitespace_left_off_the_canvas(engine, monkeypatch):
+    tok = engine.tokenizer
+    prefix = "def add(a, b):\n    "
+    ids, _, rest = tok.encode_before_word(prefix)
+    assert rest == " "  # the test tokenizer splits whitespace like the shipped one
+    seen = _capture(monkeypatch)
+    res = engine.infill(InfillRequest(prefix=prefix, suffix="\n", hole_tokens=6, max_new_tokens=6))
+    assert seen["segments"][0][-len(ids):] == ids  # nothing moved off the canvas
+    texts = tok.token_texts()
+    allowed = torch.nonzero(seen["first"].allowed).flatten().tolist()
+    assert allowed and all(texts[i].startswith(" ") for i in allowed)
+    assert res.context_tokens[0] == len(seen["segments"][0])
+    # healing off: the prefix as it tokenizes alone, no constraint
+    plain = engine.infill(InfillRequest(prefix=prefix, suffix="\n", hole_tokens=6, max_new_tokens=6,
+                                        token_healing=False))
+    assert seen["first"] is None and seen["segments"][0][-1] == tok.encode(prefix)[-1]
+    assert plain.forward_passes >= 1
+
+
+def test_a_prefix_ending_in_a_line_break_still_moves_its_last_token(engine, monkeypatch):
+    tok = engine.tokenizer
+    prefix = "def add(a, b):\n    return a + b\n"
+    ids, _, rest = tok.encode_before_word(prefix)
+    assert rest == ""
+    seen = _capture(monkeypatch)
+    res = engine.infill(InfillRequest(prefix=prefix, suffix="\n", hole_tokens=6, max_new_tokens=6))
+    assert seen["segments"][0][-len(ids) + 1:] == ids[:-1]  # the last token moved into the hole
+    texts = tok.token_texts()
+    allowed = torch.nonzero(seen["first"].allowed).flatten().tolist()
+    assert all(texts[i].startswith(texts[ids[-1]]) for i in allowed)
+    assert res.context_tokens[0] == len(seen["segments"][0]) + 1
