@@ -226,6 +226,8 @@ class Engine:
             raise InvalidRequestError("lookahead must be 0 (off) or in 2..256")
         if not 0.0 <= cfg.end_penalty <= 20.0:  # also false for NaN
             raise InvalidRequestError("end_penalty must be in 0..20")
+        if not 0.0 <= cfg.end_mass <= 1.0:  # also false for NaN
+            raise InvalidRequestError("end_mass must be in 0..1")
         if cfg.factor is not None and (cfg.factor <= 0 or cfg.confidence not in ("max_prob", "margin")):
             raise InvalidRequestError("factor must be > 0 and needs confidence 'max_prob' or 'margin'")
 

@@ -245,7 +245,9 @@ class _Run:
         if self.blank is not None:
             self._bar_empty_end(logits, slots, masked, mpos)
         if self.cfg.end_penalty:
-            self._penalize_ends(logits, mpos)
+            logits.sub_(self._ending(mpos, logits.shape[1]).to(logits.dtype) * self.cfg.end_penalty)
+        if self.cfg.end_mass:
+            self._decide_ends(logits, mpos)
         tokens, conf = propose(logits, self.cfg.confidence, self.cfg.temperature, self.gen)
         if self.naive:
             group, thr, n_min = torch.zeros_like(mhole), float("inf"), [1]
@@ -278,17 +280,27 @@ class _Run:
                 seen[h] += 1
         return window
 
-    def _penalize_ends(self, logits: torch.Tensor, mpos: torch.Tensor) -> None:
-        """`end_penalty`: lower the logits of every token that would end the fill at its slot: EOS
-        and pad, and the stop tokens by `_end_fill`'s rule (with single-line fills, the tokens
-        holding a line break; hole 0's first slot has its own set when its constraint gives one)."""
-        pen = self.cfg.end_penalty
-        logits[:, self.ends] -= pen
+    def _ending(self, mpos: torch.Tensor, vocab: int) -> torch.Tensor:
+        """(M, V) bool: the tokens that would end the fill at each slot: EOS and pad, and the stop
+        tokens by `_end_fill`'s rule (with single-line fills, the tokens holding a line break;
+        hole 0's first slot has its own set when its constraint gives one)."""
+        ends = torch.zeros(1, vocab, dtype=torch.bool, device=self.device)
+        ends[0, self.ends] = True
         if self.stop is not None:
             stop = self.stop[None, :]  # (1, V)
             if self.first is not None and self.first.stop is not None:
                 stop = torch.where((mpos == self.pos[0])[:, None], self.first.stop[None, :], stop)  # (M, V)
-            logits.sub_(stop.to(logits.dtype) * pen)
+            ends = ends | stop
+        return ends.expand(mpos.shape[0], -1)
+
+    def _decide_ends(self, logits: torch.Tensor, mpos: torch.Tensor) -> None:
+        """`end_mass`: a slot ends the fill when the tokens that would end it hold at least that
+        much probability together, and only then; the token is the likeliest of the chosen kind."""
+        ends = self._ending(mpos, logits.shape[1])  # (M, V)
+        mass = (logits.softmax(-1) * ends).sum(-1, keepdim=True)  # (M, 1)
+        stop = mass >= self.cfg.end_mass
+        logits.masked_fill_(ends & ~stop, float("-inf"))
+        logits.masked_fill_(~ends & stop, float("-inf"))
 
     def _bar_empty_end(self, logits: torch.Tensor, slots: list[int], masked: list[int],
                        mpos: torch.Tensor) -> None:
