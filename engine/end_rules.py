@@ -1,0 +1,76 @@
+"""The logit and commit rules that decide where a fill ends, mixed into `engine.generate`'s run
+(they read its canvas, hole layout and stop sets): which tokens would end a fill at a slot,
+`end_mass`, `nonempty`, and EOS after an ending commit. Works on tensors on the model's device."""
+
+from __future__ import annotations
+
+import torch
+
+
+class EndRules:
+    """Methods of `engine.generate._Run` (its attributes: `a`, `cfg`, `device`, `canvas`, `pos`,
+    `hole_of`, `hole_host`, `holes`, `ends`, `stop`, `first`, `blank`, `blank_stop`,
+    `blank_first_stop`)."""
+
+    def _ending(self, mpos: torch.Tensor, vocab: int) -> torch.Tensor:
+        """(M, V) bool: the tokens that would end the fill at each slot: EOS and pad, and the stop
+        tokens by `_end_fill`'s rule (with single-line fills, the tokens holding a line break;
+        hole 0's first slot has its own set when its constraint gives one)."""
+        ends = torch.zeros(1, vocab, dtype=torch.bool, device=self.device)
+        ends[0, self.ends] = True
+        if self.stop is not None:
+            stop = self.stop[None, :]  # (1, V)
+            if self.first is not None and self.first.stop is not None:
+                stop = torch.where((mpos == self.pos[0])[:, None], self.first.stop[None, :], stop)  # (M, V)
+            ends = ends | stop
+        return ends.expand(mpos.shape[0], -1)
+
+    def _decide_ends(self, logits: torch.Tensor, mpos: torch.Tensor) -> None:
+        """`end_mass`: a slot ends the fill when the tokens that would end it hold at least that
+        much probability together, and only then; the token is the likeliest of the chosen kind."""
+        ends = self._ending(mpos, logits.shape[1])  # (M, V)
+        mass = (logits.softmax(-1) * ends).sum(-1, keepdim=True)  # (M, 1)
+        stop = mass >= self.cfg.end_mass
+        logits.masked_fill_(ends & ~stop, float("-inf"))
+        logits.masked_fill_(~ends & stop, float("-inf"))
+
+    def _bar_empty_end(self, logits: torch.Tensor, slots: list[int], masked: list[int],
+                       mpos: torch.Tensor) -> None:
+        """`nonempty`: rows of holes with no non-whitespace token committed yet may not end the
+        fill. The line-break ban is dropped on a row it would leave with no allowed token."""
+        n_holes = len(self.holes.fills)
+        content = [False] * n_holes
+        for i, t in enumerate(slots):
+            if t != self.a.mask_id and t not in self.blank:
+                content[self.hole_host[i]] = True
+        if all(content):
+            return
+        empty = torch.tensor([not content[self.hole_host[i]] for i in masked], device=self.device)[:, None]  # (M, 1)
+        logits[:, self.ends] = logits[:, self.ends].masked_fill(empty, float("-inf"))
+        if self.blank_stop is None:
+            return
+        stops = self.blank_stop[None, :]  # (1, V)
+        if self.blank_first_stop is not None:
+            stops = torch.where((mpos == self.pos[0])[:, None], self.blank_first_stop[None, :], stops)  # (M, V)
+        barred = logits.masked_fill(empty & stops, float("-inf"))
+        keep = torch.isfinite(barred).any(-1, keepdim=True)  # (M, 1)
+        logits.copy_(torch.where(keep, barred, logits))
+
+    def _end_fill(self, mpos: torch.Tensor, mhole: torch.Tensor, tokens: torch.Tensor, chosen: torch.Tensor) -> None:
+        """After an EOS/pad commit (with `eos_fill`) or a stop token, the rest of that hole is EOS
+        (the model was trained so: a FIM middle is followed by EOS pads). On the device: the
+        first ending commit of each hole, then every masked slot after it."""
+        ends = torch.zeros_like(chosen)
+        if self.cfg.eos_fill:
+            ends |= (tokens == self.a.eos_id) | (tokens == self.a.pad_id)
+        if self.stop is not None:
+            stop_here = self.stop[tokens]
+            if self.first is not None and self.first.stop is not None:  # the first slot has its own rule
+                stop_here = torch.where(mpos == self.pos[0], self.first.stop[tokens], stop_here)
+            ends |= stop_here
+        never = self.canvas.shape[1]
+        first = torch.full((len(self.holes.fills),), never, device=self.device).scatter_reduce(
+            0, mhole, torch.where(ends & chosen, mpos, never), "amin")  # (H,)
+        row = self.canvas[0, self.pos]  # (P,)
+        tail = (self.pos > first[self.hole_of]) & (row == self.a.mask_id)
+        self.canvas[0, self.pos] = torch.where(tail, self.a.eos_id, row)
