@@ -32,6 +32,7 @@ import torch
 from engine.engine import DEFAULT_MODEL_DIR, Engine
 from engine.engine import SAMPLERS as ENGINE_SAMPLERS
 from engine.evaluation.metrics import Outcome, aggregate, score
+from engine.evaluation.paired import floor_checks, lines
 from engine.evaluation.tasks import KINDS, FimTask, load_documents, make_tasks
 from engine.model import Transformer
 from engine.types import InfillRequest, SamplingConfig, parse_sampling
@@ -292,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "best_heuristic": best_heuristic(results),
         "bar": bar_check(results),
+        "versus_floor": floor_checks(outcomes),
         "outcomes": [o.__dict__ for o in outcomes],
     }
     print(table(results))
@@ -299,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, c in bar["checks"].items():
         print(f"bar [{bar['rule']}] {name}: EM {c['exact_match']:.3f} vs {c['bar']:.3f} -> "
               f"{'PASS' if c['pass'] else 'FAIL'}")
+    for row in lines(report["versus_floor"]):
+        print(row)
     if a.out:
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
