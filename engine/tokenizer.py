@@ -53,14 +53,19 @@ class Tokenizer:
         """`encode_offsets` of `text` as it is tokenized when a word follows it, and the end of
         `text` left out (the leading space such a word's token takes). Byte-level BPE splits a
         run of whitespace by what follows it: `"\\n    "` alone is one token, but before code it
-        is `"\\n   "` + `" return"`, and `"\\n\\n"` before `def` is `"\\n"` + `"\\n"`. A model
-        trained on code only ever saw the second form. Text not ending in whitespace, or a
-        tokenizer that does not split that way, gives `encode_offsets(text)` and `""`."""
+        is `"\\n   "` + `" return"`: a model trained on code only ever saw the second form. Text
+        whose end the next word's token does not take (not ending in whitespace, ending in a line
+        break), or a tokenizer that does not split that way, gives `encode_offsets(text)`, `""`."""
         if not text or not text[-1].isspace():
             return (*self.encode_offsets(text), "")
         ids, starts = self.encode_offsets(text + "x")
         rest = text[starts[-1]:] if len(ids) >= 2 and starts[-1] <= len(text) else "\ufffd"
-        if rest.strip() or self.decode([ids[-1]]) != rest + "x":  # not the word (and whitespace) alone
+        if not rest or rest.strip() or self.decode([ids[-1]]) != rest + "x":
+            # the word takes no whitespace (or is not a token of its own): the plain tokens. After
+            # a blank line the word-boundary form ("\\n", "\\n") would leave an indented line to
+            # the split "\\n" + "\\n   ", which code never has ("\\n\\n   " + " def"): measured,
+            # fills moved to column 0 (`class ...` for a method); healing the "\\n\\n" token
+            # keeps the indented form and leaves column 0 to a rarer non-canonical split
             return (*self.encode_offsets(text), "")
         return ids[:-1], starts[:-1], rest
 

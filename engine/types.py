@@ -160,8 +160,8 @@ class InfillRequest:
             boundary it never saw in training. A prefix ending in whitespace is first tokenized
             as code after it has it (`Tokenizer.encode_before_word`): after a new line's
             indentation the canvas ends in the indentation less one space and the fill's first
-            token must start with that space (` return`); after a blank line it ends in two
-            one-newline tokens. The returned text starts after the prefix.
+            token must start with that space (` return`). The returned text starts after the
+            prefix.
         should_stop: polled between denoising steps; True cancels the run.
     """
 
