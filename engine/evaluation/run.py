@@ -33,7 +33,7 @@ from engine.engine import DEFAULT_MODEL_DIR, Engine
 from engine.engine import SAMPLERS as ENGINE_SAMPLERS
 from engine.evaluation.metrics import Outcome, aggregate, score
 from engine.evaluation.paired import floor_checks, lines
-from engine.evaluation.tasks import KINDS, FimTask, load_documents, make_tasks
+from engine.evaluation.tasks import KINDS, FimTask, after_indent, load_documents, make_tasks
 from engine.model import Transformer
 from engine.types import InfillRequest, SamplingConfig, parse_sampling
 
@@ -67,6 +67,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--int8", choices=("auto", "on", "off"), default="auto",
                    help="int8 matmuls on CPU for the model and the base_ar floor alike (auto: as the engine decides)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--cursor", default="line_start", choices=["line_start", "after_indent"],
+                   help="where the cursor sits in a task: at its line's start (the middle holds the "
+                        "indentation), or after the indentation, as on a new line an editor indented")
     return p.parse_args(argv)
 
 
@@ -269,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dlsp eval: --kinds takes a comma list of {', '.join(KINDS)}", file=sys.stderr)
         return 2
     tasks = make_tasks(load_documents(corpus), a.n_per_kind, a.seed, kinds=kinds, balance=a.balance)
+    if a.cursor == "after_indent":
+        tasks = [after_indent(t) for t in tasks]
     if not tasks:
         print(f"dlsp eval: no usable files in {corpus} (all too short)", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 KINDS = ("single_line", "multi_line", "span")
@@ -179,6 +179,14 @@ def _window(doc: Document, start: int, end: int, cfg: TaskConfig) -> tuple[str, 
         nl = text.rfind("\n", end, hi)
         hi = nl if nl >= 0 else hi
     return text[lo:start], text[start:end], text[end:hi]
+
+
+def after_indent(task: FimTask) -> FimTask:
+    """The task with the cursor after its first line's indentation, where an editor puts it on a
+    new line: the indentation moves from the middle to the end of the prefix."""
+    body = task.middle.lstrip(" \t")
+    lead = task.middle[:len(task.middle) - len(body)]
+    return replace(task, prefix=task.prefix + lead, middle=body) if lead and body else task
 
 
 def make_tasks(docs: Iterable[Document], n_per_kind: int, seed: int = 0, kinds: Iterable[str] = KINDS,

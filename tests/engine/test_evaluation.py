@@ -227,6 +227,40 @@ def test_kinds_option_draws_only_those_kinds(tiny_ckpt, corpus, tmp_path, capsys
     assert "--kinds" in capsys.readouterr().err
 
 
+def test_after_indent_moves_the_indentation_into_the_prefix():
+    from engine.evaluation.tasks import after_indent
+
+    t = FimTask("t", "single_line", "def f(x):\n", "    return x", "\n", "s")
+    moved = after_indent(t)
+    assert moved.prefix == "def f(x):\n    " and moved.middle == "return x" and moved.suffix == "\n"
+    assert moved.prefix + moved.middle == t.prefix + t.middle
+    for same in (FimTask("u", "single_line", "a\n", "x = 1", "\n", "s"),  # nothing to move
+                 FimTask("v", "single_line", "a\n", "    ", "\n", "s")):  # a blank line stays whole
+        assert after_indent(same) == same
+
+
+def test_cursor_option_evaluates_from_after_the_indentation(tiny_ckpt, corpus, tmp_path, monkeypatch):
+    seen = []
+
+    def spy(tasks, systems, limit_seconds=None):
+        seen.extend(tasks)
+        return [], False
+
+    out = tmp_path / "eval.json"
+    args = ["--model", str(tiny_ckpt), "--corpus", str(corpus), "--kinds", "single_line", "--n-per-kind", "4",
+            "--samplers", "", "--baselines", "", "--out", str(out)]
+    monkeypatch.setattr(run, "evaluate", spy)
+    assert run.main(args) == 0
+    plain = list(seen)
+    seen.clear()
+    assert run.main(args + ["--cursor", "after_indent"]) == 0
+    assert [t.prefix + t.middle for t in seen] == [t.prefix + t.middle for t in plain]
+    indented = [i for i, t in enumerate(plain) if t.middle[:1] in (" ", "\t") and t.middle.strip()]
+    assert indented  # the corpus has indented lines
+    for i in indented:
+        assert seen[i].prefix.endswith(plain[i].middle[:1]) and not seen[i].middle[:1].isspace()
+
+
 def test_sampler_specs_become_separate_systems(tiny_ckpt, corpus, tmp_path, capsys):
     out = tmp_path / "eval.json"
     rc = run.main(["--model", str(tiny_ckpt), "--corpus", str(corpus), "--n-per-kind", "1", "--max-new-tokens", "8",
