@@ -27,10 +27,15 @@ def _indent(line: str) -> int:
 
 
 def fit_first_line(text: str, ctx: Context) -> str:
-    """The cursor already sits after the line's indentation: drop indentation the model repeats."""
+    """The cursor already sits after the line's indentation: drop indentation the model repeats.
+    At column 0, a first line indented by one lone space (in a document that does not indent by
+    one space) loses it: after a blank line the prefix ends in a two-newline token, which code
+    has only before indentation, and byte-level BPE models go on with a space-led word (` def`)."""
     if ctx.line_before and not ctx.line_before.strip():
         first, nl, rest = text.partition("\n")
         return first.lstrip(" \t") + nl + rest
+    if not ctx.line_before and ctx.indent_unit != " " and text[:1] == " " and text[1:2].strip():
+        return text[1:]
     return text
 
 
