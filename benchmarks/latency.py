@@ -6,7 +6,7 @@ completion request, the previous request cancelled if it is still pending. At a 
 end, a space, punctuation: a chunk followed by >= `--pause` seconds) the client waits for the
 answer, as a user looking at the screen does; those answers are what is measured (p50/p95 of the
 client-side latency, over the pauses where the server writes a single line by its own rule,
-`decide_mode`; block fills at empty lines, up to `maxTokens` long, are reported apart). The same replay runs against a second server with reuse across keystrokes
+`decide_mode`; block fills at empty lines that start or end a block, up to `maxTokens` long, are reported apart). The same replay runs against a second server with reuse across keystrokes
 off (DLSP_REUSE=0): the baseline. Also reported: the server's per-stage timings (`dlsp/stats`),
 server time over the engine's own time, the server's peak RSS, and (`--agreement N`) the engine
 in this process against the server on the same N cold tasks (`benchmarks/engine_speed.py`'s
@@ -112,7 +112,8 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float | None:
 
 def single_line_at(text: str, cursor: int) -> bool:
     """Whether the server answers with a single-line fill here (its own rule: `decide_mode`);
-    on an empty line it writes a block, which is not what the single-line targets are about."""
+    on an empty line where a block starts or ends it writes a block, which is not what the
+    single-line targets are about."""
     from lsp_server.context import SINGLE_LINE, decide_mode
     from lsp_server.languages import spec_for
     from lsp_server.syntax import Syntax
@@ -287,7 +288,7 @@ def report(runs: list[Run], agree: dict[str, Any] | None) -> dict[str, Any]:
           "the server's own time per request: total - engine - queue - debounce)")
     for r in runs:
         every = out[r.mode]["all_pauses"]
-        print(f"  {r.mode}: every pause (block fills on empty lines too): n {every.get('n', 0)}, "
+        print(f"  {r.mode}: every pause (block fills too): n {every.get('n', 0)}, "
               f"p50 {every.get('p50', 0):.1f} ms, p95 {every.get('p95', 0):.1f} ms")
     checks = []
     on = out.get("reuse", {}).get("pauses", {})

@@ -147,7 +147,21 @@ def decide_mode(text: str, cursor: int, spec: LangSpec | None, syntax: Syntax | 
     if opener and header.endswith(opener) and _bracket_depth(header[:-1]) <= 0 and brackets(header)[1] is None:
         if syntax is None or not syntax.in_comment_or_string(end - 1):
             return "body"
-    return "block" if not before.strip() else "line"
+    if before.strip():
+        return "line"
+    # an empty line with code after it at the block's indentation (not a dedent, not the end of
+    # the file) is a gap in a block: one line, as Copilot asks for a block only where one starts
+    below = line_end(text, cursor)
+    nxt = next((ln for ln in text[below:below + 2000].split("\n") if ln.strip()), None)
+    if nxt is not None and _width(nxt) >= _width(header) and not set(nxt.strip()) <= CLOSERS:
+        return "line"
+    return "block"
+
+
+def _width(line: str) -> int:
+    """Indentation of a line in columns (tabs as 4)."""
+    expanded = line.expandtabs(4)
+    return len(expanded) - len(expanded.lstrip())
 
 
 def outline_spans(text: str, cursor: int, syntax: Syntax | None, spec: LangSpec | None) -> list[tuple[int, int, int]]:
