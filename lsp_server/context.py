@@ -143,19 +143,21 @@ def decide_mode(text: str, cursor: int, spec: LangSpec | None, syntax: Syntax | 
         prev = text[max(0, ls - 2000):ls].rstrip()
         header = prev[prev.rfind("\n") + 1:]
         end = ls - (len(text[max(0, ls - 2000):ls]) - len(prev))
+    # the next non-blank line after the cursor's: an empty line with code after it at the
+    # block's indentation (not a dedent, not a closer, not the end of the file) is a gap in a
+    # block and gets one line, as Copilot asks for a block only where one starts
+    below = line_end(text, cursor)
+    nxt = next((ln for ln in text[below:below + 2000].split("\n") if ln.strip()), None)
+    code_after = nxt is not None and not set(nxt.strip()) <= CLOSERS
     opener = spec.opener if spec else None
     if opener and header.endswith(opener) and _bracket_depth(header[:-1]) <= 0 and brackets(header)[1] is None:
         if syntax is None or not syntax.in_comment_or_string(end - 1):
-            return "body"
+            # a header whose block already has code below the cursor: a gap at the block's start
+            inside = not before.strip() and code_after and _width(nxt) > _width(header)
+            return "line" if inside else "body"
     if before.strip():
         return "line"
-    # an empty line with code after it at the block's indentation (not a dedent, not the end of
-    # the file) is a gap in a block: one line, as Copilot asks for a block only where one starts
-    below = line_end(text, cursor)
-    nxt = next((ln for ln in text[below:below + 2000].split("\n") if ln.strip()), None)
-    if nxt is not None and _width(nxt) >= _width(header) and not set(nxt.strip()) <= CLOSERS:
-        return "line"
-    return "block"
+    return "line" if code_after and _width(nxt) >= _width(header) else "block"
 
 
 def _width(line: str) -> int:

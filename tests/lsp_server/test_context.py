@@ -56,6 +56,8 @@ def test_small_file_is_kept_whole():
     ("python", "def f(x):\n    <C>", "body"),
     ("python", "if x:\n    y = 1\n    <C>", "block"),
     ("python", "def f(x):\n    a = 1\n    <C>\n    return a\n", "line"),  # a gap in a block
+    ("python", "def f(x):\n    <C>\n    return x\n", "line"),  # a gap at the start of a block
+    ("python", "def f(x):\n    <C>\n\ndef g():\n    pass\n", "body"),  # an empty block
     ("python", "def f(x):\n    a = 1\n<C>\n    return a\n", "line"),
     ("python", "def f(x):\n    a = 1\n\n<C>\n\ndef g():\n    pass\n", "block"),  # the code after dedents
     ("python", "class A:\n    def f(self):\n        pass\n\n    <C>\n\n    def g(self):\n", "block"),
