@@ -56,18 +56,24 @@ class Tokenizer:
         is `"\\n   "` + `" return"`: a model trained on code only ever saw the second form. Text
         whose end the next word's token does not take (not ending in whitespace, ending in a line
         break), or a tokenizer that does not split that way, gives `encode_offsets(text)`, `""`."""
+        ids, starts = self.encode_offsets(text)
         if not text or not text[-1].isspace():
-            return (*self.encode_offsets(text), "")
-        ids, starts = self.encode_offsets(text + "x")
-        rest = text[starts[-1]:] if len(ids) >= 2 and starts[-1] <= len(text) else "\ufffd"
-        if not rest or rest.strip() or self.decode([ids[-1]]) != rest + "x":
+            return ids, starts, ""
+        # only the trailing whitespace run is tokenized again, with a word after it: the tokens
+        # before the run do not depend on what follows it
+        k = next((i for i, s in enumerate(starts) if s >= len(text.rstrip())), len(ids))
+        if k == len(ids):
+            return ids, starts, ""
+        t_ids, t_starts = self.encode_offsets(text[starts[k]:] + "x")
+        rest = text[starts[k] + t_starts[-1]:] if t_starts and starts[k] + t_starts[-1] <= len(text) else "\ufffd"
+        if not rest or rest.strip() or self.decode([t_ids[-1]]) != rest + "x":
             # the word takes no whitespace (or is not a token of its own): the plain tokens. After
             # a blank line the word-boundary form ("\\n", "\\n") would leave an indented line to
             # the split "\\n" + "\\n   ", which code never has ("\\n\\n   " + " def"): measured,
             # fills moved to column 0 (`class ...` for a method); healing the "\\n\\n" token
             # keeps the indented form and leaves column 0 to a rarer non-canonical split
-            return (*self.encode_offsets(text), "")
-        return ids[:-1], starts[:-1], rest
+            return ids, starts, ""
+        return ids[:k] + t_ids[:-1], starts[:k] + [starts[k] + s for s in t_starts[:-1]], rest
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False) if ids else ""

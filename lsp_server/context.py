@@ -153,14 +153,14 @@ def decide_mode(text: str, cursor: int, spec: LangSpec | None, syntax: Syntax | 
     if opener and header.endswith(opener) and _bracket_depth(header[:-1]) <= 0 and brackets(header)[1] is None:
         if syntax is None or not syntax.in_comment_or_string(end - 1):
             # a header whose block already has code below the cursor: a gap at the block's start
-            inside = not before.strip() and code_after and _width(nxt) > _width(header)
+            inside = not before.strip() and code_after and indent_width(nxt) > indent_width(header)
             return "line" if inside else "body"
     if before.strip():
         return "line"
-    return "line" if code_after and _width(nxt) >= _width(header) else "block"
+    return "line" if code_after and indent_width(nxt) >= indent_width(header) else "block"
 
 
-def _width(line: str) -> int:
+def indent_width(line: str) -> int:
     """Indentation of a line in columns (tabs as 4)."""
     expanded = line.expandtabs(4)
     return len(expanded) - len(expanded.lstrip())

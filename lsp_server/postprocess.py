@@ -4,7 +4,7 @@ fitted to the cursor and the document. Pure string functions of (fill, `Context`
 
 from __future__ import annotations
 
-from lsp_server.context import OPENERS, PAIRS, Context, brackets
+from lsp_server.context import OPENERS, PAIRS, Context, brackets, indent_width
 
 MAX_LINES = 40
 
@@ -19,11 +19,6 @@ def postprocess(text: str, ctx: Context) -> str:
     text = fit_indent(text, ctx)
     text = text.rstrip()
     return text if text.strip() else ""
-
-
-def _indent(line: str) -> int:
-    s = line.expandtabs(4)
-    return len(s) - len(s.lstrip())
 
 
 def fit_first_line(text: str, ctx: Context) -> str:
@@ -42,12 +37,12 @@ def fit_first_line(text: str, ctx: Context) -> str:
 def _block_indent(ctx: Context) -> int:
     """Lines of a multi-line fill must stay indented at least this much (else the block ended)."""
     if ctx.mode == "block":
-        return _indent(ctx.line_before) if not ctx.line_before.strip() else 0
+        return indent_width(ctx.line_before) if not ctx.line_before.strip() else 0
     header = ctx.line_before
     if not header.strip():  # cursor on an empty line below the header
         lines = [ln for ln in ctx.prefix[:len(ctx.prefix) - len(ctx.line_before)].split("\n") if ln.strip()]
         header = lines[-1] if lines else ""
-    return _indent(header) + 1
+    return indent_width(header) + 1
 
 
 def stop(text: str, ctx: Context) -> str:
@@ -60,7 +55,7 @@ def stop(text: str, ctx: Context) -> str:
     out: list[str] = []
     blank = 0
     for i, line in enumerate(lines[:MAX_LINES]):
-        if i > 0 and line.strip() and _indent(line) < floor:
+        if i > 0 and line.strip() and indent_width(line) < floor:
             break
         blank = blank + 1 if not line.strip() else 0
         if blank >= 2:
