@@ -25,6 +25,7 @@ from engine.errors import CheckpointError, InvalidRequestError
 from engine.generate import generate
 from engine.healing import Healer
 from engine.model import Transformer, skeleton
+from engine.ngram import NgramDrafts, load_drafts
 from engine.quantize import MIN_PARAMS, calibration_ids, int8_available, own_parameters_, quantize_int8
 from engine.reuse import ReusePolicy, Session
 from engine.runtime import ResidentTrim, ThreadTuner, mapped_allocations, release_freed_memory
@@ -139,6 +140,7 @@ class Engine:
         self._banned = [i for i in tokenizer.added_special_ids()
                         if i < self.args.vocab_size and i not in (self.args.eos_id, self.args.pad_id)]
         self._healer: Healer | None = None
+        self.drafts: NgramDrafts | None = None  # speculative drafts (`engine.ngram`), from the checkpoint
         if reuse is None:  # auto: reuse when some layers are causal (their prefix keys/values stay exact)
             env = os.environ.get("DLSP_REUSE", "auto")
             reuse = ReusePolicy(enabled=env == "1" or (env != "0" and model.args.causal_layers > 0))
@@ -190,6 +192,7 @@ class Engine:
         engine = cls(model, tokenizer, name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
         engine.int8, engine.params = bool(int8), params
         engine.adapted_from_base = adapted
+        engine.drafts = load_drafts(ckpt)
         return engine
 
     def count_tokens(self, text: str) -> int:
@@ -228,6 +231,8 @@ class Engine:
             raise InvalidRequestError("end_penalty must be in 0..20")
         if not 0.0 <= cfg.end_mass <= 1.0:  # also false for NaN
             raise InvalidRequestError("end_mass must be in 0..1")
+        if not 0 <= cfg.close_brackets <= 256:
+            raise InvalidRequestError("close_brackets must be in 0..256 (0 = off)")
         if cfg.factor is not None and (cfg.factor <= 0 or cfg.confidence not in ("max_prob", "margin")):
             raise InvalidRequestError("factor must be > 0 and needs confidence 'max_prob' or 'margin'")
 
@@ -329,7 +334,8 @@ class Engine:
                        max_new_tokens=max_new, should_stop=req.should_stop, graphs=self.graphs,
                        stop_ids=self._newline_ids() if req.single_line else None,
                        first=heal[1] if heal is not None else None, session=session, policy=self.reuse,
-                       banned=self._banned, blank_ids=self._blank_ids())
+                       banned=self._banned, blank_ids=self._blank_ids(), drafts=self.drafts,
+                       texts=self.healer().texts if req.single_line and cfg.close_brackets else None)
         # a prefill's transient buffers (~150 MB at 1k tokens) stay resident once freed, also
         # when the prefill came after a reuse (a growth round, a failed plan): handed back when
         # the process grew past its last low point (~10 ms when it did, ~20 us to check)

@@ -28,6 +28,7 @@ from engine.fills import short_of_masks
 from engine.fills import strip as _strip
 from engine.kv_cache import KVCache, splice_in_place
 from engine.model import Transformer
+from engine.ngram import NgramDrafts
 from engine.reuse import ReusePolicy, Session, plan
 from engine.samplers import (
     commit_rows,
@@ -51,10 +52,12 @@ class FirstSlot:
         allowed: (V,) bool, the tokens the slot may take.
         stop: (V,) bool, which of them end the fill (replaces `stop_ids` for this slot: the text the
             token shares with the prefix does not count); None = the same as elsewhere.
+        lead: the text the slot's token starts with, which is the prefix's (not the fill's).
     """
 
     allowed: torch.Tensor
     stop: torch.Tensor | None = None
+    lead: str = ""
 
 
 @dataclass
@@ -100,9 +103,10 @@ class _Run(EndRules):
         self.model, self.a, self.cfg, self.graphs = model, model.args, cfg, graphs
         self.stop = None if stop_ids is None else stop_ids.to(device)
         self.first = None if first is None else FirstSlot(
-            first.allowed.to(device), None if first.stop is None else first.stop.to(device))
+            first.allowed.to(device), None if first.stop is None else first.stop.to(device), first.lead)
         self.shift = 1 if shifted else 0
         self.holes, self.segments, self.device = holes, segments, device
+        self.texts: list[str] | None = None  # token texts (`close_brackets`), set by `generate`
         self.out = GenOutput(fills=[])
         # `lookahead`: whether the slots leave some hole short of masks (set by `generate`); the
         # decode, speculative follow-through included, stops there for a growth round
@@ -245,6 +249,8 @@ class _Run(EndRules):
             logits.masked_fill_(barred, float("-inf"))
         if self.blank is not None:
             self._bar_empty_end(logits, slots, masked, mpos)
+        if self.cfg.close_brackets and self.stop is not None and self.texts is not None:
+            self._hold_open_line(logits, slots, masked)
         if self.cfg.end_penalty:
             logits.sub_(self._ending(mpos, logits.shape[1]).to(logits.dtype) * self.cfg.end_penalty)
         if self.cfg.end_mass:
@@ -314,7 +320,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
              should_stop: Callable[[], bool] | None = None, graphs: StepGraphs | None = None,
              stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None,
              session: Session | None = None, policy: ReusePolicy | None = None,
-             banned: list[int] | None = None, blank_ids: torch.Tensor | None = None) -> GenOutput:
+             banned: list[int] | None = None, blank_ids: torch.Tensor | None = None,
+             drafts: NgramDrafts | None = None, texts: list[str] | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -337,6 +344,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             control tokens; EOS/pad are never banned.
         blank_ids: (V,) bool, tokens whose text is whitespace only: with `cfg.nonempty`, a hole
             holding nothing else may not end yet (no EOS/pad, no whitespace-only stop token).
+        drafts: the model's trigram table: speculative drafts where the prompt lookup has none.
+        texts: the text of every token id, for `cfg.close_brackets` (the rule is off without it).
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """
@@ -348,13 +357,14 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     holes = _Holes([[a.mask_id] * n0 for _ in range(n_holes)], [cfg.steps or n0] * n_holes, [0] * n_holes)
     run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids, first,
                banned, blank_ids)
+    run.texts = texts
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
     first_stop = None if first is None or first.stop is None else set(torch.nonzero(first.stop).flatten().tolist())
     policy = policy or ReusePolicy()
     if cfg.lookahead:
         run.short_of_masks = lambda slots: short_of_masks(a, slots, run.hole_host, n_holes, cfg.lookahead,
                                                           max_new_tokens, stop, first_stop)
-    spec = Speculator(run, cfg.draft) if applies(run) else None
+    spec = Speculator(run, cfg.draft, drafts) if applies(run) else None
     prior = None
     if session is not None and session.canvas is not None and session.cache is not None:
         prior = (session.canvas, session.holes, session.cache, session.age, True)

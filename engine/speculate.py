@@ -31,6 +31,7 @@ import torch
 
 if TYPE_CHECKING:
     from engine.generate import _Run
+    from engine.ngram import NgramDrafts
 
 
 def applies(run: _Run) -> bool:
@@ -45,13 +46,14 @@ class Speculator:
     """The drafts and the last speculative forward of one `_Run` (one hole).
 
     Attributes:
+        table: the model's trigram table (`engine.ngram`): drafts where the lookup finds none.
         drafts: canvas position -> the token drafted for that (masked) slot.
         fed: the rows of the last speculative forward, (position, token fed) in order; None
             when the hidden states come from a prefill or reuse step (nothing to check).
     """
 
-    def __init__(self, run: _Run, width: int) -> None:
-        self.run, self.width = run, width
+    def __init__(self, run: _Run, width: int, table: NgramDrafts | None = None) -> None:
+        self.run, self.width, self.table = run, width, table
         self.drafts: dict[int, int] = {}
         self.fed: list[tuple[int, int]] | None = None
         self.prior: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -129,12 +131,16 @@ class Speculator:
 
     def _draft(self, slots: list[int]) -> None:
         """Drafts for the next `width` masked slots: what followed the last committed tokens
-        where they occur in the visible text (`lookup`)."""
+        where they occur in the visible text (`lookup`), else what the trigram table says."""
         run = self.run
         first = slots.index(run.a.mask_id)
         targets = run.pos_host[first:first + self.width]
         lo, hi = run.hole_span
-        self.drafts = dict(zip(targets, lookup(run.ids[:lo] + slots[:first], run.ids[hi:], len(targets))))
+        before = run.ids[:lo] + slots[:first]
+        drafts = lookup(before, run.ids[hi:], len(targets))
+        if not drafts and self.table is not None:
+            drafts = self.table.draft(before, len(targets))
+        self.drafts = dict(zip(targets, drafts))
 
 def lookup(before: list[int], after: list[int], n: int, orders: tuple[int, ...] = (3, 2, 1)) -> list[int]:
     """Prompt-lookup drafts (Saxena, 2023): the tokens that followed the last `order` tokens of

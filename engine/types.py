@@ -58,9 +58,10 @@ class SamplingConfig:
             arXiv:2505.22618), a quality cost for `dlsp eval` to measure. With `block=1` a step
             runs one row instead of the whole hole.
         draft: self-speculative decoding (0 = off): with `block=1`, greedy decoding, a shifted
-            family and one hole, each forward also runs the next `draft` slots holding the
-            tokens the model last predicted for them (drafts), each row seeing the rows after it
-            as they were (`engine.model.Transformer.step`'s `prior`); the commit then continues
+            family and one hole, each forward also runs the next `draft` slots holding drafted
+            tokens (`engine.speculate`: what followed the last committed tokens elsewhere in the
+            visible text, else the model's trigram table, `engine.ngram`), each row seeing the
+            rows after it as they were (`engine.model.Transformer.step`'s `prior`); the commit then continues
             through every draft that turns out to be what it would have committed anyway. The
             fill is the one-row-per-step decode's (`lazy_rows`), in fewer forwards; a forward of
             a few rows costs about what one row does on a CPU (weights are read once).
@@ -81,6 +82,12 @@ class SamplingConfig:
             otherwise takes the likeliest token that goes on. The plain argmax weighs one end
             token against each way of going on alone, so a flat continuation (`self._` + any of
             many names) loses to an end the model itself gives ~12%.
+        close_brackets: single-line fills only (0 = off): while the fill has opened a bracket it
+            has not closed (outside strings and comments, `engine.end_rules.open_depth`) and holds
+            fewer than this many tokens, it may not end (no EOS/pad, no token holding a line
+            break). A small model often breaks a call after `(` where the code goes on on the
+            same line (`self.rcLines.extend(` for `self.rcLines.extend(rcFile)`), and a line
+            cut there is not a suggestion worth showing.
     """
 
     sampler: str = "fast"
@@ -106,6 +113,7 @@ class SamplingConfig:
     lookahead: int = 0
     end_penalty: float = 0.0
     end_mass: float = 0.0
+    close_brackets: int = 0
 
 
 @dataclass(frozen=True)
