@@ -1,16 +1,46 @@
 """The logit and commit rules that decide where a fill ends, mixed into `engine.generate`'s run
 (they read its canvas, hole layout and stop sets): which tokens would end a fill at a slot,
-`end_mass`, `nonempty`, and EOS after an ending commit. Works on tensors on the model's device."""
+`end_mass`, `nonempty`, `close_brackets`, and EOS after an ending commit. Works on tensors on the
+model's device."""
 
 from __future__ import annotations
 
 import torch
 
+OPENERS, CLOSERS = "([{", ")]}"
+
+
+def open_depth(text: str) -> int:
+    """Brackets `text` opens and does not close, outside string literals and `#` comments (a
+    quote opens a literal that the same quote closes, a backslash escapes; text before the fill
+    is not read, so a fill that starts inside a literal reads its quotes the other way round).
+    Closers of brackets opened before `text` count negative."""
+    depth, quote, i = 0, "", 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif text.startswith(quote, i):
+                i += len(quote) - 1
+                quote = ""
+        elif c == "#":
+            break
+        elif c in "'\"":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            i += len(quote) - 1
+        elif c in OPENERS:
+            depth += 1
+        elif c in CLOSERS:
+            depth -= 1
+        i += 1
+    return depth
+
 
 class EndRules:
     """Methods of `engine.generate._Run` (its attributes: `a`, `cfg`, `device`, `canvas`, `pos`,
     `hole_of`, `hole_host`, `holes`, `ends`, `stop`, `first`, `blank`, `blank_stop`,
-    `blank_first_stop`)."""
+    `blank_first_stop`, `texts`)."""
 
     def _ending(self, mpos: torch.Tensor, vocab: int) -> torch.Tensor:
         """(M, V) bool: the tokens that would end the fill at each slot: EOS and pad, and the stop
@@ -55,6 +85,33 @@ class EndRules:
         barred = logits.masked_fill(empty & stops, float("-inf"))
         keep = torch.isfinite(barred).any(-1, keepdim=True)  # (M, 1)
         logits.copy_(torch.where(keep, barred, logits))
+
+    def _hold_open_line(self, logits: torch.Tensor, slots: list[int], masked: list[int]) -> None:
+        """`close_brackets` (single-line fills): the frontier row of a hole whose decoded head opened
+        a bracket it has not closed, and holds fewer than `cfg.close_brackets` tokens, may not end
+        the fill (EOS/pad, stop tokens); dropped on a row it would leave with no allowed token."""
+        mask, texts, n = self.a.mask_id, self.texts, len(self.texts)
+        held = []
+        for row, i in enumerate(masked):
+            h = self.hole_host[i]
+            idx = [j for j, hh in enumerate(self.hole_host) if hh == h]
+            if i != next(j for j in idx if slots[j] == mask):  # not the hole's frontier slot
+                continue
+            head = [slots[j] for j in idx[:idx.index(i)]]
+            text = "".join(texts[t] for t in head if t < n)
+            if h == 0 and self.first is not None and text.startswith(self.first.lead):
+                text = text[len(self.first.lead):]  # the healed token's start is the prefix's
+            if len(head) < self.cfg.close_brackets and open_depth(text) > 0:
+                held.append(row)
+        if not held:
+            return
+        rows = torch.tensor(held, device=self.device)
+        ends = torch.zeros(logits.shape[1], dtype=torch.bool, device=self.device)
+        ends[self.ends] = True
+        ends |= self.stop
+        barred = logits[rows].masked_fill(ends[None, :], float("-inf"))
+        keep = torch.isfinite(barred).any(-1, keepdim=True)  # (R, 1)
+        logits[rows] = torch.where(keep, barred, logits[rows])
 
     def _end_fill(self, mpos: torch.Tensor, mhole: torch.Tensor, tokens: torch.Tensor, chosen: torch.Tensor) -> None:
         """After an EOS/pad commit (with `eos_fill`) or a stop token, the rest of that hole is EOS

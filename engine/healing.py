@@ -59,7 +59,7 @@ class Healer:
         allowed[self.order[lo:hi]] = True
         allowed[self.special_ids] = False
         stop = (allowed & (self.last_break >= len(text))) if single_line else None
-        return text, FirstSlot(allowed, stop)
+        return text, FirstSlot(allowed, stop, text)
 
 
 def first_slot_ref(texts: Sequence[str], vocab_size: int, special: Sequence[int], last: int,
@@ -76,4 +76,4 @@ def first_slot_ref(texts: Sequence[str], vocab_size: int, special: Sequence[int]
             allowed[i] = True
             if stop is not None:
                 stop[i] = "\n" in t[len(text):]
-    return text, FirstSlot(allowed, stop)
+    return text, FirstSlot(allowed, stop, text)

@@ -56,6 +56,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "optionally with settings, e.g. 'fast;naive;fast:min_per_step=4;fast:factor=1'")
     p.add_argument("--baselines", default="untrained,heuristic,base_ar",
                    help="comma list: untrained, heuristic, base_ar (adapted models only)")
+    p.add_argument("--floor-samplers", default="fast",
+                   help="samplers for the base_ar floor, like --samplers: the first is `base_ar`, each "
+                        "other `base_ar/SPEC` (e.g. 'fast;fast:close_brackets=48': a decoding rule for both)")
     p.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
                    help="another checkpoint to run on the same tasks with the first sampler (repeatable)")
     p.add_argument("--out", default="runs/eval/eval.json", help="JSON report path")
@@ -167,8 +170,11 @@ def build_systems(engine: Engine, a: argparse.Namespace) -> dict[str, Callable[[
     ctx = getattr(a, "context_tokens", None)
     systems = {f"model/{s}": model_system(engine, s, a.max_new_tokens, context_tokens=ctx) for s in samplers}
     if "base_ar" in baselines and getattr(engine, "adapted_from_base", False):
-        systems["base_ar"] = model_system(base_ar_engine(engine), "fast", a.max_new_tokens, see_suffix=False,
-                                          context_tokens=ctx)
+        floor = base_ar_engine(engine)
+        specs = [s.strip() for s in getattr(a, "floor_samplers", "fast").split(";") if s.strip()] or ["fast"]
+        for i, spec in enumerate(specs):
+            systems["base_ar" if i == 0 else f"base_ar/{spec}"] = model_system(
+                floor, spec, a.max_new_tokens, see_suffix=False, context_tokens=ctx)
     for name, _, path in compare:
         # the same arithmetic as the model it is compared with (int8 or not)
         other = Engine.from_pretrained(path, device=str(engine.device), int8=bool(getattr(engine, "int8", False)))

@@ -321,5 +321,9 @@ def test_base_ar_reads_left_to_right_and_ignores_the_suffix(tiny_ckpt, monkeypat
     got1, got2 = systems["base_ar"](t1), systems["base_ar"](t2)
     assert got1[0] == got2[0]  # the suffix is not read
     assert got1[2] >= got1[3]  # one forward (at least) per generated token: left to right
+    two = run.build_systems(engine, run.parse(["--samplers", "fast", "--baselines", "base_ar",
+                                                "--floor-samplers", "fast;fast:close_brackets=8"]))
+    assert set(two) == {"model/fast", "base_ar", "base_ar/fast:close_brackets=8"}  # the floor with a rule too
+    assert two["base_ar"](t1)[0] == got1[0]
     engine.adapted_from_base = False  # models trained from scratch have no AR floor
     assert "base_ar" not in run.build_systems(engine, a)
