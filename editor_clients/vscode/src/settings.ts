@@ -13,6 +13,7 @@ export interface ServerSettings {
   steps: number | null;
   minPerStep: number | null;
   draft: number | null;
+  closeBrackets: number | null;
   maxTokens: number | null;
   debounceMs: number | null;
   enabledLanguages: string[] | null;
@@ -89,6 +90,7 @@ export const SERVER_KEYS: Record<ServerKey, Check> = {
   steps: integer(1, 4096),
   minPerStep: integer(1, 256),
   draft: integer(0, 64),
+  closeBrackets: integer(0, 256),
   maxTokens: integer(1, 65536),
   debounceMs: number(0, 5000),
   enabledLanguages: stringList,
@@ -156,7 +158,8 @@ function same(a: unknown, b: unknown): boolean {
 }
 
 /** The keys that changed between two readings. A value cleared back to the default is sent as
- * null for the keys where null means "the engine's default" (modelPath, device, threshold, steps, minPerStep, draft)
+ * null for the keys where null means "the engine's default" (modelPath, device, threshold, steps, minPerStep, draft,
+ * closeBrackets)
  * and as the server's default value for the others. Returns null when nothing changed. */
 export function settingsDelta(prev: ServerSettings, next: ServerSettings): Partial<ServerSettings> | null {
   const out: Record<string, unknown> = {};
