@@ -35,6 +35,7 @@ from engine.samplers import (
     copy_prior,
     factor_commits,
     frontier_run,
+    line_loop_start,
     loop_start,
     min_commit,
     propose,
@@ -288,17 +289,20 @@ class _Run(EndRules):
         return window
 
     def cut_loops(self, slots: list[int], left: int) -> tuple[list[int], int]:
-        """`loop_guard`: a hole whose decoded head (its slots up to the first mask) ends in a loop
-        ends after the loop's first copy; the rest of it becomes EOS. Returns the slots and the
-        masks left."""
+        """`loop_guard`: a hole whose decoded head (its slots up to the first mask or end) ends in a loop
+        (of tokens; of lines, whitespace aside, in multi-line fills when the token texts are
+        known) ends after the loop's first copy; the rest of it becomes EOS. Returns the slots
+        and the masks left."""
         mask, cut = self.a.mask_id, []
         for h in range(len(self.holes.fills)):
             idx = [i for i, hh in enumerate(self.hole_host) if hh == h]
             head = [slots[i] for i in idx]
             head = head[:head.index(mask)] if mask in head else head
-            if self.a.eos_id in head or self.a.pad_id in head:
-                continue
+            ends = [j for j, t in enumerate(head) if t in (self.a.eos_id, self.a.pad_id)]
+            head = head[:ends[0]] if ends else head  # a step that commits the end can commit a loop too
             at = loop_start(head, self.cfg.loop_guard)
+            if at is None and self.stop is None and self.texts is not None:
+                at = line_loop_start(head, self.texts, self.cfg.loop_guard, ended=bool(ends))
             if at is not None:
                 cut += idx[at:]
         if not cut:
@@ -345,7 +349,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         blank_ids: (V,) bool, tokens whose text is whitespace only: with `cfg.nonempty`, a hole
             holding nothing else may not end yet (no EOS/pad, no whitespace-only stop token).
         drafts: the model's trigram table: speculative drafts where the prompt lookup has none.
-        texts: the text of every token id, for `cfg.close_brackets` (the rule is off without it).
+        texts: the text of every token id, for `cfg.close_brackets` and `cfg.loop_guard`'s loops of
+            lines (both off without it).
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """

@@ -209,3 +209,38 @@ def loop_start(tokens: list[int], repeats: int, min_tokens: int = 12, max_period
         if copies >= repeats and copies * period >= min_tokens:
             return n - copies * period + period
     return None
+
+
+def line_loop_start(tokens: list[int], texts: list[str], repeats: int, ended: bool = False,
+                    max_lines: int = 8, min_chars: int = 8) -> int | None:
+    """Where a multi-line fill starts repeating its own lines, or None: the last complete lines,
+    whitespace aside, are a block of 2..`max_lines` lines twice in a row, or one line `repeats`
+    times, holding `min_chars` characters or more. A small model re-emits a block one level deeper
+    (`if not arg:` / `return` / `# parse ...`, indented further each time), which the token-level
+    `loop_start` does not see. Returns the index of the token holding the line break that ends
+    the block's first copy: cutting there keeps the text up to that copy's last character.
+
+    Args:
+        tokens: the fill's committed ids, in order; texts: the text of every id.
+        ended: the fill ends after `tokens` (EOS): its last line is complete.
+    """
+    ends, pos = [], 0  # (end offset of each token's text)
+    for t in tokens:
+        pos += len(texts[t]) if t < len(texts) else 0
+        ends.append(pos)
+    text = "".join(texts[t] for t in tokens if t < len(texts)) + ("\n" if ended else "")
+    breaks = [i for i, c in enumerate(text) if c == "\n"]  # each complete line ends at one
+    starts = [0] + [b + 1 for b in breaks[:-1]]
+    lines = [text[s:b].strip() for s, b in zip(starts, breaks)]
+    n = len(lines)
+    for period in range(1, max_lines + 1):
+        copies = repeats if period == 1 else 2
+        if copies * period > n:
+            break
+        block = lines[n - period:]
+        if sum(map(len, block)) < min_chars:
+            continue
+        if all(lines[n - (c + 1) * period:n - c * period] == block for c in range(1, copies)):
+            newline = breaks[n - (copies - 1) * period - 1]  # ends the first copy
+            return next(i for i, e in enumerate(ends) if e > newline)
+    return None

@@ -39,3 +39,42 @@ def test_loop_guard_is_validated():
     with pytest.raises(InvalidRequestError, match="loop_guard"):
         Engine._check_sampling(SamplingConfig(loop_guard=1))
     Engine._check_sampling(SamplingConfig(loop_guard=3))
+
+
+# token texts for the line-level tests: 3 "if not arg:", 4 "return", 5 "# parse it", 6 a line
+# break with 4 more spaces of indentation each time the model re-emits the block, 8 "x = 1"
+TEXTS = ["", "", "", "if not arg:", "return", "# parse it", "\n    ", "\n", "x = 1", "\n        "]
+
+
+def test_line_loop_start_finds_a_block_repeated_one_level_deeper():
+    from engine.samplers import line_loop_start
+
+    block = [5, 6, 3, 9, 4, 6]  # "# parse it" / "if not arg:" / "return", deeper each line
+    head = [8, 7] + block + block + [5]  # the second copy ends its last line, then the third starts
+    at = line_loop_start(head, TEXTS, 3)
+    assert at == 2 + len(block) - 1  # the line break that ends the first copy
+    text = "".join(TEXTS[t] for t in head[:at])
+    assert text == "x = 1\n# parse it\n    if not arg:\n        return"
+    assert line_loop_start([8, 7] + block + [5], TEXTS, 3) is None  # one copy
+    assert line_loop_start([8, 7, 8, 7], TEXTS, 3) is None  # one short line twice: code
+    assert line_loop_start([3, 7] * 3, TEXTS, 3) == 1  # one line three times: keep one
+    assert line_loop_start([3, 7] * 3, TEXTS, 4) is None
+    assert line_loop_start([3, 7, 4, 7, 3, 9, 4], TEXTS, 3) is None  # the repeat's last line is unfinished
+    assert line_loop_start([3, 7, 4, 7, 3, 9, 4], TEXTS, 3, ended=True) == 3  # unless the fill ended there
+
+
+def test_a_multi_line_fill_repeating_its_lines_one_level_deeper_is_cut():
+    # canvas: bos, 3, hole at 2..: "x = 1", then the 3-line block forever, each copy one level
+    # deeper (ids 10 + j: a line break and 4 * j spaces), so no span of tokens repeats
+    texts = TEXTS + ["\n" + " " * 4 * j for j in range(10)]
+    tokens = [8, 7] + [t for k in range(8) for t in (5, 10 + k, 3, 11 + k, 4, 10 + k)]
+    script = lambda p: tokens[p - 2] if 2 <= p < 2 + len(tokens) else 1  # noqa: E731
+    from engine.config import ModelArgs
+    from tests.engine.test_generate import A
+
+    args = ModelArgs(**{**A.__dict__, "vocab_size": len(texts)})
+    cfg = SamplingConfig(block=1, nonempty=False, eos_frontier=False, loop_guard=3)
+    on = _run(ScriptedModel(script, args), [[3], [9]], cfg, hole_tokens=16, max_new_tokens=40, texts=texts)
+    assert on.fills[0] == [8, 7, 5, 10, 3, 11, 4]  # "x = 1" and the block once, up to "return"
+    plain = _run(ScriptedModel(script, args), [[3], [9]], cfg, hole_tokens=16, max_new_tokens=40)  # no texts
+    assert len(plain.fills[0]) == 40  # the token-level guard alone runs to the budget
