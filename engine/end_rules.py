@@ -10,11 +10,12 @@ import torch
 OPENERS, CLOSERS = "([{", ")]}"
 
 
-def open_depth(text: str) -> int:
-    """Brackets `text` opens and does not close, outside string literals and `#` comments (a
-    quote opens a literal that the same quote closes, a backslash escapes; text before the fill
-    is not read, so a fill that starts inside a literal reads its quotes the other way round).
-    Closers of brackets opened before `text` count negative."""
+def open_depth(text: str, start: int = 0) -> int:
+    """Brackets `text[start:]` opens and does not close, outside string literals and `#` comments
+    (a quote opens a literal that the same quote closes, a backslash escapes). `text[:start]` (the
+    line before the fill) is read for literals and comments only; a literal opened on an earlier
+    line is not seen, so a fill inside one reads its quotes the other way round. Closers of
+    brackets opened before `start` count negative."""
     depth, quote, i = 0, "", 0
     while i < len(text):
         c = text[i]
@@ -29,9 +30,9 @@ def open_depth(text: str) -> int:
         elif c in "'\"":
             quote = c * 3 if text.startswith(c * 3, i) else c
             i += len(quote) - 1
-        elif c in OPENERS:
+        elif c in OPENERS and i >= start:
             depth += 1
-        elif c in CLOSERS:
+        elif c in CLOSERS and i >= start:
             depth -= 1
         i += 1
     return depth
@@ -40,7 +41,7 @@ def open_depth(text: str) -> int:
 class EndRules:
     """Methods of `engine.generate._Run` (its attributes: `a`, `cfg`, `device`, `canvas`, `pos`,
     `hole_of`, `hole_host`, `holes`, `ends`, `stop`, `first`, `blank`, `blank_stop`,
-    `blank_first_stop`, `texts`)."""
+    `blank_first_stop`, `segments`, `texts`)."""
 
     def _ending(self, mpos: torch.Tensor, vocab: int) -> torch.Tensor:
         """(M, V) bool: the tokens that would end the fill at each slot: EOS and pad, and the stop
@@ -91,6 +92,7 @@ class EndRules:
         a bracket it has not closed, and holds fewer than `cfg.close_brackets` tokens, may not end
         the fill (EOS/pad, stop tokens); dropped on a row it would leave with no allowed token."""
         mask, texts, n = self.a.mask_id, self.texts, len(self.texts)
+        line = self._line_before()
         held = []
         for row, i in enumerate(masked):
             h = self.hole_host[i]
@@ -99,9 +101,10 @@ class EndRules:
                 continue
             head = [slots[j] for j in idx[:idx.index(i)]]
             text = "".join(texts[t] for t in head if t < n)
+            start = len(line) if h == 0 else 0  # the line before the fill: literals and comments only
             if h == 0 and self.first is not None and text.startswith(self.first.lead):
-                text = text[len(self.first.lead):]  # the healed token's start is the prefix's
-            if len(head) < self.cfg.close_brackets and open_depth(text) > 0:
+                start += len(self.first.lead)  # the healed token's start is the prefix's
+            if len(head) < self.cfg.close_brackets and open_depth((line if h == 0 else "") + text, start) > 0:
                 held.append(row)
         if not held:
             return
@@ -112,6 +115,18 @@ class EndRules:
         barred = logits[rows].masked_fill(ends[None, :], float("-inf"))
         keep = torch.isfinite(barred).any(-1, keepdim=True)  # (R, 1)
         logits[rows] = torch.where(keep, barred, logits[rows])
+
+    def _line_before(self) -> str:
+        """The text of the prefix's last line, up to hole 0 (from the prefix tokens; a token moved
+        into the hole by healing is read from the fill)."""
+        texts, parts = self.texts, []
+        for t in reversed(self.segments[0]):
+            piece = texts[t] if t < len(texts) else ""
+            if "\n" in piece:
+                parts.append(piece[piece.rfind("\n") + 1:])
+                break
+            parts.append(piece)
+        return "".join(reversed(parts))
 
     def _end_fill(self, mpos: torch.Tensor, mhole: torch.Tensor, tokens: torch.Tensor, chosen: torch.Tensor) -> None:
         """After an EOS/pad commit (with `eos_fill`) or a stop token, the rest of that hole is EOS

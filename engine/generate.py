@@ -107,7 +107,7 @@ class _Run(EndRules):
             first.allowed.to(device), None if first.stop is None else first.stop.to(device), first.lead)
         self.shift = 1 if shifted else 0
         self.holes, self.segments, self.device = holes, segments, device
-        self.texts: list[str] | None = None  # token texts (`close_brackets`), set by `generate`
+        self.texts: list[str] | None = None  # token texts (`close_brackets`, loops of lines), set by `generate`
         self.out = GenOutput(fills=[])
         # `lookahead`: whether the slots leave some hole short of masks (set by `generate`); the
         # decode, speculative follow-through included, stops there for a growth round

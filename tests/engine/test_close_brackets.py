@@ -26,6 +26,13 @@ def test_open_depth_counts_code_brackets_only(text, depth):
     assert open_depth(text) == depth
 
 
+def test_the_line_before_the_fill_says_whether_it_starts_in_a_literal_or_comment():
+    assert open_depth('x = "call(' + "a, b", start=10) == 0  # inside the literal
+    assert open_depth('x = "call(" + f(' + "a, b", start=15) == 1
+    assert open_depth("y = g(  # note (" + "x", start=16) == 0  # a comment
+    assert open_depth("y = g(" + "x, h(1)", start=6) == 0  # the line's own open bracket is not the fill's
+
+
 def call_then_break(p: int) -> dict[int, float]:
     """The hole's first slot (position 2, after the lead token and the prefix): `f(`; after it a
     line break is likelier than `)`; after `)` the line ends."""
