@@ -38,6 +38,14 @@ def open_depth(text: str, start: int = 0) -> int:
     return depth
 
 
+def _ban_unless_nothing_left(logits: torch.Tensor, ban: torch.Tensor) -> None:
+    """Set `logits` (M, V) to -inf where `ban` (M, V) holds, in place, except on rows it would
+    leave with no allowed token."""
+    barred = logits.masked_fill(ban, float("-inf"))
+    keep = torch.isfinite(barred).any(-1, keepdim=True)  # (M, 1)
+    logits.copy_(torch.where(keep, barred, logits))
+
+
 class EndRules:
     """Methods of `engine.generate._Run` (its attributes: `a`, `cfg`, `device`, `canvas`, `pos`,
     `hole_of`, `hole_host`, `holes`, `ends`, `stop`, `first`, `blank`, `blank_stop`,
@@ -83,9 +91,7 @@ class EndRules:
         stops = self.blank_stop[None, :]  # (1, V)
         if self.blank_first_stop is not None:
             stops = torch.where((mpos == self.pos[0])[:, None], self.blank_first_stop[None, :], stops)  # (M, V)
-        barred = logits.masked_fill(empty & stops, float("-inf"))
-        keep = torch.isfinite(barred).any(-1, keepdim=True)  # (M, 1)
-        logits.copy_(torch.where(keep, barred, logits))
+        _ban_unless_nothing_left(logits, empty & stops)
 
     def _hold_open_line(self, logits: torch.Tensor, slots: list[int], masked: list[int]) -> None:
         """`close_brackets` (single-line fills): the frontier row of a hole whose decoded head opened
@@ -108,13 +114,11 @@ class EndRules:
                 held.append(row)
         if not held:
             return
-        rows = torch.tensor(held, device=self.device)
-        ends = torch.zeros(logits.shape[1], dtype=torch.bool, device=self.device)
+        rows = torch.zeros(logits.shape[0], 1, dtype=torch.bool, device=self.device)  # (M, 1)
+        rows[held] = True
+        ends = self.stop.clone()  # (V,)
         ends[self.ends] = True
-        ends |= self.stop
-        barred = logits[rows].masked_fill(ends[None, :], float("-inf"))
-        keep = torch.isfinite(barred).any(-1, keepdim=True)  # (R, 1)
-        logits[rows] = torch.where(keep, barred, logits[rows])
+        _ban_unless_nothing_left(logits, rows & ends[None, :])
 
     def _line_before(self) -> str:
         """The text of the prefix's last line, up to hole 0 (from the prefix tokens; a token moved
