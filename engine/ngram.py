@@ -21,11 +21,12 @@ counted with: a table from another tokenizer would draft nonsense, so it is not 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
+
+from engine.gguf_import import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,6 @@ class NgramDrafts:
                   metadata={"vocab": str(self.vocab), "tokenizer_sha256": tokenizer_sha256})
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def load_drafts(ckpt: str | Path) -> NgramDrafts | None:
     """The checkpoint directory's drafts table, or None: when it has none, and (with a warning in
     the log: decoding only gets slower) when the file is unreadable or was counted with another
@@ -113,7 +110,7 @@ def load_drafts(ckpt: str | Path) -> NgramDrafts | None:
         log.warning("%s: unreadable drafts table, not used (%s)", path, exc)
         return None
     tok = Path(ckpt) / "tokenizer.json"
-    if not tok.is_file() or meta.get("tokenizer_sha256") != file_sha256(tok):
+    if not tok.is_file() or meta.get("tokenizer_sha256") != sha256_file(tok):
         log.warning("%s: counted with another tokenizer than %s, not used", path, tok)
         return None
     return drafts

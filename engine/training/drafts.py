@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.ngram import DRAFTS_FILE, NgramDrafts, file_sha256
+from engine.gguf_import import sha256_file
+from engine.ngram import DRAFTS_FILE, NgramDrafts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab = Tokenizer.from_file(a.tokenizer).get_vocab_size()
     tokens = np.fromfile(a.tokens, dtype=np.uint16)
     drafts = NgramDrafts.count(tokens, vocab, a.min_count, a.min_share)
-    drafts.save(a.out, file_sha256(a.tokenizer))
+    drafts.save(a.out, sha256_file(Path(a.tokenizer)))
     print(f"{len(drafts)} pairs from {len(tokens)} tokens -> {a.out} ({Path(a.out).stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -11,7 +11,8 @@ import pytest
 
 from engine import speculate
 from engine.generate import generate
-from engine.ngram import DRAFTS_FILE, NgramDrafts, file_sha256, load_drafts
+from engine.gguf_import import sha256_file
+from engine.ngram import DRAFTS_FILE, NgramDrafts, load_drafts
 from engine.types import SamplingConfig
 
 
@@ -30,7 +31,7 @@ def test_the_most_common_next_token_of_each_frequent_pair():
 
 def _ckpt(tmp_path, table):
     (tmp_path / "tokenizer.json").write_text('{"model": "tiny"}', encoding="utf-8")
-    table.save(tmp_path / DRAFTS_FILE, file_sha256(tmp_path / "tokenizer.json"))
+    table.save(tmp_path / DRAFTS_FILE, sha256_file(tmp_path / "tokenizer.json"))
     return tmp_path
 
 
