@@ -26,6 +26,7 @@ from engine.errors import CheckpointError
 from engine.gguf_import import BASE_SHA256, BaseModelMissing, read_base
 
 ADAPTER_FILE = "adapter.safetensors"
+BASE_LAYERS_FILE = "base_layers.safetensors"  # beside an assembled checkpoint (`base_layers`)
 
 
 def cache_root() -> Path:
@@ -107,6 +108,7 @@ def assemble(ckpt: str | Path, cache: Path | None = None) -> Path:
     args = read_args(ckpt)
     if (args.vocab_size, args.dim, args.n_layers) != (base.args.vocab_size, base.args.dim, base.args.n_layers):
         raise CheckpointError(ckpt / "config.json", "the adapter's model shape does not match the base")
+    upper = _upper_layers(base.state, acfg.first_layer)  # the base's own, before the merge replaces them
     try:
         merge_into(base.state, acfg, tensors)
     except (KeyError, ValueError) as exc:
@@ -115,6 +117,7 @@ def assemble(ckpt: str | Path, cache: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".assemble-", dir=out.parent))
     try:
         _write_full(tmp, args, base.state, cfg, ckpt / "tokenizer.json")
+        _save(upper, tmp / BASE_LAYERS_FILE)
         if out.exists():  # a half-written earlier try
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -124,4 +127,42 @@ def assemble(ckpt: str | Path, cache: Path | None = None) -> Path:
     return out
 
 
-__all__ = ["ADAPTER_FILE", "BaseModelMissing", "assemble", "cache_root", "is_adapter_dir", "read_adapter"]
+def _upper_layers(state: dict[str, Any], first: int) -> dict[str, Any]:
+    """The native-named tensors of layers `first`.. of a state dict."""
+    return {k: v for k, v in state.items() if k.startswith("layers.") and int(k.split(".")[1]) >= first}
+
+
+def _save(tensors: dict[str, Any], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
+def base_layers(ckpt: str | Path, cache: Path | None = None) -> dict[str, Any]:
+    """The pretrained base's own weights for the layers an adapter changes (native names), kept
+    beside its assembled checkpoint (written there on first use: ~140 MB in float32), for the
+    base's reading of a fill (`engine.expert`).
+
+    Raises:
+        BaseModelMissing, CheckpointError: as `assemble`.
+    """
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    out = assemble(ckpt, cache)
+    path = out / BASE_LAYERS_FILE
+    if not path.is_file():  # assembled before the file existed
+        _, acfg, _ = read_adapter(ckpt)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            _save(_upper_layers(read_base().state, acfg.first_layer), tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type on corrupt files
+        raise CheckpointError(path, f"corrupt safetensors file: {exc}") from exc
+
+
+__all__ = ["ADAPTER_FILE", "BASE_LAYERS_FILE", "BaseModelMissing", "assemble", "base_layers", "cache_root", "is_adapter_dir", "read_adapter"]

@@ -6,6 +6,7 @@ cache of the request's session), and turns ids back into text. Implements
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -16,12 +17,13 @@ from typing import Any
 
 import torch
 
-from engine.assembly import assemble, is_adapter_dir
+from engine.assembly import assemble, base_layers, is_adapter_dir
 from engine.checkpoint import load_model, load_tokenizer, read_args
 from engine.clip import Clipped, Piece, clip, split_budget
 from engine.config import FAMILIES, ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.errors import CheckpointError, InvalidRequestError
+from engine.expert import BaseReading, build_base_reading
 from engine.generate import generate
 from engine.healing import Healer
 from engine.model import Transformer, skeleton
@@ -47,6 +49,8 @@ ANCHOR_CHARS = 48  # text of the window's start remembered to keep it in place a
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 SAMPLERS = ("fast", "naive")
 
+
+log = logging.getLogger(__name__)
 
 def best_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -141,6 +145,7 @@ class Engine:
                         if i < self.args.vocab_size and i not in (self.args.eos_id, self.args.pad_id)]
         self._healer: Healer | None = None
         self.drafts: NgramDrafts | None = None  # speculative drafts (`engine.ngram`), from the checkpoint
+        self.base: BaseReading | None = None  # the pretrained base's upper layers (`engine.expert`)
         if reuse is None:  # auto: reuse when some layers are causal (their prefix keys/values stay exact)
             env = os.environ.get("DLSP_REUSE", "auto")
             reuse = ReusePolicy(enabled=env == "1" or (env != "0" and model.args.causal_layers > 0))
@@ -193,6 +198,14 @@ class Engine:
         engine.int8, engine.params = bool(int8), params
         engine.adapted_from_base = adapted
         engine.drafts = load_drafts(ckpt)
+        if adapted and os.environ.get("DLSP_BASE_READING", "1") != "0" and model.args.causal_layers > 0:
+            try:
+                with mapped_allocations():
+                    engine.base = build_base_reading(model, base_layers(ckpt), calibration_ids(
+                        tokenizer, _lead_id(model.args)) if int8 else None)
+                    release_freed_memory()
+            except (CheckpointError, ValueError) as exc:  # the model still works, without it
+                log.warning("the base's reading is off: %s", exc)
         return engine
 
     def count_tokens(self, text: str) -> int:
@@ -233,6 +246,8 @@ class Engine:
             raise InvalidRequestError("end_mass must be in 0..1")
         if not 0 <= cfg.close_brackets <= 256:
             raise InvalidRequestError("close_brackets must be in 0..256 (0 = off)")
+        if not 0.0 <= cfg.base_weight <= 16.0:  # also false for NaN
+            raise InvalidRequestError("base_weight must be in 0..16 (0 = off)")
         if cfg.factor is not None and (cfg.factor <= 0 or cfg.confidence not in ("max_prob", "margin")):
             raise InvalidRequestError("factor must be > 0 and needs confidence 'max_prob' or 'margin'")
 
@@ -335,7 +350,7 @@ class Engine:
                        stop_ids=self._newline_ids() if req.single_line else None,
                        first=heal[1] if heal is not None else None, session=session, policy=self.reuse,
                        banned=self._banned, blank_ids=self._blank_ids(), drafts=self.drafts,
-                       texts=self.healer().texts)
+                       texts=self.healer().texts, base=self.base)
         # a prefill's transient buffers (~150 MB at 1k tokens) stay resident once freed, also
         # when the prefill came after a reuse (a growth round, a failed plan): handed back when
         # the process grew past its last low point (~10 ms when it did, ~20 us to check)

@@ -23,6 +23,7 @@ import torch
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.end_rules import EndRules
+from engine.expert import BaseReading, BaseRun
 from engine.fills import grow as _grow
 from engine.fills import short_of_masks
 from engine.fills import strip as _strip
@@ -107,6 +108,7 @@ class _Run(EndRules):
             first.allowed.to(device), None if first.stop is None else first.stop.to(device), first.lead)
         self.shift = 1 if shifted else 0
         self.holes, self.segments, self.device = holes, segments, device
+        self.base: BaseRun | None = None  # the base's reading of the frontier, mixed in (`engine.expert`)
         self.texts: list[str] | None = None  # token texts (`close_brackets`, loops of lines), set by `generate`
         self.out = GenOutput(fills=[])
         # `lookahead`: whether the slots leave some hole short of masks (set by `generate`); the
@@ -155,6 +157,8 @@ class _Run(EndRules):
     def full(self) -> None:
         t0 = time.perf_counter()
         self.hidden, self.cache = self.model.prefill(self.canvas, keep_cache=not self.full_every_step)
+        if self.base is not None:
+            self.base.feed(list(range(self.canvas.shape[1])), self.canvas[0].tolist())
         self.hidden_is_full = True
         self.age = 0
         self.out.forward_passes += 1
@@ -173,6 +177,7 @@ class _Run(EndRules):
         self.cache = splice_in_place(old_cache, p.length, p.head, p.tail, self.a.rope_theta)
         rows = torch.unique(torch.cat([torch.arange(p.head, p.length - p.tail, device=self.device), self.rows]))
         self.hidden = self.model.step(self.canvas[:, rows], rows, self.cache)
+        self.fed(rows)
         self.row_of, self.hidden_is_full, self.age = self._row_map(rows), False, age + edit
         self.out.forward_passes += 1
         self.out.reused_tokens = p.reused
@@ -186,14 +191,21 @@ class _Run(EndRules):
         if self.cfg.lazy_rows and before is not None and slots is not None:
             rows = self._lazy_rows(before, slots)
             self.hidden = self.model.step(self.canvas[:, rows], rows, self.cache)
+            self.fed(rows)
             self.hidden_is_full, self.row_of = False, self._row_map(rows)
             self.out.forward_passes += 1
             return
         ids = self.canvas[:, self.rows]
         hidden = self.graphs.step(ids, self.rows, self.cache) if self.graphs is not None else None
         self.hidden = hidden if hidden is not None else self.model.step(ids, self.rows, self.cache)
+        self.fed(self.rows)
         self.hidden_is_full, self.row_of = False, self.step_row_of
         self.out.forward_passes += 1
+
+    def fed(self, rows: torch.Tensor) -> None:
+        """After a forward of canvas rows `rows`: the base's reading of them, if it is on."""
+        if self.base is not None:
+            self.base.feed(rows.tolist(), self.canvas[0, rows].tolist())
 
     def _lazy_rows(self, before: list[int], slots: list[int]) -> torch.Tensor:
         """Canvas rows a lazy step runs (sorted): slots whose token changed since the last forward,
@@ -239,6 +251,10 @@ class _Run(EndRules):
         if self.cfg.copy_weight > 0:
             usable = ~torch.isin(self.canvas[0], self.special)
             logits = copy_prior(logits, self.canvas[0], mpos, usable, self.cfg.copy_weight, self.cfg.copy_order)
+        if self.base is not None and len(masked) == 1:  # the base's reading of the same slot
+            lp = self.base.logprobs(self.pos_host[masked[0]] - self.shift, self.ends)
+            if lp is not None:
+                logits = torch.log_softmax(logits, -1) + self.cfg.base_weight * lp[None]
         logits[:, self.forbid] = float("-inf")
         if self.cfg.eos_frontier:  # EOS only at the first masked slot of each hole
             lead = torch.full((n_holes,), self.canvas.shape[1], device=mpos.device).scatter_reduce(
@@ -325,7 +341,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
              stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None,
              session: Session | None = None, policy: ReusePolicy | None = None,
              banned: list[int] | None = None, blank_ids: torch.Tensor | None = None,
-             drafts: NgramDrafts | None = None, texts: list[str] | None = None) -> GenOutput:
+             drafts: NgramDrafts | None = None, texts: list[str] | None = None,
+             base: BaseReading | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -363,6 +380,10 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids, first,
                banned, blank_ids)
     run.texts = texts
+    if not (cfg.base_weight > 0 and n_holes == 1 and cfg.block == 1 and shifted and not run.naive
+            and not run.full_every_step and graphs is None):
+        base = None
+    model.tap = None if base is None else base.first
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
     first_stop = None if first is None or first.stop is None else set(torch.nonzero(first.stop).flatten().tolist())
     policy = policy or ReusePolicy()
@@ -375,6 +396,13 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         prior = (session.canvas, session.holes, session.cache, session.age, True)
     while True:
         run.layout()
+        if base is not None and run.base is None:
+            run.base = base.start(session.base if session is not None else None, run.ids, run.hole_span,
+                                  max_new_tokens, segments[1][0] if segments[1] else None)
+            if session is not None:
+                session.base = run.base.state
+        elif run.base is not None:
+            run.base.relayout(run.hole_span)
         if session is not None:
             session.canvas = None  # the splice below edits its cache in place: invalid until updated
         if run.full_every_step or prior is None or not run.reuse(*prior, policy):
@@ -392,6 +420,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
                 run.out.cancelled = True
                 run.out.steps_ms += (time.perf_counter() - t0) * 1e3
                 run.out.fills = [[] for _ in range(n_holes)]
+                model.tap = model.tapped = None
                 return run.out
             if step > 0 and spec is not None:
                 spec.forward(slots)
@@ -413,4 +442,5 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         if not _grow(a, holes, cfg, max_new_tokens, stop, first_stop):
             break
     run.out.fills = [_strip(a, f, stop, first_stop if h == 0 else None) for h, f in enumerate(holes.fills)]
+    model.tap = model.tapped = None
     return run.out

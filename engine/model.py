@@ -94,6 +94,11 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        # inference: with `tap` = i, `prefill` and `step` keep the input of layer i (the rows' hidden
+        # states after the layers below) in `tapped`, for a second stack of upper layers
+        # (`engine.expert`); the lower layers are then computed once for both
+        self.tap: int | None = None
+        self.tapped: torch.Tensor | None = None
 
     # ---- full forward ------------------------------------------------------------------
     def prefill(self, ids: torch.Tensor, keep_cache: bool = True,
@@ -118,6 +123,8 @@ class Transformer(nn.Module):
         x = self.tok_emb(ids)
         cache = KVCache.empty()
         for i in range(len(self.layers)):
+            if i == self.tap:
+                self.tapped = x
             x, k, v = self.layer_forward(i, x, cos, sin, bias)
             if keep_cache:
                 cache.append(k, v)
@@ -171,6 +178,8 @@ class Transformer(nn.Module):
             upto = int(index.max()) + 1
             causal_mask = None if index.numel() == 1 else future_mask(index, upto)
         for i, (layer, (kc, vc)) in enumerate(zip(self.layers, cache)):
+            if i == self.tap:
+                self.tapped = x
             q, k, v = layer.qkv(x, cos, sin)
             kc[:, :, index] = k
             vc[:, :, index] = v

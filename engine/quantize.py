@@ -318,21 +318,32 @@ def _smooth_and_quantize(model: nn.Module, calibration: list[torch.Tensor], alph
     for ids in calibration:
         pos = torch.arange(ids.shape[1])
         rows.append((model.tok_emb(ids).float(), *rope_tables(a.head_dim, pos, a.rope_theta)))
+    return smooth_and_quantize_blocks(list(model.layers), rows, lambda i, x, cos, sin: model.layer_forward(
+        i, x, cos, sin)[0], a.n_kv_heads, alpha)
+
+
+@torch.no_grad()
+def smooth_and_quantize_blocks(blocks: list[nn.Module], rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                               forward, n_kv_heads: int, alpha: float = SMOOTH_ALPHA) -> int:
+    """`engine.model.Block`s that run one after another, to int8 in place, each smoothed on its
+    input activations over the calibration `rows` ((x, cos, sin): the inputs of the first block
+    and their rotary tables). `forward(i, x, cos, sin)` runs block `i` of the list. Returns the
+    number of layers replaced."""
     n = 0
-    for i, blk in enumerate(model.layers):
+    for i, blk in enumerate(blocks):
         blk.float()
         seen: dict[str, torch.Tensor] = {}
         hooks = [getattr(blk, leaf).register_forward_hook(_max_hook(seen, leaf))
                  for leaf in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")]
         try:
             for x, cos, sin in rows:
-                model.layer_forward(i, x, cos, sin)
+                forward(i, x, cos, sin)
         finally:
             for h in hooks:
                 h.remove()
-        smooth_block_(blk, seen, a.n_kv_heads, alpha)
+        smooth_block_(blk, seen, n_kv_heads, alpha)
         n += _quantize_block(blk)
-        rows = [(model.layer_forward(i, x, cos, sin)[0], cos, sin) for x, cos, sin in rows]
+        rows = [(forward(i, x, cos, sin), cos, sin) for x, cos, sin in rows]
     return n
 
 

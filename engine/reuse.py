@@ -19,8 +19,12 @@ before a full prefill.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from engine.expert import BaseState
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Session:
     anchor: str | None = None
     pieces: frozenset[tuple[int, ...]] | None = None  # the context segments (ids) the window kept
     age: int = 0
+    base: BaseState | None = None  # the base's keys/values for its reading (`engine.expert`)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ class Speculator:
         self.prior = [(k[:, :, rows].clone(), v[:, :, rows].clone()) for k, v in run.cache]
         self.rows = rows
         run.hidden = run.model.step(ids, rows, run.cache, prior=self.prior)
+        if run.base is not None:
+            run.base.feed(positions, fed)
         run.hidden_is_full, run.row_of = False, run._row_map(rows)
         run.out.forward_passes += 1
 

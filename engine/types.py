@@ -90,6 +90,11 @@ class SamplingConfig:
             break). A small model often breaks a call after `(` where the code goes on on the
             same line (`self.rcLines.extend(` for `self.rcLines.extend(rcFile)`), and a line
             cut there is not a suggestion worth showing.
+        base_weight: a model adapted from a pretrained AR base (whose lower layers it keeps causal
+            and unchanged) also reads the slot being committed with the base's own upper layers,
+            left to right, and scores each token by `log p_model + base_weight * log p_base`
+            (0 = off; needs the fast sampler with `block=1` and one hole, `engine.expert`). The
+            base learned on far more code; the adapted model sees the suffix.
     """
 
     sampler: str = "fast"
@@ -116,6 +121,7 @@ class SamplingConfig:
     end_penalty: float = 0.0
     end_mass: float = 0.0
     close_brackets: int = 0
+    base_weight: float = 0.0
 
 
 @dataclass(frozen=True)

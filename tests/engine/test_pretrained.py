@@ -14,7 +14,7 @@ import torch
 
 from engine import gguf_import
 from engine.adapter import AdapterConfig, adapter_tensors, add_lora
-from engine.assembly import assemble, is_adapter_dir
+from engine.assembly import BASE_LAYERS_FILE, assemble, base_layers, is_adapter_dir
 from engine.checkpoint import load_model
 from engine.errors import CheckpointError
 from engine.gguf_import import BaseModelMissing, locate_base, read_base, unpermute
@@ -146,6 +146,13 @@ def test_adapter_assembles_from_package_and_caches(tmp_path, monkeypatch):
     cached = list((tmp_path / "cache" / "models").iterdir())
     assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
     assert assemble(out) == cached[0]  # second load reads the cache
+    # the base's own upper layers (the adapter's), kept beside it for the base's reading
+    upper = base_layers(out)
+    assert sorted({int(k.split(".")[1]) for k in upper}) == list(range(acfg.first_layer, args.n_layers))
+    own = read_base().state
+    assert all(torch.equal(v, own[k]) for k, v in upper.items())
+    (cached[0] / BASE_LAYERS_FILE).unlink()  # a cache from before the file existed: written again
+    assert base_layers(out).keys() == upper.keys()
 
 
 def test_adapter_dir_without_package_names_the_install(tmp_path, monkeypatch):

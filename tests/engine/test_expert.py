@@ -1,0 +1,212 @@
+"""The base's reading of a fill (`engine.expert`, `SamplingConfig.base_weight`): the base's upper
+layers on the adapted model's shared causal lower ones read exactly what the base itself reads,
+at every commit, through prefills, lazy and speculative steps, growth rounds and session reuse."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import generate as gen_mod
+from engine.checkpoint import load_model, load_tokenizer
+from engine.engine import Engine, sampling_problem
+from engine.expert import BaseReading, BaseRun, build_base_reading
+from engine.generate import generate
+from engine.model import Transformer
+from engine.quantize import Int8Linear
+from engine.reuse import Session
+from engine.types import InfillRequest, SamplingConfig
+
+CFG = SamplingConfig(block=1, lazy_rows=True, nonempty=False, base_weight=1.0)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A shifted tiny model with a causal lower layer (the adapted model's layout) and a fully
+    causal "base" sharing that lower layer, with upper weights of its own."""
+    from engine.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("mixed"), family="dream", causal_layers=1, seed=3)
+    model, args = load_model(ckpt)
+    tok = load_tokenizer(ckpt)
+    torch.manual_seed(7)
+    base = Transformer(replace(args, causal_layers=args.n_layers))
+    with torch.no_grad():
+        for p in base.parameters():
+            p.normal_(0.0, 0.2) if p.dim() > 1 else p.normal_(1.0, 0.1)
+    state = base.state_dict()
+    for k, v in model.state_dict().items():  # everything but the upper layer is shared
+        if not k.startswith("layers.1."):
+            state[k] = v.clone()
+    base.load_state_dict(state)
+    base.eval()
+    upper = {k: v.clone() for k, v in base.state_dict().items() if k.startswith("layers.1.")}
+    segs = [tok.encode("def area(w, h):\n    return "), tok.encode("\n\nprint(area(2, 3))\n")]
+    return model, base, upper, tok, segs
+
+
+def _reference(base, tokens, ends, after):
+    """The base's own log-probabilities after `tokens` (a full causal forward), ends as `after`."""
+    with torch.no_grad():
+        lp = F.log_softmax(base(torch.tensor([tokens]))[0, -1], -1)
+    lp[ends] = lp[after].clone()
+    return lp
+
+
+def test_the_reading_is_the_base_itself(pair):
+    """Prefill, then a step over the frontier and two drafted rows: each row's log-probabilities
+    are the base's full causal forward over the same tokens."""
+    model, base, upper, _, segs = pair
+    a = model.args
+    reading = build_base_reading(model, upper)
+    prefix, suffix = segs
+    canvas = [a.bos_id, *prefix, *[a.mask_id] * 6, *suffix, a.eos_id]
+    start = 1 + len(prefix)
+    ends = torch.tensor([a.eos_id])
+    run = reading.start(None, canvas, (start, start + 6), 6, suffix[0])
+    model.tap = reading.first
+    try:
+        with torch.no_grad():
+            _, cache = model.prefill(torch.tensor([canvas]))
+            run.feed(list(range(len(canvas))), canvas)
+            torch.testing.assert_close(run.logprobs(start - 1, ends), _reference(base, canvas[:start], ends, suffix[0]),
+                                       atol=1e-4, rtol=1e-4)
+            drafts = [17, 42]
+            rows = [start - 1, start, start + 1]
+            fed = [canvas[start - 1], *drafts]
+            model.step(torch.tensor([fed]), torch.tensor(rows), cache)
+            run.feed(rows, fed)
+    finally:
+        model.tap = model.tapped = None
+    for j, p in enumerate(rows):
+        ref = _reference(base, canvas[:start] + drafts[:j], ends, suffix[0])
+        torch.testing.assert_close(run.logprobs(p, ends), ref, atol=1e-4, rtol=1e-4)
+    assert run.logprobs(start + 2, ends) is None  # a row the last forward did not run
+
+
+@pytest.mark.parametrize("draft", [0, 4])
+def test_every_commit_reads_the_base_exactly(pair, monkeypatch, draft):
+    """Through a whole decode (lazy one-row steps or speculative ones, growth rounds) and a second
+    request of the same session after an edit, each mixed commit used the base's own reading."""
+    model, base, upper, _, segs = pair
+    a = model.args
+    reading = build_base_reading(model, upper)
+    cfg = replace(CFG, draft=draft, grow_tokens=4)
+    session = Session()
+    seen_all = []
+    for prefix in (segs[0], segs[0][:-2] + segs[0][-1:]):  # the second: a token deleted near the end
+        orig = gen_mod._Run.commit_once
+        log = []
+
+        def commit_once(self, slots, _orig=orig, _log=log):
+            _log.append(self.canvas[0].tolist())
+            return _orig(self, slots)
+
+        monkeypatch.setattr(gen_mod._Run, "commit_once", commit_once)
+        lps = []
+        orig_lp = BaseRun.logprobs
+
+        def logprobs(self, position, ends, _orig=orig_lp, _lps=lps, _log=log):
+            lp = _orig(self, position, ends)
+            _lps.append((position, _log[-1], lp))
+            return lp
+
+        monkeypatch.setattr(BaseRun, "logprobs", logprobs)
+        out = generate(model, [prefix, segs[1]], cfg, True, hole_tokens=4, max_new_tokens=12,
+                       session=session, base=reading)
+        monkeypatch.undo()
+        assert out.fills[0]
+        seen_all.append(lps)
+        ends = torch.tensor(sorted({a.eos_id, a.pad_id}))
+        assert lps and all(lp is not None for _, _, lp in lps)
+        for position, canvas, lp in lps:
+            ref = _reference(base, canvas[:position + 1], ends, segs[1][0])
+            torch.testing.assert_close(lp, ref, atol=1e-4, rtol=1e-4)
+    assert model.tap is None and model.tapped is None  # nothing left hooked on the shared model
+    assert session.base is not None and len(session.base.fed) > len(segs[0])
+
+
+def test_weight_zero_is_the_model_alone(pair):
+    model, _, upper, _, segs = pair
+    reading = build_base_reading(model, upper)
+    plain = generate(model, segs, replace(CFG, base_weight=0.0), True, hole_tokens=8, max_new_tokens=8)
+    off = generate(model, segs, replace(CFG, base_weight=0.0), True, hole_tokens=8, max_new_tokens=8, base=reading)
+    mixed = generate(model, segs, replace(CFG, base_weight=4.0), True, hole_tokens=8, max_new_tokens=8, base=reading)
+    assert off.fills == plain.fills
+    assert mixed.fills != plain.fills  # the base's reading decides something here
+    # not for several holes: those decode without it (no error)
+    two = generate(model, [segs[0], [5, 6], segs[1]], replace(CFG, base_weight=4.0), True, hole_tokens=4,
+                   max_new_tokens=4, base=reading)
+    assert len(two.fills) == 2
+
+
+def test_a_gap_turns_the_reading_off_never_guesses(pair):
+    model, _, upper, _, segs = pair
+    a = model.args
+    reading = build_base_reading(model, upper)
+    canvas = [a.bos_id, *segs[0], *[a.mask_id] * 4, *segs[1], a.eos_id]
+    start = 1 + len(segs[0])
+    run = reading.start(None, canvas, (start, start + 4), 4, None)
+    model.tap = reading.first
+    try:
+        with torch.no_grad():
+            _, cache = model.prefill(torch.tensor([canvas]))
+            run.feed(list(range(start - 3)), canvas[:start - 3])  # the prefix but its last 3 rows
+            model.step(torch.tensor([[canvas[start - 1]]]), torch.tensor([start - 1]), cache)
+            run.feed([start - 1], [canvas[start - 1]])  # rows start-3, start-2 were never read
+    finally:
+        model.tap = model.tapped = None
+    assert run.broken and run.logprobs(start - 1, torch.tensor([a.eos_id])) is None
+
+
+def test_bad_base_layers_are_refused(pair):
+    model, _, upper, _, _ = pair
+    with pytest.raises(ValueError, match="do not fit"):
+        build_base_reading(model, {})
+    bad = {k: v[..., :-1] if v.dim() == 2 else v for k, v in upper.items()}
+    with pytest.raises(ValueError, match="do not fit"):
+        build_base_reading(model, bad)
+    with pytest.raises(ValueError, match="causal"):  # upper layers over a bidirectional one
+        BaseReading(model, torch.nn.ModuleList([model.layers[0], model.layers[1]]))
+
+
+def test_int8_reading_is_calibrated_and_close(pair):
+    model, base, upper, tok, segs = pair
+    a = model.args
+    calib = [torch.tensor([[a.bos_id, *tok.encode("def f(x):\n    return x + 1\n" * 8)[:64]]])]
+    q = build_base_reading(model, upper, calib)
+    f = build_base_reading(model, upper)
+    assert isinstance(q.layers[0].fused_qkv, Int8Linear)
+    canvas = [a.bos_id, *segs[0], *[a.mask_id] * 4, *segs[1], a.eos_id]
+    start = 1 + len(segs[0])
+    ends = torch.tensor([a.eos_id])
+    out = []
+    for reading in (q, f):
+        run = reading.start(None, canvas, (start, start + 4), 4, segs[1][0])
+        model.tap = reading.first
+        try:
+            with torch.no_grad():
+                model.prefill(torch.tensor([canvas]))
+                run.feed(list(range(len(canvas))), canvas)
+        finally:
+            model.tap = model.tapped = None
+        out.append(run.logprobs(start - 1, ends).exp())
+    assert (out[0] - out[1]).abs().sum() < 0.2  # total variation of int8 against float, small
+
+
+def test_engine_mixes_the_base_in_across_keystrokes(pair):
+    model, _, upper, tok, _ = pair
+    engine = Engine(model, tok, default_sampling=CFG)
+    engine.base = build_base_reading(model, upper)
+    prefix, suffix = "def area(w, h):\n    return w", "\n\nprint(area(2, 3))\n"
+    first = engine.infill(InfillRequest(prefix=prefix, suffix=suffix, session="doc", max_new_tokens=6))
+    again = engine.infill(InfillRequest(prefix=prefix + " ", suffix=suffix, session="doc", max_new_tokens=6))
+    fresh = Engine(model, tok, default_sampling=CFG)
+    fresh.base = engine.base
+    alone = fresh.infill(InfillRequest(prefix=prefix + " ", suffix=suffix, max_new_tokens=6))
+    assert first.text is not None and again.text == alone.text  # reused caches read as a fresh run
+    assert sampling_problem(replace(CFG, base_weight=-1.0)) == "base_weight must be in 0..16 (0 = off)"
+    assert sampling_problem(replace(CFG, base_weight=float("nan"))) is not None
