@@ -20,6 +20,7 @@ KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "minPerStep": ("min_per_step", (int, type(None))),
     "draft": ("draft", (int, type(None))),
     "closeBrackets": ("close_brackets", (int, type(None))),
+    "baseWeight": ("base_weight", (int, float, type(None))),
     "maxTokens": ("max_tokens", (int,)),
     "debounceMs": ("debounce_ms", (int, float)),
     "enabledLanguages": ("enabled_languages", (list, tuple)),
@@ -39,6 +40,7 @@ class Settings:
     min_per_step: int | None = None
     draft: int | None = None
     close_brackets: int | None = None
+    base_weight: float | None = None
     max_tokens: int = 64
     debounce_ms: float = 20.0
     enabled_languages: tuple[str, ...] = ()
@@ -82,7 +84,7 @@ class Settings:
 RANGES: dict[str, tuple[float, float]] = {
     "max_tokens": (1, 4096), "context_tokens": (16, 1 << 16), "debounce_ms": (0, 5000),
     "steps": (1, 4096), "min_per_step": (1, 256), "threshold": (0.0, 1.0),
-    "draft": (0, 64), "close_brackets": (0, 256),
+    "draft": (0, 64), "close_brackets": (0, 256), "base_weight": (0.0, 16.0),
 }
 
 
@@ -99,6 +101,6 @@ def _clean(name: str, value: Any) -> Any:
         return tuple(str(v) for v in value if isinstance(v, str))
     if name in ("max_tokens", "context_tokens", "steps", "min_per_step", "draft", "close_brackets") and value is not None:
         return int(value)
-    if name in ("debounce_ms", "threshold") and value is not None:
+    if name in ("debounce_ms", "threshold", "base_weight") and value is not None:
         return float(value)
     return value

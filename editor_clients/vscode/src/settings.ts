@@ -14,6 +14,7 @@ export interface ServerSettings {
   minPerStep: number | null;
   draft: number | null;
   closeBrackets: number | null;
+  baseWeight: number | null;
   maxTokens: number | null;
   debounceMs: number | null;
   enabledLanguages: string[] | null;
@@ -91,6 +92,7 @@ export const SERVER_KEYS: Record<ServerKey, Check> = {
   minPerStep: integer(1, 256),
   draft: integer(0, 64),
   closeBrackets: integer(0, 256),
+  baseWeight: number(0, 16),
   maxTokens: integer(1, 65536),
   debounceMs: number(0, 5000),
   enabledLanguages: stringList,
@@ -159,7 +161,7 @@ function same(a: unknown, b: unknown): boolean {
 
 /** The keys that changed between two readings. A value cleared back to the default is sent as
  * null for the keys where null means "the engine's default" (modelPath, device, threshold, steps, minPerStep, draft,
- * closeBrackets)
+ * closeBrackets, baseWeight)
  * and as the server's default value for the others. Returns null when nothing changed. */
 export function settingsDelta(prev: ServerSettings, next: ServerSettings): Partial<ServerSettings> | null {
   const out: Record<string, unknown> = {};

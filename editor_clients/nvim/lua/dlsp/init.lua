@@ -12,8 +12,8 @@ M.defaults = {
   filetypes = { "python", "javascript", "javascriptreact", "typescript", "typescriptreact",
     "go", "rust", "c", "cpp", "java", "lua", "sh" },
   root_markers = { ".git", "pyproject.toml", "package.json", "go.mod", "Cargo.toml" },
-  -- Server settings (camelCase): modelPath, device, threshold, steps, minPerStep, draft, closeBrackets, maxTokens, debounceMs,
-  -- enabledLanguages, contextTokens, logLevel. Sent as initializationOptions and as settings.dlsp.
+  -- Server settings (camelCase): modelPath, device, threshold, steps, minPerStep, draft, closeBrackets,
+  -- baseWeight, maxTokens, debounceMs, enabledLanguages, contextTokens, logLevel. Sent as initializationOptions and as settings.dlsp.
   settings = {},
   -- "native" (vim.lsp.inline_completion, 0.12+), "extmark" (own ghost text) or "auto".
   inline = "auto",
