@@ -94,7 +94,9 @@ class SamplingConfig:
             and unchanged) also reads the slot being committed with the base's own upper layers,
             left to right, and scores each token by `log p_model + base_weight * log p_base`
             (0 = off; needs the fast sampler with `block=1` and one hole, `engine.expert`). The
-            base learned on far more code; the adapted model sees the suffix.
+            base learned on far more code; the adapted model sees the suffix. The engine applies
+            it to single-line requests only: on 30 held-out multi-line holes it lowered edit
+            similarity (0.333 -> 0.310) and repeated more.
     """
 
     sampler: str = "fast"

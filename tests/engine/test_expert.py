@@ -197,16 +197,35 @@ def test_int8_reading_is_calibrated_and_close(pair):
     assert (out[0] - out[1]).abs().sum() < 0.2  # total variation of int8 against float, small
 
 
-def test_engine_mixes_the_base_in_across_keystrokes(pair):
+def test_engine_mixes_the_base_in_across_keystrokes(pair, monkeypatch):
+    """Single-line requests read the base (a session's reused caches read as a fresh run);
+    multi-line ones do not (measured: it lowered their edit similarity)."""
     model, _, upper, tok, _ = pair
     engine = Engine(model, tok, default_sampling=CFG)
     engine.base = build_base_reading(model, upper)
+    runs = []
+    orig = BaseReading.start
+
+    def start(self, *args, **kwargs):
+        runs.append(orig(self, *args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(BaseReading, "start", start)
     prefix, suffix = "def area(w, h):\n    return w", "\n\nprint(area(2, 3))\n"
-    first = engine.infill(InfillRequest(prefix=prefix, suffix=suffix, session="doc", max_new_tokens=6))
-    again = engine.infill(InfillRequest(prefix=prefix + " ", suffix=suffix, session="doc", max_new_tokens=6))
-    fresh = Engine(model, tok, default_sampling=CFG)
-    fresh.base = engine.base
-    alone = fresh.infill(InfillRequest(prefix=prefix + " ", suffix=suffix, max_new_tokens=6))
-    assert first.text is not None and again.text == alone.text  # reused caches read as a fresh run
+
+    def ask(text, session=None, single=True):
+        return engine.infill(InfillRequest(prefix=text, suffix=suffix, session=session, max_new_tokens=6,
+                                           single_line=single))
+
+    ask(prefix, "doc")
+    again = ask(prefix + " ", "doc")
+    assert len(runs) == 2 and runs[1].forwards and not runs[1].broken
+    alone = ask(prefix + " ")
+    assert again.text == alone.text  # the reused caches read as a fresh run
+    ask(prefix, single=False)
+    assert len(runs) == 3  # the multi-line request never started one
+    engine.default_sampling = replace(CFG, base_weight=0.0)
+    ask(prefix)
+    assert len(runs) == 3
     assert sampling_problem(replace(CFG, base_weight=-1.0)) == "base_weight must be in 0..16 (0 = off)"
     assert sampling_problem(replace(CFG, base_weight=float("nan"))) is not None
