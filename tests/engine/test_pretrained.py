@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from engine import gguf_import
 from engine.adapter import AdapterConfig, adapter_tensors, add_lora
 from engine.assembly import BASE_LAYERS_FILE, assemble, base_layers, is_adapter_dir
 from engine.checkpoint import load_model
+from engine.engine import Engine
 from engine.errors import CheckpointError
 from engine.gguf_import import BaseModelMissing, locate_base, read_base, unpermute
 from engine.model import Transformer
 from engine.training import adapt
+from engine.types import InfillRequest
 
 TEXTS = ["def foo(x):\n    return x + 12345\n", "  \n\t héllo wörld 😀 <|endoftext|> class A<B>:",
          "import numpy as np\nx = np.zeros((3, 4))  # shape\n"]
@@ -125,7 +128,7 @@ def _export_random_adapter(out: Path, first_layer: int = 28) -> tuple[Transforme
 
 @needs_base
 @pytest.mark.slow
-def test_adapter_assembles_from_package_and_caches(tmp_path, monkeypatch):
+def test_adapter_assembles_from_package_and_caches(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("DLSP_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "adapter"
     trained, acfg = _export_random_adapter(out)
@@ -153,6 +156,14 @@ def test_adapter_assembles_from_package_and_caches(tmp_path, monkeypatch):
     assert all(torch.equal(v, own[k]) for k, v in upper.items())
     (cached[0] / BASE_LAYERS_FILE).unlink()  # a cache from before the file existed: written again
     assert base_layers(out).keys() == upper.keys()
+    # the engine loads them for the base's reading; a corrupt file leaves it off, said in the log
+    assert Engine.from_pretrained(out, int8=False).base is not None
+    (cached[0] / BASE_LAYERS_FILE).write_bytes(b"not safetensors")
+    with caplog.at_level(logging.WARNING, logger="engine.engine"):
+        engine = Engine.from_pretrained(out, int8=False)
+    assert engine.base is None and "the base's reading is off" in caplog.text and "corrupt" in caplog.text
+    assert engine.infill(InfillRequest(prefix="def f(x):\n    return ", suffix="\n", max_new_tokens=3,
+                                       single_line=True)).text is not None
 
 
 def test_adapter_dir_without_package_names_the_install(tmp_path, monkeypatch):
