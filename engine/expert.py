@@ -89,7 +89,7 @@ class BaseRun:
         else:
             p = next(reading.model.parameters())
             shape = (1, a.n_kv_heads, need + HEADROOM, a.head_dim)
-            cache = KVCache.zeros(len(reading.layers), shape, torch.float32, p.device, length=need + HEADROOM)
+            cache = KVCache.zeros(len(reading.layers), shape, p.dtype, p.device, length=need + HEADROOM)
             if fed:
                 for (k, v), (k0, v0) in zip(cache, state.cache):
                     k[:, :, :len(fed)], v[:, :, :len(fed)] = k0[:, :, :len(fed)], v0[:, :, :len(fed)]
@@ -175,6 +175,7 @@ def build_base_reading(model: Transformer, tensors: dict[str, torch.Tensor],
     from engine.quantize import smooth_and_quantize_blocks
 
     a = model.args
+    p = next(model.parameters())
     try:
         first = min(int(k.split(".")[1]) for k in tensors)
         layers = nn.ModuleList()
@@ -182,7 +183,7 @@ def build_base_reading(model: Transformer, tensors: dict[str, torch.Tensor],
             blk = Block(a)
             head = f"layers.{i}."
             blk.load_state_dict({k[len(head):]: v for k, v in tensors.items() if k.startswith(head)})
-            layers.append(blk.float().eval())
+            layers.append(blk.to(device=p.device, dtype=torch.float32 if calibration else p.dtype).eval())
     except (ValueError, IndexError, RuntimeError) as exc:  # no tensors, or not these layers' shapes
         raise ValueError(f"the base's layers do not fit the model: {exc}") from exc
     reading = BaseReading(model, layers)

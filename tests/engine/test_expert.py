@@ -229,3 +229,16 @@ def test_engine_mixes_the_base_in_across_keystrokes(pair, monkeypatch):
     assert len(runs) == 3
     assert sampling_problem(replace(CFG, base_weight=-1.0)) == "base_weight must be in 0..16 (0 = off)"
     assert sampling_problem(replace(CFG, base_weight=float("nan"))) is not None
+
+
+def test_a_half_precision_model_reads_in_its_own_dtype(pair):
+    """GPU models run in bf16: the base's layers and keys/values take the model's dtype (a float32
+    cache beside bf16 queries would fail in attention)."""
+    import copy
+
+    model, _, upper, _, segs = pair
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    reading = build_base_reading(half, upper)
+    assert next(reading.layers.parameters()).dtype == torch.bfloat16
+    out = generate(half, segs, CFG, True, hole_tokens=6, max_new_tokens=6, base=reading)
+    assert out.fills[0]
