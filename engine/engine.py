@@ -49,8 +49,8 @@ ANCHOR_CHARS = 48  # text of the window's start remembered to keep it in place a
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 SAMPLERS = ("fast", "naive")
 
-
 log = logging.getLogger(__name__)
+
 
 def best_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -368,6 +368,10 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         drafts: the model's trigram table: speculative drafts where the prompt lookup has none.
         texts: the text of every token id, for `cfg.close_brackets` and `cfg.loop_guard`'s loops of
             lines (both off without it).
+        base: the pretrained base's upper layers over this model's causal lower ones: with
+            `cfg.base_weight` > 0 (one hole, `block=1`, the fast sampler, a shifted family, no
+            CUDA graphs) every commit also reads the base (`engine.expert`); its keys/values are
+            kept in the session like the model's.
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """
