@@ -301,9 +301,13 @@ class Engine:
                 self._sessions.popitem(last=False)
             kept, changed = list(self._sessions.values()), False
             for old in kept[:-MAX_CACHED_SESSIONS]:
-                changed |= old.cache is not None
-                old.canvas, old.cache = None, None
+                changed |= old.cache is not None or old.base is not None
+                old.canvas, old.cache, old.base = None, None, None
             for old in kept[-MAX_CACHED_SESSIONS:-1]:
+                # the base's keys/values (`engine.expert`) are not kept idle: a document taken up
+                # again computes them once more (their layers over its prefix, a third of a prefill)
+                changed |= old.base is not None
+                old.base = None
                 if old.cache is not None and old.cache.dtype == torch.float32:
                     # no spare rows: it is widened (into a copy with them) before it is spliced
                     old.cache, changed = old.cache.to(IDLE_CACHE_DTYPE, headroom=0), True

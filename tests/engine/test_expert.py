@@ -222,6 +222,10 @@ def test_engine_mixes_the_base_in_across_keystrokes(pair, monkeypatch):
     assert len(runs) == 2 and runs[1].forwards and not runs[1].broken
     alone = ask(prefix + " ")
     assert again.text == alone.text  # the reused caches read as a fresh run
+    assert engine._sessions["doc"].base is not None
+    ask(prefix, "other")  # "doc" goes idle: its base keys/values are let go (its own cache stays)
+    assert engine._sessions["doc"].base is None and engine._sessions["other"].base is not None
+    runs.pop()
     ask(prefix, single=False)
     assert len(runs) == 3  # the multi-line request never started one
     engine.default_sampling = replace(CFG, base_weight=0.0)
