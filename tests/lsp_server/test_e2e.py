@@ -60,9 +60,10 @@ def test_initialize_capabilities_status_and_progress(server):
     assert "inlineCompletionProvider" in caps and "completionProvider" in caps
     assert set(caps["executeCommandProvider"]["commands"]) == {
         "dlsp.regenerateSelection", "dlsp.fillHoles", "dlsp.completeBody"}
+    # the progress messages travel beside the initialize answer: wait for them, never race them
+    server.wait_notification("$/progress", lambda p: p["value"]["kind"] == "end", timeout=30)
     kinds = [n["params"]["value"]["kind"] for n in server.notifications if n["method"] == "$/progress"]
     assert kinds[0] == "begin"
-    server.wait_notification("$/progress", lambda p: p["value"]["kind"] == "end", timeout=30)
     status = server.wait_notification("dlsp/status", lambda p: p["state"] == "ready")["params"]
     assert status["device"] == "cpu" and status["model"]
 
