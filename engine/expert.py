@@ -31,7 +31,7 @@ from torch import nn
 
 from engine.kv_cache import HEADROOM, KVCache
 from engine.model import Transformer
-from kernels.attention import future_mask
+from kernels.attention import causal_attention
 from kernels.rope import rope_tables
 
 
@@ -127,14 +127,11 @@ class BaseRun:
         index = torch.tensor(pos, device=x.device)
         cos, sin = rope_tables(a.head_dim, index, a.rope_theta)
         upto = pos[-1] + 1
-        mask = None if len(pos) == 1 else future_mask(index, upto)
         for layer, (kc, vc) in zip(self.r.layers, self.state.cache):
             q, k, v = layer.qkv(x, cos, sin)
             kc[:, :, index] = k
             vc[:, :, index] = v
-            o = F.scaled_dot_product_attention(q, kc[:, :, :upto], vc[:, :, :upto], attn_mask=mask,
-                                               enable_gqa=kc.shape[1] != q.shape[1])
-            x = layer.finish(x, o)
+            x = layer.finish(x, causal_attention(q, kc[:, :, :upto], vc[:, :, :upto], index))
         self.hidden = model.norm(x)[0]
         self.row = {p: i for i, p in enumerate(pos)}
         fed = fed[:upto] + [-1] * (upto - len(fed))  # later rows: drafts that may not hold
@@ -160,8 +157,7 @@ class BaseRun:
 def causal_block_forward(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """One block over a whole sequence, causal (the base's reading of it)."""
     q, k, v = layer.qkv(x, cos, sin)
-    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
-    return layer.finish(x, o)
+    return layer.finish(x, causal_attention(q, k, v))
 
 
 @torch.no_grad()
