@@ -5,16 +5,20 @@ SHA-256, and `dlsp_adapter`: the LoRA shape), `adapter.safetensors` and `tokeniz
 load the base is dequantized from its GGUF (`engine.gguf_import`), the adapter is merged into it,
 and the result is written as an ordinary checkpoint directory under the user's cache directory
 (`$DLSP_CACHE_DIR`, else `$XDG_CACHE_HOME/dlsp`, else `~/.cache/dlsp`), keyed by the hashes of the
-adapter and its config, so later loads read one safetensors file.
+adapter and its config, so later loads read one safetensors file. Each assembly is ~0.65 GB; a
+new one (a new adapter: an upgrade, an evaluation of an export) prunes all but the
+`KEEP_ASSEMBLED` most recently used ones (`prune`), so upgrades do not pile gigabytes up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,12 @@ from engine.config import FAMILIES, ModelArgs
 from engine.errors import CheckpointError
 from engine.gguf_import import BASE_SHA256, BaseModelMissing, read_base
 
+log = logging.getLogger(__name__)
+
 ADAPTER_FILE = "adapter.safetensors"
+KEEP_ASSEMBLED = 3  # assemblies kept in the cache, most recently used first (`prune`)
+LAST_USED = ".last_used"  # touched in an assembly's directory at every load
+STALE_TEMP_S = 24 * 3600  # a half-written assembly this old belongs to no live process
 BASE_LAYERS_FILE = "base_layers.safetensors"  # beside an assembled checkpoint (`base_layers`)
 
 
@@ -101,6 +110,7 @@ def assemble(ckpt: str | Path, cache: Path | None = None) -> Path:
     cfg, acfg, tensors = read_adapter(ckpt)
     out = (cache or cache_root()) / "models" / _cache_key(ckpt, cfg)
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+        _touch(out)
         return out
     base = read_base()
     from engine.checkpoint import read_args
@@ -124,7 +134,48 @@ def assemble(ckpt: str | Path, cache: Path | None = None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _touch(out)
+    prune(out.parent, keep=KEEP_ASSEMBLED, current=out)
     return out
+
+
+def _touch(out: Path) -> None:
+    try:
+        (out / LAST_USED).touch()
+    except OSError:  # a read-only cache still serves
+        pass
+
+
+def _last_used(d: Path) -> float:
+    try:
+        return (d / LAST_USED).stat().st_mtime
+    except OSError:
+        return d.stat().st_mtime
+
+
+def prune(models: Path, keep: int = KEEP_ASSEMBLED, current: Path | None = None) -> list[Path]:
+    """Remove all but the `keep` most recently used assemblies under `models` (never `current`),
+    and half-written ones (`.assemble-*`) older than a day. A process that has one open keeps
+    reading it (its files are memory-mapped); the next load of a removed one assembles it again.
+    Returns the directories removed."""
+    try:
+        dirs = [d for d in models.iterdir() if d.is_dir()]
+    except OSError:
+        return []
+    done = [d for d in dirs if not d.name.startswith(".") and (d / "model.safetensors").is_file()]
+    done.sort(key=_last_used, reverse=True)
+    kept = [d for d in done if d == current][:1]
+    kept += [d for d in done if d != current][:max(0, keep - len(kept))]
+    now = time.time()
+    stale = [d for d in dirs if d.name.startswith(".assemble-") and now - d.stat().st_mtime > STALE_TEMP_S]
+    removed = []
+    for d in [d for d in done if d not in kept] + stale:
+        size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+        shutil.rmtree(d, ignore_errors=True)
+        if not d.exists():
+            removed.append(d)
+            log.info("removed an older assembled model from the cache: %s (%.0f MB)", d, size / 2**20)
+    return removed
 
 
 def _upper_layers(state: dict[str, Any], first: int) -> dict[str, Any]:
@@ -165,4 +216,4 @@ def base_layers(ckpt: str | Path, cache: Path | None = None) -> dict[str, Any]:
         raise CheckpointError(path, f"corrupt safetensors file: {exc}") from exc
 
 
-__all__ = ["ADAPTER_FILE", "BASE_LAYERS_FILE", "BaseModelMissing", "assemble", "base_layers", "cache_root", "is_adapter_dir", "read_adapter"]
+__all__ = ["ADAPTER_FILE", "BASE_LAYERS_FILE", "BaseModelMissing", "KEEP_ASSEMBLED", "assemble", "base_layers", "cache_root", "is_adapter_dir", "prune", "read_adapter"]

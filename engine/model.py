@@ -21,7 +21,7 @@ from torch import nn
 
 from engine.config import ModelArgs
 from engine.kv_cache import KVCache
-from kernels.attention import attention, causal_attention, future_mask, ordered_rows_attention
+from kernels.attention import attention, causal_attention, future_mask, grouped_sdpa, ordered_rows_attention
 from kernels.norm import rms_norm
 from kernels.rope import apply_rope, rope_tables
 
@@ -184,8 +184,7 @@ class Transformer(nn.Module):
             kc[:, :, index] = k
             vc[:, :, index] = v
             if i < self.args.causal_layers and upto is not None:
-                o = F.scaled_dot_product_attention(q, kc[:, :, :upto], vc[:, :, :upto], attn_mask=causal_mask,
-                                                   enable_gqa=kc.shape[1] != q.shape[1])
+                o = grouped_sdpa(q, kc[:, :, :upto], vc[:, :, :upto], causal_mask)
             elif i < self.args.causal_layers:
                 o = causal_attention(q, kc, vc, index, kv_len)
             elif prior is not None:

@@ -15,7 +15,7 @@ import torch
 
 from engine import gguf_import
 from engine.adapter import AdapterConfig, adapter_tensors, add_lora
-from engine.assembly import BASE_LAYERS_FILE, assemble, base_layers, is_adapter_dir
+from engine.assembly import BASE_LAYERS_FILE, LAST_USED, assemble, base_layers, is_adapter_dir, prune
 from engine.checkpoint import load_model
 from engine.engine import Engine
 from engine.errors import CheckpointError
@@ -164,6 +164,37 @@ def test_adapter_assembles_from_package_and_caches(tmp_path, monkeypatch, caplog
     assert engine.base is None and "the base's reading is off" in caplog.text and "corrupt" in caplog.text
     assert engine.infill(InfillRequest(prefix="def f(x):\n    return ", suffix="\n", max_new_tokens=3,
                                        single_line=True)).text is not None
+
+
+def test_prune_keeps_the_most_recently_used_assemblies(tmp_path, caplog):
+    """Older assemblies go (by the time of their last load, not of their writing); the one just
+    built stays even when others were used later; a half-written one goes once it is a day old;
+    files that are no assembly are left alone."""
+    import os
+    import time
+
+    models = tmp_path / "models"
+    now = time.time()
+    dirs = []
+    for i in range(5):
+        d = models / f"a{i}"
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"x" * 1000)
+        (d / LAST_USED).touch()
+        os.utime(d / LAST_USED, (now - 1000 * (5 - i), now - 1000 * (5 - i)))  # a4 used last
+        dirs.append(d)
+    os.utime(dirs[0] / LAST_USED, (now, now))  # a0: written first, loaded most recently
+    (models / "notes.txt").write_text("keep me")
+    (models / "empty").mkdir()  # no model file: not an assembly
+    old_tmp, new_tmp = models / ".assemble-old", models / ".assemble-new"
+    old_tmp.mkdir(), new_tmp.mkdir()
+    os.utime(old_tmp, (now - 2 * 86400, now - 2 * 86400))
+    with caplog.at_level(logging.INFO, logger="engine.assembly"):
+        removed = prune(models, keep=3, current=dirs[1])
+    assert sorted(p.name for p in removed) == [".assemble-old", "a2", "a3"]
+    assert sorted(p.name for p in models.iterdir()) == [".assemble-new", "a0", "a1", "a4", "empty", "notes.txt"]
+    assert "removed an older assembled model" in caplog.text
+    assert prune(models / "missing") == []
 
 
 def test_adapter_dir_without_package_names_the_install(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kernels.attention import attention, attention_ref
+from kernels.attention import attention, attention_ref, causal_attention, grouped_sdpa, ordered_rows_attention
 from tests.kernels.helpers import assert_close3
 
 
@@ -81,3 +81,32 @@ def test_sdpa_path_masks_keys():
     q, k, v = _qkv(1, 4, 2, 200, 300, 16, torch.float32, "cpu", seed=4)
     n = torch.tensor(120)
     torch.testing.assert_close(attention(q, k, v, n), attention_ref(q, k, v, n), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hq,hkv,lq", [(9, 3, 1), (9, 3, 7), (4, 2, 128), (4, 4, 5), (6, 2, 129)])
+def test_grouped_sdpa_folds_head_groups(hq, hkv, lq):
+    """The folded call (query heads of one key/value head as extra rows) computes what SDPA with
+    `enable_gqa` does, unmasked, with a bool mask that differs per row, and with a float mask;
+    beyond the folding length it is SDPA's own path."""
+    import torch.nn.functional as F
+
+    q, k, v = _qkv(1, hq, hkv, lq, 200, 16, torch.float32, "cpu", seed=5)
+    gqa = hq != hkv
+    rows = torch.randint(0, 200, (lq,), generator=torch.Generator().manual_seed(6))
+    bool_mask = torch.arange(200)[None, :] <= rows[:, None]  # a different visible span per row
+    float_mask = torch.randn(lq, 200, generator=torch.Generator().manual_seed(7))
+    for mask in (None, bool_mask, float_mask):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        torch.testing.assert_close(grouped_sdpa(q, k, v, mask), want, atol=1e-6, rtol=1e-5)
+    # the callers that fold: a causal step and the speculative rows' attention, against the reference
+    pos = torch.sort(torch.randperm(200, generator=torch.Generator().manual_seed(8))[:lq]).values
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.arange(200)[None, :] <= pos[:, None],
+                                          enable_gqa=gqa)
+    torch.testing.assert_close(causal_attention(q, k, v, pos), want, atol=1e-6, rtol=1e-5)
+    k_old, v_old = torch.randn(1, hkv, lq, 16), torch.randn(1, hkv, lq, 16)
+    later = pos[None, :] > pos[:, None]
+    fresh = torch.ones(lq, 200, dtype=torch.bool)
+    fresh[:, pos] = ~later
+    want = F.scaled_dot_product_attention(q, torch.cat([k, k_old], 2), torch.cat([v, v_old], 2),
+                                          attn_mask=torch.cat([fresh, later], 1), enable_gqa=gqa)
+    torch.testing.assert_close(ordered_rows_attention(q, k, v, pos, k_old, v_old), want, atol=1e-6, rtol=1e-5)
