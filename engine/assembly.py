@@ -189,6 +189,23 @@ def _save(tensors: dict[str, Any], path: Path) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
 
 
+def base_layers_file(ckpt: str | Path, cache: Path | None = None) -> Path:
+    """The path of the base's upper layers beside the adapter's assembled checkpoint, written
+    there first if it is not (an assembly from before the file existed). Raises as `assemble`."""
+    ckpt = Path(ckpt)
+    out = assemble(ckpt, cache)
+    path = out / BASE_LAYERS_FILE
+    if not path.is_file():
+        _, acfg, _ = read_adapter(ckpt)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            _save(_upper_layers(read_base().state, acfg.first_layer), tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
 def base_layers(ckpt: str | Path, cache: Path | None = None) -> dict[str, Any]:
     """The pretrained base's own weights for the layers an adapter changes (native names), kept
     beside its assembled checkpoint (written there on first use: ~140 MB in float32), for the
@@ -199,21 +216,11 @@ def base_layers(ckpt: str | Path, cache: Path | None = None) -> dict[str, Any]:
     """
     from safetensors.torch import load_file
 
-    ckpt = Path(ckpt)
-    out = assemble(ckpt, cache)
-    path = out / BASE_LAYERS_FILE
-    if not path.is_file():  # assembled before the file existed
-        _, acfg, _ = read_adapter(ckpt)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        try:
-            _save(_upper_layers(read_base().state, acfg.first_layer), tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    path = base_layers_file(ckpt, cache)
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error type on corrupt files
         raise CheckpointError(path, f"corrupt safetensors file: {exc}") from exc
 
 
-__all__ = ["ADAPTER_FILE", "BASE_LAYERS_FILE", "BaseModelMissing", "KEEP_ASSEMBLED", "assemble", "base_layers", "cache_root", "is_adapter_dir", "prune", "read_adapter"]
+__all__ = ["ADAPTER_FILE", "BASE_LAYERS_FILE", "BaseModelMissing", "KEEP_ASSEMBLED", "assemble", "base_layers", "base_layers_file", "cache_root", "is_adapter_dir", "prune", "read_adapter"]

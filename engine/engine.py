@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from engine.assembly import assemble, base_layers, is_adapter_dir
+from engine import int8_cache
+from engine.assembly import assemble, base_layers, base_layers_file, is_adapter_dir
 from engine.checkpoint import load_model, load_tokenizer, read_args
 from engine.clip import Clipped, Piece, clip, split_budget
 from engine.config import FAMILIES, ModelArgs
@@ -79,6 +80,39 @@ def stored_dtype(ckpt: Path) -> torch.dtype:
         return names[kinds.pop()] if len(kinds) == 1 and kinds <= names.keys() else torch.float32
     except (IndexError, OSError, ValueError, KeyError):
         return torch.float32
+
+
+def _int8_cached(ckpt: Path, weights: Path, tokenizer: Tokenizer, want_base: bool
+                 ) -> tuple[Transformer | None, torch.nn.ModuleList | None, Path | None]:
+    """The int8 model (and the base's int8 upper layers when `want_base`) from `engine.int8_cache`,
+    kept beside the adapter's assembled checkpoint `weights` (pruned with it), if a file for
+    exactly these inputs is there: (model, base layers, the file); (None, None, file) when the
+    load must quantize (and then writes the file); (None, None, None) when no key can be made
+    (the files it depends on are unreadable: the load says what)."""
+    try:
+        args = read_args(weights)
+        base_file = None
+        if want_base:
+            try:
+                base_file = base_layers_file(ckpt)
+            except (CheckpointError, OSError):
+                return None, None, None  # the slow path reports it
+        path = weights / f"{int8_cache.PREFIX}{int8_cache.cache_key(weights, calibration_ids(tokenizer, _lead_id(args)), base_file)}.safetensors"
+    except (CheckpointError, OSError, ValueError):
+        return None, None, None
+    if not path.is_file():
+        return None, None, path
+    try:
+        with mapped_allocations():  # the file's tensors are freed once packed: handed back whole
+            model, base = int8_cache.load(path, args)
+        release_freed_memory()
+    except Exception as exc:  # safetensors raises its own types on corrupt files
+        log.warning("the int8 model kept in %s is unreadable (%s); quantizing again", path, exc)
+        return None, None, path
+    if want_base and base is None:
+        return None, None, path
+    int8_cache.touch_and_prune(path)
+    return model, base, path
 
 
 def checkpoint_sampling(ckpt: Path) -> SamplingConfig:
@@ -153,6 +187,7 @@ class Engine:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._sessions_lock = threading.Lock()
         self.int8, self.params = False, model.num_params()
+        self.int8_cached = False  # the int8 model came from `engine.int8_cache`, not quantized by this load
         self.threads: ThreadTuner | None = None  # per-request thread count from measured speed (CPU)
         self.memory = ResidentTrim()  # hands a run's freed buffers back (`infill`)
         p = next(model.parameters())
@@ -184,21 +219,34 @@ class Engine:
             env = os.environ.get("DLSP_INT8", "auto")
             int8 = env == "1" or (env != "0" and params >= MIN_PARAMS)
         int8 = bool(int8) and device == "cpu" and dtype == torch.float32 and int8_available()
+        if not ckpt.is_dir():
+            raise CheckpointError(ckpt, "checkpoint directory does not exist")
         adapted = is_adapter_dir(ckpt)
         weights = assemble(ckpt) if adapted else ckpt  # an adapter: the checkpoint it assembles to
-        # int8: load the weights as stored when that is 16-bit, quantize the matmuls from there
-        # (block by block in fp32), and only then widen the rest (embedding, norms) to fp32
-        model, _ = load_model(weights, device=device, dtype=stored_dtype(weights) if int8 else dtype)
+        read_args(weights)  # a missing or bad config.json is named before the tokenizer
         tokenizer = load_tokenizer(ckpt)
-        if int8:
-            with mapped_allocations():
-                quantize_int8(model, calibration_ids(tokenizer, _lead_id(model.args)))
-                own_parameters_(model, dtype)
+        want_base = adapted and os.environ.get("DLSP_BASE_READING", "1") != "0" and read_args(weights).causal_layers > 0
+        cached, base_blocks, cache_file = None, None, None
+        if int8 and adapted:  # the int8 model as quantized before, when its inputs have not changed
+            cached, base_blocks, cache_file = _int8_cached(ckpt, weights, tokenizer, want_base)
+        if cached is not None:
+            model = cached
+        else:
+            # int8: load the weights as stored when that is 16-bit, quantize the matmuls from there
+            # (block by block in fp32), and only then widen the rest (embedding, norms) to fp32
+            model, _ = load_model(weights, device=device, dtype=stored_dtype(weights) if int8 else dtype)
+            if int8:
+                with mapped_allocations():
+                    quantize_int8(model, calibration_ids(tokenizer, _lead_id(model.args)))
+                    own_parameters_(model, dtype)
         engine = cls(model, tokenizer, name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
         engine.int8, engine.params = bool(int8), params
+        engine.int8_cached = cached is not None
         engine.adapted_from_base = adapted
         engine.drafts = load_drafts(ckpt)
-        if adapted and os.environ.get("DLSP_BASE_READING", "1") != "0" and model.args.causal_layers > 0:
+        if base_blocks is not None:
+            engine.base = BaseReading(model, base_blocks)
+        elif want_base and cached is None:
             try:
                 with mapped_allocations():
                     engine.base = build_base_reading(model, base_layers(ckpt), calibration_ids(
@@ -206,6 +254,12 @@ class Engine:
                     release_freed_memory()
             except (CheckpointError, ValueError) as exc:  # the model still works, without it
                 log.warning("the base's reading is off: %s", exc)
+        if int8 and cached is None and cache_file is not None:
+            try:
+                int8_cache.save(cache_file, model, engine.base.layers if engine.base is not None else None)
+                int8_cache.touch_and_prune(cache_file)
+            except (OSError, ValueError) as exc:
+                log.warning("could not keep the int8 model for later loads: %s", exc)
         return engine
 
     def count_tokens(self, text: str) -> int:

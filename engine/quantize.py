@@ -77,6 +77,21 @@ class Int8Linear(nn.Module):
         self._span = torch.zeros(1, self.in_features)
         self._span[0, 0], self._span[0, -1] = 1.0, -1.0
 
+    @classmethod
+    def from_quantized(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
+        """From an already quantized weight (qint8 per output channel, (N, K)), as `dequantized`
+        and `engine.int8_cache` keep it: the same values and scales, packed again."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.out_features, self.in_features = weight.shape
+        self.bias = None if bias is None else bias.detach().float().clone()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._packed = torch.ops.quantized.linear_prepack(weight, None)
+        self._span = torch.zeros(1, self.in_features)
+        self._span[0, 0], self._span[0, -1] = 1.0, -1.0
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., K) float32 -> (..., N) float32. Each row's result depends on that row alone."""
         lead = x.shape[:-1]
@@ -124,6 +139,18 @@ class Int8Rows(nn.Module):
             self.scale[i:i + self.CHUNK] = s
             self.q[i:i + self.CHUNK] = (part / s).round_().clamp_(-127, 127).to(torch.int8)
 
+    @classmethod
+    def from_quantized(cls, q: torch.Tensor, scale: torch.Tensor) -> Int8Rows:
+        """From int8 rows (V, D) and their scales (V, 1), as kept by `engine.int8_cache`."""
+        if q.dtype != torch.int8:
+            raise ValueError(f"int8 rows expected, got {q.dtype}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.num_embeddings, self.embedding_dim = q.shape
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale.float().reshape(-1, 1).clone())
+        return self
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (...) -> rows (..., D) float32."""
         return self.q[ids].float() * self.scale[ids]
@@ -166,6 +193,14 @@ class ShortlistHead(nn.Module):
         self.rows = rows if rows is not None else Int8Rows(head.weight)
         self.k = min(k, head.out_features)
         self.q = Int8Linear(head)
+
+    @classmethod
+    def from_parts(cls, q: Int8Linear, rows: Int8Rows, k: int) -> ShortlistHead:
+        """From its int8 head and rows, as kept by `engine.int8_cache`."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.rows, self.q, self.k = rows, q, min(k, q.out_features)
+        return self
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V) float32."""

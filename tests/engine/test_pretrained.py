@@ -166,6 +166,43 @@ def test_adapter_assembles_from_package_and_caches(tmp_path, monkeypatch, caplog
                                        single_line=True)).text is not None
 
 
+@needs_base
+@pytest.mark.slow
+def test_int8_model_is_kept_beside_the_assembly_and_reloaded_exactly(tmp_path, monkeypatch, caplog):
+    """The first int8 load quantizes and writes the file; the next one reads it (no calibration)
+    and computes the same; a corrupt file is said in the log, quantized again and rewritten."""
+    from engine import int8_cache
+
+    monkeypatch.setenv("DLSP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("DLSP_BASE_READING", raising=False)
+    out = tmp_path / "adapter"
+    _export_random_adapter(out)
+    req = InfillRequest(prefix="def add(a, b):\n    return ", suffix="\n", max_new_tokens=6, single_line=True)
+    ids = torch.tensor([[0, 1604, 29856, 24, 104, 727, 472]])
+
+    def run(engine):
+        with torch.no_grad():
+            logits = engine.model.logits(engine.model.prefill(ids, keep_cache=False)[0])
+        return engine.infill(req).text, logits
+
+    first = Engine.from_pretrained(out, int8=True)
+    assert first.int8 and not first.int8_cached and first.base is not None
+    (assembled,) = list((tmp_path / "cache" / "models").iterdir())
+    (kept,) = list(assembled.glob(f"{int8_cache.PREFIX}*.safetensors"))
+    want = run(first)
+    second = Engine.from_pretrained(out, int8=True)
+    assert second.int8_cached and second.base is not None
+    got = run(second)
+    assert got[0] == want[0] and torch.equal(got[1], want[1])
+    kept.write_bytes(b"not safetensors")
+    with caplog.at_level(logging.WARNING, logger="engine.engine"):
+        third = Engine.from_pretrained(out, int8=True)
+    assert not third.int8_cached and "unreadable" in caplog.text and third.base is not None
+    got = run(third)
+    assert got[0] == want[0] and torch.equal(got[1], want[1])
+    assert Engine.from_pretrained(out, int8=True).int8_cached  # written again
+
+
 def test_prune_keeps_the_most_recently_used_assemblies(tmp_path, caplog):
     """Older assemblies go (by the time of their last load, not of their writing); the one just
     built stays even when others were used later; a half-written one goes once it is a day old;
