@@ -137,7 +137,8 @@ def load(path: Path, args: ModelArgs) -> tuple[Transformer, nn.ModuleList | None
     for i, blk in enumerate(model.layers):
         _load_block(blk, t, f"layers.{i}.")
     model.norm.weight = nn.Parameter(t["norm.weight"].float().clone(), requires_grad=False)
-    rows = Int8Rows.from_quantized(t["lm_head.rows.q"], t["lm_head.rows.scale"])
+    # copies: a tensor read from the file may share one buffer with all of it (~200 MB kept alive)
+    rows = Int8Rows.from_quantized(t["lm_head.rows.q"].clone(), t["lm_head.rows.scale"].float().clone())
     if tuple(rows.q.shape) != (args.vocab_size, args.dim):
         raise ValueError(f"embedding rows {tuple(rows.q.shape)}, expected {(args.vocab_size, args.dim)}")
     model.lm_head = ShortlistHead.from_parts(_int8_linear(t, "lm_head.q"), rows, int(meta["k"]))

@@ -41,6 +41,14 @@ def test_a_loaded_model_computes_exactly_what_the_saved_one_did(tmp_path):
     loaded, loaded_base = int8_cache.load(path, ARGS)
     assert isinstance(loaded.layers[0].fused_qkv, Int8Linear) and not hasattr(loaded.layers[0], "wq")
     assert loaded.tok_emb is loaded.lm_head.rows  # tied again: one table
+    # nothing kept is a view of the file's map (which would keep all of it resident)
+    import gc
+    import os
+
+    gc.collect()
+    if os.path.exists("/proc/self/maps"):
+        with open("/proc/self/maps") as maps:
+            assert path.name not in maps.read()
     assert loaded.layers[1].fused_qkv.bias is not None
     ids = torch.randint(3, ARGS.vocab_size, (1, 30), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
