@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("engine.training.tokenizer_train:main", "train the byte-level BPE tokenizer"),
     "train": ("engine.training.train:main", "train a masked-diffusion model (torchrun-compatible)"),
     "eval": ("engine.evaluation.run:main", "evaluate fill-in-the-middle quality on held-out packages"),
+    "cache": ("engine.assembly:cache_main", "list the assembled models in the cache (~/.cache/dlsp), or --clear them"),
 }
 
 

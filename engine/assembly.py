@@ -223,4 +223,45 @@ def base_layers(ckpt: str | Path, cache: Path | None = None) -> dict[str, Any]:
         raise CheckpointError(path, f"corrupt safetensors file: {exc}") from exc
 
 
-__all__ = ["ADAPTER_FILE", "BASE_LAYERS_FILE", "BaseModelMissing", "KEEP_ASSEMBLED", "assemble", "base_layers", "base_layers_file", "cache_root", "is_adapter_dir", "prune", "read_adapter"]
+def _dir_mb(d: Path) -> float:
+    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20
+
+
+def cache_main(argv: list[str] | None = None) -> int:
+    """`dlsp cache`: what the model cache holds (assembled models, each with the base's layers and
+    its int8 files), or `--clear` to remove them all (a running server keeps the files it has
+    open; the next load assembles again, ~30 s)."""
+    import argparse
+    import datetime
+
+    p = argparse.ArgumentParser(prog="dlsp cache", description=cache_main.__doc__)
+    p.add_argument("--clear", action="store_true", help="remove every assembled model")
+    p.add_argument("--json", action="store_true", help="print the listing as JSON")
+    a = p.parse_args(argv)
+    models = cache_root() / "models"
+    dirs = sorted((d for d in models.iterdir() if d.is_dir()), key=_last_used, reverse=True) if models.is_dir() else []
+    if a.clear:
+        freed = 0.0
+        for d in dirs:
+            mb = _dir_mb(d)
+            shutil.rmtree(d, ignore_errors=True)
+            if not d.exists():
+                freed += mb
+        print(f"removed {len(dirs)} assembled model(s) from {models}: {freed:.0f} MB")
+        return 0
+    rows = [{"key": d.name, "mb": round(_dir_mb(d), 1),
+             "last_used": datetime.datetime.fromtimestamp(_last_used(d)).isoformat(timespec="seconds"),
+             "files": sorted(f.name for f in d.iterdir() if f.is_file() and f.name != LAST_USED),
+             "complete": (d / "model.safetensors").is_file()} for d in dirs]
+    if a.json:
+        print(json.dumps({"root": str(cache_root()), "models": rows}, indent=2))
+        return 0
+    print(f"{models} ({len(rows)} assembled, {sum(r['mb'] for r in rows):.0f} MB; the {KEEP_ASSEMBLED} most "
+          f"recently used are kept)")
+    for r in rows:
+        state = "" if r["complete"] else "  (incomplete)"
+        print(f"  {r['key']}  {r['mb']:8.1f} MB  last used {r['last_used']}  {', '.join(r['files'])}{state}")
+    return 0
+
+
+__all__ = ["ADAPTER_FILE", "BASE_LAYERS_FILE", "BaseModelMissing", "KEEP_ASSEMBLED", "assemble", "base_layers", "base_layers_file", "cache_main", "cache_root", "is_adapter_dir", "prune", "read_adapter"]

@@ -15,7 +15,15 @@ import torch
 
 from engine import gguf_import
 from engine.adapter import AdapterConfig, adapter_tensors, add_lora
-from engine.assembly import BASE_LAYERS_FILE, LAST_USED, assemble, base_layers, is_adapter_dir, prune
+from engine.assembly import (
+    BASE_LAYERS_FILE,
+    LAST_USED,
+    assemble,
+    base_layers,
+    cache_main,
+    is_adapter_dir,
+    prune,
+)
 from engine.checkpoint import load_model
 from engine.engine import Engine
 from engine.errors import CheckpointError
@@ -232,6 +240,26 @@ def test_prune_keeps_the_most_recently_used_assemblies(tmp_path, caplog):
     assert sorted(p.name for p in models.iterdir()) == [".assemble-new", "a0", "a1", "a4", "empty", "notes.txt"]
     assert "removed an older assembled model" in caplog.text
     assert prune(models / "missing") == []
+
+
+def test_cache_command_lists_and_clears(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DLSP_CACHE_DIR", str(tmp_path))
+    assert cache_main([]) == 0 and "0 assembled" in capsys.readouterr().out  # no cache yet
+    for name, size in (("aaa", 2 * 2**20), ("bbb", 2**20)):
+        d = tmp_path / "models" / name
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"x" * size)
+    (tmp_path / "models" / "bbb" / LAST_USED).touch()  # used last: listed first
+    assert cache_main([]) == 0
+    out = capsys.readouterr().out
+    assert "2 assembled, 3 MB" in out and out.index("bbb") < out.index("aaa")
+    assert cache_main(["--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["models"]
+    assert [m["key"] for m in listed] == ["bbb", "aaa"] and listed[1]["mb"] == 2.0
+    assert listed[0]["files"] == ["model.safetensors"] and listed[0]["complete"]
+    assert cache_main(["--clear"]) == 0
+    assert "removed 2 assembled model(s)" in capsys.readouterr().out
+    assert list((tmp_path / "models").iterdir()) == []
 
 
 def test_adapter_dir_without_package_names_the_install(tmp_path, monkeypatch):
