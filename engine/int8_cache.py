@@ -21,11 +21,14 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from engine import model as model_mod
+from engine import quantize
 from engine.config import ModelArgs
 from engine.model import Block, Transformer, _no_init, skeleton
 from engine.quantize import SMOOTH_ALPHA, Int8Linear, Int8Rows, ShortlistHead
@@ -41,8 +44,8 @@ _LEAVES = ("wq", "wk", "wv", "w_gate", "w_up")  # replaced by the fused ones
 
 def cache_key(weights: Path, calibration: list[torch.Tensor], base_file: Path | None) -> str:
     """What the int8 model depends on: the float weights (path, size and time of each file), the
-    calibration rows, the base's layers file when there is one, the smoothing, torch and this
-    layout's version."""
+    calibration rows, the base's layers file when there is one, the smoothing, torch, and the
+    source of the code that quantizes and lays the file out (an edit there re-quantizes once)."""
     h = hashlib.sha256()
     files = sorted(weights.glob("model*.safetensors")) + ([base_file] if base_file is not None else [])
     for f in files:
@@ -51,6 +54,8 @@ def cache_key(weights: Path, calibration: list[torch.Tensor], base_file: Path | 
     for ids in calibration:
         h.update(ids.numpy().tobytes())
     h.update(json.dumps([VERSION, SMOOTH_ALPHA, torch.__version__]).encode())
+    for mod in (quantize, model_mod, sys.modules[__name__]):  # the code that computes it: a change re-quantizes
+        h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:24]
 
 
