@@ -400,7 +400,9 @@ class Engine:
                 moved = heal is not None
         if moved:
             segments[0] = segments[0][:-1]
-        threads = self.threads.pick() if self.threads is not None else None
+        # a cold request prefills the whole context, a warm one reuses the session's cache
+        kind = "warm" if session is not None and session.cache is not None else "cold"
+        threads = self.threads.pick(kind) if self.threads is not None else None
         if threads is not None:
             torch.set_num_threads(threads)
         out = generate(self.model, segments, cfg, self.shifted, hole_tokens=hole_tokens,
@@ -415,7 +417,7 @@ class Engine:
         self.memory.settle(release_freed_memory, prefilled=bool(out.forward_passes and not out.reused_tokens))
         t2 = time.perf_counter()
         if threads is not None and out.forward_passes and not out.cancelled:
-            self.threads.record(threads, (out.prefill_ms + out.steps_ms) / out.forward_passes)
+            self.threads.record(threads, (out.prefill_ms + out.steps_ms) / out.forward_passes, kind)
         texts = [self.tokenizer.decode(f) for f in out.fills]
         generated = sum(map(len, out.fills))
         if heal is not None and out.fills[0]:

@@ -50,32 +50,41 @@ class ThreadTuner:
     them all (on 2 busy cores, one thread ran a 135M-shape step in ~60% of the time two took).
     On a quiet machine every core wins. So each choice keeps a moving average of milliseconds per
     forward pass, the fastest is used, and every `explore`-th request tries another.
+
+    Kept apart per kind of request (`kind`): a cold one (a prefill of the whole context, ~1 s)
+    and a warm one (reuse across keystrokes: a few rows per forward, ~30 ms) differ ~30x in a
+    forward's cost and in what threads buy (a prefill's large matmuls split well, a step's
+    one-row ones hardly do). One average over both measured the mix of requests each count
+    happened to serve, not the count: the server ran cold prefills on the count that had served
+    cheap steps (engine vs server on the same cold tasks: 1.03-1.24x apart from run to run).
     """
 
     def __init__(self, choices: tuple[int, ...], explore: int = 8, alpha: float = 0.3) -> None:
         self.choices, self.explore, self.alpha = tuple(sorted(set(choices))), explore, alpha
-        self.ms: dict[int, float] = {}
-        self.requests = 0
+        self.ms: dict[str, dict[int, float]] = {}  # kind -> threads -> ms per forward
+        self.requests: dict[str, int] = {}
 
     @classmethod
     def for_machine(cls, cores: int | None = None) -> ThreadTuner:
         top = default_threads(cores)
         return cls((1, top) if top > 1 else (1,))
 
-    def pick(self) -> int:
-        self.requests += 1
-        untried = [c for c in self.choices if c not in self.ms]
+    def pick(self, kind: str = "warm") -> int:
+        n = self.requests[kind] = self.requests.get(kind, 0) + 1
+        ms = self.ms.get(kind, {})
+        untried = [c for c in self.choices if c not in ms]
         if untried:
-            return untried[0]
-        best = min(self.choices, key=lambda c: self.ms[c])
-        if len(self.choices) > 1 and self.requests % self.explore == 0:
+            return untried[-1]  # the most threads first: right on a quiet machine
+        best = min(self.choices, key=lambda c: ms[c])
+        if len(self.choices) > 1 and n % self.explore == 0:
             others = [c for c in self.choices if c != best]
-            return others[(self.requests // self.explore) % len(others)]
+            return others[(n // self.explore) % len(others)]
         return best
 
-    def record(self, threads: int, ms_per_forward: float) -> None:
-        old = self.ms.get(threads)
-        self.ms[threads] = ms_per_forward if old is None else (1 - self.alpha) * old + self.alpha * ms_per_forward
+    def record(self, threads: int, ms_per_forward: float, kind: str = "warm") -> None:
+        ms = self.ms.setdefault(kind, {})
+        old = ms.get(threads)
+        ms[threads] = ms_per_forward if old is None else (1 - self.alpha) * old + self.alpha * ms_per_forward
 
 
 @functools.cache

@@ -257,16 +257,29 @@ def test_thread_tuner_prefers_the_faster_count_and_keeps_exploring():
     from engine.runtime import ThreadTuner
 
     t = ThreadTuner((1, 2), explore=4)
-    assert [t.pick(), t.pick()] == [1, 1]  # nothing measured yet: the untried ones first
-    t.record(1, 100.0)
-    assert t.pick() == 2
-    t.record(2, 300.0)
+    assert [t.pick(), t.pick()] == [2, 2]  # nothing measured yet: the untried ones, most threads first
+    t.record(2, 100.0)
+    assert t.pick() == 1
+    t.record(1, 300.0)
     picks = [t.pick() for _ in range(8)]
-    assert picks.count(1) == 6 and picks.count(2) == 2
+    assert picks.count(2) == 6 and picks.count(1) == 2
     for _ in range(10):
-        t.record(2, 10.0)
-    assert t.pick() == 2 or t.pick() == 2
+        t.record(1, 10.0)
+    assert t.pick() == 1 or t.pick() == 1
     assert ThreadTuner.for_machine(1).choices == (1,) and ThreadTuner.for_machine(2).choices == (1, 2)
+
+
+def test_thread_tuner_keeps_cold_and_warm_requests_apart():
+    """Cheap warm steps measured on one count must not make it look faster for cold prefills."""
+    from engine.runtime import ThreadTuner
+
+    t = ThreadTuner((1, 2), explore=1000)
+    t.record(2, 900.0, "cold")  # a prefill: ~1 s per forward, on 2 threads
+    t.record(1, 1500.0, "cold")
+    t.record(1, 30.0, "warm")  # steps: ~30 ms per forward
+    t.record(2, 35.0, "warm")
+    assert t.pick("cold") == 2 and t.pick("warm") == 1
+    assert t.pick("other") == 2  # a kind never measured starts with the most threads
 
 
 def test_engine_uses_the_tuner(engine):
@@ -276,7 +289,9 @@ def test_engine_uses_the_tuner(engine):
     engine.threads = ThreadTuner((1,))
     try:
         engine.infill(InfillRequest(prefix="x = ", suffix="\n", hole_tokens=3, max_new_tokens=3))
-        assert 1 in engine.threads.ms
+        engine.infill(InfillRequest(prefix="x = ", suffix="\n", hole_tokens=3, max_new_tokens=3, session="d"))
+        engine.infill(InfillRequest(prefix="x = ", suffix="\n", hole_tokens=3, max_new_tokens=3, session="d"))
+        assert 1 in engine.threads.ms["cold"] and 1 in engine.threads.ms["warm"]
     finally:
         engine.threads = None
         torch.set_num_threads(before)
