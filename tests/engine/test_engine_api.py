@@ -280,6 +280,10 @@ def test_thread_tuner_keeps_cold_and_warm_requests_apart():
     t.record(2, 35.0, "warm")
     assert t.pick("cold") == 2 and t.pick("warm") == 1
     assert t.pick("other") == 2  # a kind never measured starts with the most threads
+    t = ThreadTuner((1, 2), explore=2)
+    t.record(1, 10.0, "warm"), t.record(2, 20.0, "warm"), t.record(1, 20.0, "cold"), t.record(2, 10.0, "cold")
+    assert [t.pick("warm") for _ in range(8)].count(2) == 4  # warm: every 2nd tries the other
+    assert [t.pick("cold") for _ in range(8)].count(1) == 1  # cold: every 8th
 
 
 def test_engine_uses_the_tuner(engine):
