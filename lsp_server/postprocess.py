@@ -77,12 +77,19 @@ def cut_suffix_overlap(text: str, ctx: Context) -> str:
             if text.endswith(right[:k]):
                 return text[:-k]
         return text
-    first = next((ln.strip() for ln in ctx.suffix.split("\n") if ln.strip()), "")
+    return cut_repeated_line(text, ctx.suffix, first_line_counts=not ctx.line_before.strip())
+
+
+def cut_repeated_line(text: str, following: str, first_line_counts: bool = True) -> str:
+    """A multi-line fill up to the first of its lines that repeats the first non-blank line of
+    `following` (the text after the hole): a model that reaches the suffix copies it. Its first
+    line counts only where it starts a line of its own (`first_line_counts`)."""
+    first = next((ln.strip() for ln in following.split("\n") if ln.strip()), "")
     if not first or (len(first) < 2 and first not in PAIRS):
         return text
     lines = text.split("\n")
     for i, line in enumerate(lines):
-        if line.strip() == first and (i > 0 or not ctx.line_before.strip()):
+        if line.strip() == first and (i > 0 or first_line_counts):
             return "\n".join(lines[:i])
     return text
 

@@ -86,3 +86,21 @@ def test_regenerate_plan_and_segments():
     assert seg.prefix == "a = 1\n" and seg.suffix == "\nc = b\n" and seg.middles == ()
     assert actions.regenerate_plan(text, 3, 3, 64, None) is None
     assert actions.edits(text, plan, ["   "], "    ") == []  # an empty fill keeps the original
+
+
+def test_hole_fills_that_run_into_the_code_below_are_cut_there():
+    """The demo's `Fill holes in remove()` wrote the line below the TODO into it (`if item.quantity
+    <= 0:` twice): a fill is cut at its first line repeating the next line after its hole, and a
+    fill that is only that copy leaves the hole as it was."""
+    text = ("def remove(self, name):\n    item = self.items[name]\n    # TODO: take the quantity off\n"
+            "    if item.quantity <= 0:\n        ...\n")
+    spec, syntax = _parse(text, "python")
+    plan = actions.fill_holes_plan(text, text.index("item ="), spec, syntax, 64)
+    assert [text[s:e] for s, e in plan.spans] == ["# TODO: take the quantity off", "..."]
+    out = apply_edits(text, actions.edits(text, plan, ["if item.quantity <= 0:", "del self.items[name]"], "    "))
+    assert out == text.replace("        ...", "        del self.items[name]")  # the TODO stays
+    out = apply_edits(text, actions.edits(text, plan, ["item.quantity -= 1\n    if item.quantity <= 0:", "pass"], "    "))
+    assert "    item.quantity -= 1\n    if item.quantity <= 0:\n        pass" in out and out.count("if item") == 1
+    # a line that merely resembles the next one is kept
+    out = apply_edits(text, actions.edits(text, plan, ["if item.quantity < 0: raise ValueError", "pass"], "    "))
+    assert "if item.quantity < 0: raise ValueError\n    if item.quantity <= 0:" in out
