@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from lsp_server.context import chars_per_token, clip_prefix, clip_suffix, indent_unit, outline_spans
 from lsp_server.languages import LangSpec
-from lsp_server.postprocess import cut_repeated_line
+from lsp_server.postprocess import complete_lines, cut_repeated_line
 from lsp_server.syntax import Syntax, line_end, line_start
 
 REGENERATE, FILL_HOLES, COMPLETE_BODY = "dlsp.regenerateSelection", "dlsp.fillHoles", "dlsp.completeBody"
@@ -71,6 +71,10 @@ def edits(text: str, plan: EditPlan, fills: Sequence[str], unit: str) -> list[tu
             # below it): cut there; a fill that is nothing but the copy leaves the hole as it was
             own_line = lead.startswith("\n") or not text[line_start(text, s):s].strip()
             fill = cut_repeated_line(fill, trail + text[e:], first_line_counts=own_line).rstrip()
+            if own_line:
+                if not lead.startswith("\n"):  # the hole starts after its line's indentation
+                    fill = fill.lstrip(" \t")
+                fill = complete_lines(fill)
         if fill.strip():
             out.append((s, e, lead + fill + trail))
     return out

@@ -94,6 +94,20 @@ def cut_repeated_line(text: str, following: str, first_line_counts: bool = True)
     return text
 
 
+def complete_lines(text: str) -> str:
+    """The longest run of `text`'s leading lines that leaves no bracket open: a block fill that
+    stopped inside an expression (`return line.split(` and the end) is cut back to its last
+    complete statement, or to nothing, rather than leaving broken code in the buffer. (Quotes
+    are not judged: ' and " close at a line's end here, and an apostrophe in a comment would
+    look like an open string.)"""
+    lines = text.split("\n")
+    for n in range(len(lines), 0, -1):
+        head = "\n".join(lines[:n])
+        if not _open_stack(head)[0]:
+            return head.rstrip()
+    return ""
+
+
 def _open_stack(s: str) -> tuple[list[str], str | None]:
     """Openers of `s` left unclosed (innermost last; a mismatch resets: not code) and the quote
     state at its end."""

@@ -104,3 +104,22 @@ def test_hole_fills_that_run_into_the_code_below_are_cut_there():
     # a line that merely resembles the next one is kept
     out = apply_edits(text, actions.edits(text, plan, ["if item.quantity < 0: raise ValueError", "pass"], "    "))
     assert "if item.quantity < 0: raise ValueError\n    if item.quantity <= 0:" in out
+
+
+def test_hole_fills_are_cut_back_to_complete_lines_and_start_at_the_indentation():
+    """The demo's `Complete body of parse_line` wrote `return line.split(` and ended: a block
+    fill that stops inside an expression is cut back to its last complete line (here: nothing,
+    so no edit), and a fill after a hole's indentation does not add a space of its own."""
+    text = "def parse_line(line):\n    pass\n"
+    spec, syntax = _parse(text, "python")
+    plan = actions.body_plan(text, text.index("parse") + 1, spec, syntax, 64)
+    assert actions.edits(text, plan, ["return line.split(\n       "], "    ") == []
+    out = apply_edits(text, actions.edits(text, plan, ["x = line.strip()\n    return Item(x,\n"], "    "))
+    assert out == "def parse_line(line):\n    x = line.strip()\n"
+    out = apply_edits(text, actions.edits(text, plan, ["# don't split twice\n    return line.split(',')"], "    "))
+    assert out == "def parse_line(line):\n    # don't split twice\n    return line.split(',')\n"
+    text = "def f(x):\n    if x:\n        ...\n"
+    spec, syntax = _parse(text, "python")
+    plan = actions.fill_holes_plan(text, text.index("if"), spec, syntax, 64)
+    assert apply_edits(text, actions.edits(text, plan, [" raise ValueError(x)"], "    ")) == (
+        "def f(x):\n    if x:\n        raise ValueError(x)\n")
