@@ -25,8 +25,13 @@ def open_depth(text: str, start: int = 0) -> int:
             elif text.startswith(quote, i):
                 i += len(quote) - 1
                 quote = ""
-        elif c == "#":
-            break
+            elif c == "\n" and len(quote) == 1:  # a one-quote literal ends with its line
+                quote = ""
+        elif c == "#":  # a comment, to its line's end
+            nl = text.find("\n", i)
+            if nl < 0:
+                break
+            i = nl
         elif c in "'\"":
             quote = c * 3 if text.startswith(c * 3, i) else c
             i += len(quote) - 1
@@ -94,9 +99,10 @@ class EndRules:
         _ban_unless_nothing_left(logits, empty & stops)
 
     def _hold_open_line(self, logits: torch.Tensor, slots: list[int], masked: list[int]) -> None:
-        """`close_brackets` (single-line fills): the frontier row of a hole whose decoded head opened
-        a bracket it has not closed, and holds fewer than `cfg.close_brackets` tokens, may not end
-        the fill (EOS/pad, stop tokens); dropped on a row it would leave with no allowed token."""
+        """`close_brackets`: the frontier row of a hole whose decoded head opened a bracket it has
+        not closed, and holds fewer than `cfg.close_brackets` tokens, may not end the fill
+        (EOS/pad, and for single-line fills the stop tokens); dropped on a row it would leave with
+        no allowed token."""
         mask, texts, n = self.a.mask_id, self.texts, len(self.texts)
         line = self._line_before()
         held = []
@@ -116,7 +122,8 @@ class EndRules:
             return
         rows = torch.zeros(logits.shape[0], 1, dtype=torch.bool, device=self.device)  # (M, 1)
         rows[held] = True
-        ends = self.stop.clone()  # (V,)
+        ends = self.stop.clone() if self.stop is not None else torch.zeros(
+            logits.shape[1], dtype=torch.bool, device=self.device)  # (V,)
         ends[self.ends] = True
         _ban_unless_nothing_left(logits, rows & ends[None, :])
 

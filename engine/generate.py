@@ -266,7 +266,7 @@ class _Run(EndRules):
             logits.masked_fill_(barred, float("-inf"))
         if self.blank is not None:
             self._bar_empty_end(logits, slots, masked, mpos)
-        if self.cfg.close_brackets and self.stop is not None and self.texts is not None:
+        if self.cfg.close_brackets and self.texts is not None:
             self._hold_open_line(logits, slots, masked)
         if self.cfg.end_penalty:
             logits.sub_(self._ending(mpos, logits.shape[1]).to(logits.dtype) * self.cfg.end_penalty)

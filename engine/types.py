@@ -84,12 +84,13 @@ class SamplingConfig:
             otherwise takes the likeliest token that goes on. The plain argmax weighs one end
             token against each way of going on alone, so a flat continuation (`self._` + any of
             many names) loses to an end the model itself gives ~12%.
-        close_brackets: single-line fills only (0 = off): while the fill has opened a bracket it
-            has not closed (outside strings and comments, `engine.end_rules.open_depth`) and holds
-            fewer than this many tokens, it may not end (no EOS/pad, no token holding a line
+        close_brackets: (0 = off) while a fill has opened a bracket it has not closed (outside
+            strings and comments, `engine.end_rules.open_depth`) and holds fewer than this many
+            tokens, it may not end (no EOS/pad; a single-line fill no token holding a line
             break). A small model often breaks a call after `(` where the code goes on on the
             same line (`self.rcLines.extend(` for `self.rcLines.extend(rcFile)`), and a line
-            cut there is not a suggestion worth showing.
+            cut there is not a suggestion worth showing; multi-line fills ended the same way
+            (`dlsp demo`'s parse_line body: `return line.split(` and EOS).
         base_weight: a model adapted from a pretrained AR base (whose lower layers it keeps causal
             and unchanged) also reads the slot being committed with the base's own upper layers,
             left to right, and scores each token by `log p_model + base_weight * log p_base`

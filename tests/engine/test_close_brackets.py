@@ -1,4 +1,4 @@
-"""`close_brackets`: a single-line fill does not end with a bracket it opened still open."""
+"""`close_brackets`: a fill does not end with a bracket it opened still open."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ STOP[7] = True
     ('s = "\\"(" + f(', 1), ("''' ( ''' + (", 1),
 ])
 def test_open_depth_counts_code_brackets_only(text, depth):
+    assert open_depth(text) == depth
+
+
+@pytest.mark.parametrize("text, depth", [
+    ("# note\nf(", 1), ("x = 1  # (\ny = [", 1), ("# don't\ng(", 1), ("s = 'a\nh(", 1), ('"""a\n(\n"""(', 1),
+])
+def test_open_depth_over_several_lines(text, depth):
+    """A comment hides the rest of its line only; a one-quote literal ends with its line."""
     assert open_depth(text) == depth
 
 
@@ -51,10 +59,31 @@ def test_the_line_goes_on_until_the_call_is_closed():
     assert fill() == [[5, 7]]  # off: the line breaks after `f(`
     assert fill(close_brackets=8) == [[5, 8, 7]]  # held open until `)`, then the line ends
     assert fill(close_brackets=1) == [[5, 7]]  # past its token cap the rule lets go
-    # without token texts (or outside single-line fills) there is nothing to read: off
+    # without token texts there is nothing to read: off
     off = _run(Scripted(call_then_break), [[3], [9]], SamplingConfig(**CFG, close_brackets=8), hole_tokens=8,
                max_new_tokens=8, stop_ids=STOP)
     assert off.fills == [[5, 7]]
+
+
+def call_then_end(p: int) -> dict[int, float]:
+    """A multi-line fill: `f(`, then ending (EOS) is likelier than `)`; after `)`, EOS."""
+    if p == 2:
+        return {5: 0.9, A.eos_id: 0.1}
+    if p == 3:
+        return {A.eos_id: 0.6, 8: 0.3, 7: 0.1}
+    return {A.eos_id: 0.9, 9: 0.1}
+
+
+def test_a_multi_line_fill_does_not_end_inside_a_call():
+    """The demo's `Complete body` wrote `return line.split(` and ended: without stop tokens (a
+    multi-line fill) the rule bars EOS/pad while the call is open."""
+    def fill(**kw):
+        return _run(Scripted(call_then_end), [[3], [9]], SamplingConfig(**CFG, **kw), hole_tokens=8,
+                    max_new_tokens=8, texts=TEXTS).fills
+
+    assert fill() == [[5]]  # off: it ends after `f(`
+    assert fill(close_brackets=8) == [[5, 8]]  # held until `)`, then it ends
+    assert fill(close_brackets=1) == [[5]]
 
 
 def test_a_bracket_of_the_healed_prefix_token_is_not_the_fills():
