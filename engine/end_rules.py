@@ -43,6 +43,28 @@ def open_depth(text: str, start: int = 0) -> int:
     return depth
 
 
+def dedent_start(head: list[int], texts: list[str], floor: int) -> int | None:
+    """Index of the first token of `head` (a fill's committed tokens, in order) on a line after
+    its first whose code starts fewer than `floor` columns in (tabs as 4): where a block fill has
+    left its block. None while no such line has a character of code yet."""
+    n = len(texts)
+    text, starts = "", []
+    for t in head:
+        starts.append(len(text))
+        text += texts[t] if t < n else ""
+    at = text.find("\n")
+    while at >= 0:
+        line_start = at + 1
+        nl = text.find("\n", line_start)
+        line = text[line_start:] if nl < 0 else text[line_start:nl]
+        code = line.lstrip(" \t")
+        if code:
+            if len(line[:len(line) - len(code)].expandtabs(4)) < floor:
+                return next((i for i, st in enumerate(starts) if st >= line_start), None)
+        at = nl
+    return None
+
+
 def _ban_unless_nothing_left(logits: torch.Tensor, ban: torch.Tensor) -> None:
     """Set `logits` (M, V) to -inf where `ban` (M, V) holds, in place, except on rows it would
     leave with no allowed token."""

@@ -275,6 +275,8 @@ class Engine:
         self._check_sampling(cfg)
         if req.max_new_tokens < 0 or req.hole_tokens < 0:
             raise InvalidRequestError("hole_tokens and max_new_tokens must be >= 0")
+        if req.min_indent is not None and not (isinstance(req.min_indent, int) and 0 <= req.min_indent <= 4096):
+            raise InvalidRequestError("min_indent must be None or 0..4096 columns")
 
     @staticmethod
     def _check_sampling(cfg: SamplingConfig) -> None:
@@ -410,7 +412,8 @@ class Engine:
                        stop_ids=self._newline_ids() if req.single_line else None,
                        first=heal[1] if heal is not None else None, session=session, policy=self.reuse,
                        banned=self._banned, blank_ids=self._blank_ids(), drafts=self.drafts,
-                       texts=self.healer().texts, base=self.base if req.single_line else None)
+                       texts=self.healer().texts, base=self.base if req.single_line else None,
+                       min_indent=None if req.single_line else req.min_indent)
         # a prefill's transient buffers (~150 MB at 1k tokens) stay resident once freed, also
         # when the prefill came after a reuse (a growth round, a failed plan): handed back when
         # the process grew past its last low point (~10 ms when it did, ~20 us to check)

@@ -22,7 +22,7 @@ import torch
 
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
-from engine.end_rules import EndRules
+from engine.end_rules import EndRules, dedent_start
 from engine.expert import BaseReading, BaseRun
 from engine.fills import grow as _grow
 from engine.fills import short_of_masks
@@ -110,6 +110,7 @@ class _Run(EndRules):
         self.holes, self.segments, self.device = holes, segments, device
         self.base: BaseRun | None = None  # the base's reading of the frontier, mixed in (`engine.expert`)
         self.texts: list[str] | None = None  # token texts (`close_brackets`, loops of lines), set by `generate`
+        self.min_indent: int | None = None  # `cut_dedent`, set by `generate`
         self.out = GenOutput(fills=[])
         # `lookahead`: whether the slots leave some hole short of masks (set by `generate`); the
         # decode, speculative follow-through included, stops there for a growth round
@@ -329,6 +330,28 @@ class _Run(EndRules):
             slots[i] = self.a.eos_id
         return slots, slots.count(mask)
 
+    def cut_dedent(self, slots: list[int], left: int) -> tuple[list[int], int]:
+        """`min_indent`: a hole whose decoded head has a line (after its first) starting left of
+        `min_indent` columns has left its block: it ends before that line's first token (the rest
+        becomes EOS), as the editor would cut it, without decoding the rest first."""
+        mask, cut = self.a.mask_id, []
+        for h in range(len(self.holes.fills)):
+            idx = [i for i, hh in enumerate(self.hole_host) if hh == h]
+            head = [slots[i] for i in idx]
+            head = head[:head.index(mask)] if mask in head else head
+            ends = [j for j, t in enumerate(head) if t in (self.a.eos_id, self.a.pad_id)]
+            head = head[:ends[0]] if ends else head
+            at = dedent_start(head, self.texts, self.min_indent)
+            if at is not None:
+                cut += idx[at:]
+        if not cut:
+            return slots, left
+        self.canvas[0, self.pos[torch.tensor(cut, device=self.device)]] = self.a.eos_id
+        slots = list(slots)
+        for i in cut:
+            slots[i] = self.a.eos_id
+        return slots, slots.count(mask)
+
     def read_fills(self) -> None:
         for h in range(len(self.holes.fills)):
             self.holes.fills[h] = self.canvas[0, self.pos[self.hole_of == h]].tolist()
@@ -342,7 +365,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
              session: Session | None = None, policy: ReusePolicy | None = None,
              banned: list[int] | None = None, blank_ids: torch.Tensor | None = None,
              drafts: NgramDrafts | None = None, texts: list[str] | None = None,
-             base: BaseReading | None = None) -> GenOutput:
+             base: BaseReading | None = None, min_indent: int | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -372,6 +395,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             `cfg.base_weight` > 0 (one hole, `block=1`, the fast sampler, a shifted family, no
             CUDA graphs) every commit also reads the base (`engine.expert`); its keys/values are
             kept in the session like the model's.
+        min_indent: multi-line fills (no `stop_ids`, with `texts`): a fill ends before its first
+            line after the first that starts left of this many columns (`cut_dedent`).
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """
@@ -384,6 +409,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids, first,
                banned, blank_ids)
     run.texts = texts
+    # a block fill ends where it leaves its block (multi-line fills with token texts only)
+    run.min_indent = min_indent if (min_indent is not None and stop_ids is None and texts is not None) else None
     if not (cfg.base_weight > 0 and n_holes == 1 and cfg.block == 1 and shifted and not run.naive
             and not run.full_every_step and graphs is None):
         base = None
@@ -438,6 +465,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
                 slots, left = spec.follow(slots, left)
             if cfg.loop_guard:
                 slots, left = run.cut_loops(slots, left)
+            if run.min_indent is not None and left:
+                slots, left = run.cut_dedent(slots, left)
             if left and run.short_of_masks(slots):
                 break
         run.out.steps_ms += (time.perf_counter() - t0) * 1e3

@@ -173,6 +173,9 @@ class InfillRequest:
         sampling: sampler settings (None = the engine's default).
         single_line: each fill ends at its first line break: a committed token holding one ends
             the hole there (later slots become EOS, no growth) and the text is cut before it.
+        min_indent: multi-line fills: a fill ends before its first line (after the first) whose
+            code starts left of this many columns (tabs as 4), where it leaves the block the
+            editor asked for, instead of decoding text the editor would cut (None = off).
         token_healing: move the prefix's last token into the hole and let the model rewrite it
             (its first slot may only take tokens that start with that token's text), so that a
             cursor inside a word or after a line break does not leave the model at a token
@@ -194,6 +197,7 @@ class InfillRequest:
     session: str | None = None
     sampling: SamplingConfig | None = None
     single_line: bool = False
+    min_indent: int | None = None
     token_healing: bool = True
     should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 

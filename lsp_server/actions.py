@@ -80,6 +80,15 @@ def edits(text: str, plan: EditPlan, fills: Sequence[str], unit: str) -> list[tu
     return out
 
 
+def block_floor(text: str, plan: EditPlan, unit: str) -> int | None:
+    """The indentation (columns) below which the engine may stop a block plan's fills
+    (`InfillRequest.min_indent`): the shallowest of its holes' floors (`edits` cuts each at its
+    own); None for a plan whose fills are not cut (a selection)."""
+    if not plan.block:
+        return None
+    return min(_hole_indent(text, s, lead, unit) for (s, _), lead in zip(plan.spans, plan.lead))
+
+
 def _width(ws: str, unit: str) -> int:
     return len(ws.expandtabs(len(unit) if unit != "\t" else 4))
 

@@ -34,8 +34,9 @@ def fit_first_line(text: str, ctx: Context) -> str:
     return text
 
 
-def _block_indent(ctx: Context) -> int:
-    """Lines of a multi-line fill must stay indented at least this much (else the block ended)."""
+def block_floor(ctx: Context) -> int:
+    """Lines of a multi-line fill must stay indented at least this much (else the block ended);
+    the engine stops there too (`InfillRequest.min_indent`)."""
     if ctx.mode == "block":
         return indent_width(ctx.line_before) if not ctx.line_before.strip() else 0
     header = ctx.line_before
@@ -51,7 +52,7 @@ def stop(text: str, ctx: Context) -> str:
     if not ctx.multiline:
         return text.split("\n", 1)[0]
     lines = text.split("\n")
-    floor = _block_indent(ctx)
+    floor = block_floor(ctx)
     out: list[str] = []
     blank = 0
     for i, line in enumerate(lines[:MAX_LINES]):

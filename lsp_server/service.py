@@ -34,7 +34,7 @@ from lsp_server.documents import DocumentStore
 from lsp_server.errors import BadParams, ModelNotReady, StaleDocument, cancelled
 from lsp_server.languages import spec_for
 from lsp_server.model_host import ModelHost
-from lsp_server.postprocess import postprocess
+from lsp_server.postprocess import block_floor, postprocess
 from lsp_server.scheduler import Scheduler, Stopped
 from lsp_server.settings import Settings
 from lsp_server.stats import Stats
@@ -226,7 +226,8 @@ class Service:
             req = InfillRequest(prefix=ctx.prefix, suffix=ctx.suffix, hole_tokens=ctx.hole_tokens,
                                 max_new_tokens=ctx.max_new_tokens, max_context_tokens=s.context_tokens,
                                 context=ctx.segments, session=uri, sampling=self._sampling(),
-                                single_line=not ctx.multiline, should_stop=job.should_stop)
+                                single_line=not ctx.multiline, should_stop=job.should_stop,
+                                min_indent=block_floor(ctx) if ctx.multiline else None)
             result = await self.scheduler.run(job, lambda stop: engine.infill(req))
             if result is None or result.cancelled:
                 raise Stopped(job.reason or "cancelled")
@@ -307,7 +308,7 @@ class Service:
                                   EDIT_BUDGET_S)
         req = InfillRequest(prefix=seg.prefix, suffix=seg.suffix, middles=seg.middles, hole_tokens=plan.hole_tokens,
                             max_new_tokens=plan.max_new_tokens, max_context_tokens=self.settings.context_tokens,
-                            sampling=self._sampling())
+                            sampling=self._sampling(), min_indent=actions.block_floor(text, plan, indent_unit(text, a)))
         job = self.scheduler.claim((uri, "edit"), is_stale=lambda: self._stale(uri, version))
         engine = self.host.engine
         try:

@@ -119,3 +119,33 @@ def test_the_engine_checks_the_setting(tmp_path):
     out = engine.infill(InfillRequest(prefix="x = f(", suffix="\n", single_line=True, hole_tokens=6,
                                       max_new_tokens=12, sampling=SamplingConfig(close_brackets=12)))
     assert "\n" not in out.text
+
+
+def test_dedent_start_finds_the_first_token_of_a_line_left_of_the_block():
+    from engine.end_rules import dedent_start
+
+    texts = ["return x", "\n", "    ", "y = 1", "\n\n", "def", " g", "():", "\t", "z"]
+    assert dedent_start([0, 1, 2, 3], texts, 4) is None  # `    y = 1` stays in the block
+    assert dedent_start([0, 1, 2, 3, 4], texts, 4) is None  # blank lines decide nothing
+    assert dedent_start([0, 1, 2, 3, 4, 5, 6], texts, 4) == 5  # `def` at column 0: cut before it
+    assert dedent_start([0, 1, 8, 9], texts, 4) is None  # a tab is 4 columns
+    assert dedent_start([0, 1, 8, 9], texts, 5) == 2  # the line's first token, its indentation included
+    assert dedent_start([5, 6, 7], texts, 4) is None  # the first line is the cursor's: never judged
+
+
+def test_a_block_fill_ends_where_it_leaves_the_block():
+    """`min_indent`: decoding stops at the first token of a dedented line (later slots EOS), so the
+    forwards the editor would throw away are not spent."""
+    texts = ["<m>", "<e>", "<b>", "x = ", "y", "    ", "\n", "z", "def"] + ["?"] * (A.vocab_size - 9)
+
+    def script(p: int) -> dict[int, float]:  # y, newline, def, y, y, y ... (a block that walks out)
+        return {2: {4: 1.0}, 3: {6: 1.0}, 4: {8: 1.0}}.get(p, {4: 1.0})
+
+    def fill(**kw):
+        return _run(Scripted(script), [[3], [9]], SamplingConfig(**CFG), hole_tokens=8, max_new_tokens=8,
+                    texts=texts, **kw)
+
+    assert fill().fills == [[4, 6, 8, 4, 4, 4, 4, 4]]  # no floor: decoded to the end
+    cut = fill(min_indent=4)
+    assert cut.fills == [[4, 6]] and cut.forward_passes < fill().forward_passes
+    assert fill(min_indent=0).fills == [[4, 6, 8, 4, 4, 4, 4, 4]]  # column 0 is inside a floor of 0

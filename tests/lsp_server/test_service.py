@@ -58,6 +58,7 @@ def test_suggest_cache_and_type_through():
     async def main():
         index, spans = await svc.suggest(URI, _pos(3, 11))
         assert spans == [(len("import os\n\ndef add(a, b):\n    return "),) * 2 + ("a + b",)]
+        assert engine.calls[0].single_line and engine.calls[0].min_indent is None
         assert index.text == SRC
         await svc.suggest(URI, _pos(3, 11))  # same context: cached
         assert len(engine.calls) == 1
@@ -190,7 +191,7 @@ def test_fill_holes_jointly_in_one_run():
         return await svc.edit(actions.FILL_HOLES, "file:///h.py", _rng((3, 6), (3, 6)))
 
     index, version, edits = asyncio.run(main())
-    assert len(engine.calls) == 1 and engine.calls[0].n_holes == 2
+    assert len(engine.calls) == 1 and engine.calls[0].n_holes == 2 and engine.calls[0].min_indent == 4
     assert engine.calls[0].middles == ("\n    ",)
     assert apply_edits(HOLES, edits) == HOLES.replace("# TODO compute the area", "x = r * r").replace(
         "    ...\n", "    return math.pi * x\n")
@@ -209,6 +210,8 @@ def test_regenerate_selection_and_complete_body():
     engine.fill = lambda req: ("y = a\n    return y",)
     _, _, edits = asyncio.run(svc.edit(actions.COMPLETE_BODY, "file:///r.py", _rng((0, 2), (0, 2))))
     assert apply_edits(svc.docs.get("file:///r.py").text, edits) == "def f(a, b):\n    y = a\n    return y\n\nx = 1\n"
+    # the engine may stop a body's fill where it leaves the body (4 columns), a selection's never
+    assert engine.calls[-1].min_indent == 4 and req.min_indent is None
     assert set(asyncio.run(svc.available_actions("file:///r.py", _rng((1, 4), (1, 10))))) == {
         actions.REGENERATE, actions.COMPLETE_BODY}
     svc.scheduler.shutdown()
@@ -321,4 +324,21 @@ def test_requests_carry_the_session_and_ranked_segments_and_close_forgets_it():
     done = threading.Event()
     svc.scheduler.after(done.set)  # forgotten on the worker, in order with what is queued there
     assert done.wait(10) and engine.forgotten == [URI]
+    svc.scheduler.shutdown()
+
+
+def test_a_block_suggestion_tells_the_engine_where_the_block_ends():
+    """Below a header the server asks for a body: the engine may stop the fill at its first line
+    left of the body (`min_indent`), where the postprocessing would cut it anyway."""
+    engine = FakeEngine(fill=lambda req: ("y = x\n    return y\ndef g():",))
+    svc = _service(engine)
+    svc.docs.open("file:///b.py", "python", 1, "def f(x):\n    \n")
+
+    async def main():
+        return await svc.suggest("file:///b.py", _pos(1, 4))
+
+    _, spans = asyncio.run(main())
+    req = engine.calls[-1]
+    assert not req.single_line and req.min_indent == 1  # past the header's column
+    assert spans[0][2] == "y = x\n    return y"
     svc.scheduler.shutdown()
