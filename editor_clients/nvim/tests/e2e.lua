@@ -189,7 +189,10 @@ local function main()
     return api.nvim_get_mode().mode == "n"
   end)
 
-  -- Code action "Complete body" at the placeholder body, through vim.lsp.buf.code_action.
+  -- Code action "Complete body" at the placeholder body, through vim.lsp.buf.code_action, on
+  -- the file as it was in every mode (the suggestions accepted above differ by mode, and so
+  -- would the tiny model's fill of this body: the server keeps no edit of broken code)
+  api.nvim_buf_set_lines(0, 0, -1, false, vim.fn.readfile(cfg.src))
   local action_row = vim.fn.search("^" .. vim.pesc(cfg.action_line) .. "$", "nw")
   assert(action_row > 0, "no line " .. cfg.action_line)
   api.nvim_win_set_cursor(0, { action_row, cfg.action_col })
