@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from engine import int8_cache
-from engine.assembly import assemble, base_layers, base_layers_file, is_adapter_dir
+from engine.assembly import assemble, base_layers, is_adapter_dir
 from engine.checkpoint import load_model, load_tokenizer, read_args
 from engine.clip import Clipped, Piece, clip, split_budget
 from engine.config import FAMILIES, ModelArgs
@@ -80,39 +80,6 @@ def stored_dtype(ckpt: Path) -> torch.dtype:
         return names[kinds.pop()] if len(kinds) == 1 and kinds <= names.keys() else torch.float32
     except (IndexError, OSError, ValueError, KeyError):
         return torch.float32
-
-
-def _int8_cached(ckpt: Path, weights: Path, tokenizer: Tokenizer, want_base: bool
-                 ) -> tuple[Transformer | None, torch.nn.ModuleList | None, Path | None]:
-    """The int8 model (and the base's int8 upper layers when `want_base`) from `engine.int8_cache`,
-    kept beside the adapter's assembled checkpoint `weights` (pruned with it), if a file for
-    exactly these inputs is there: (model, base layers, the file); (None, None, file) when the
-    load must quantize (and then writes the file); (None, None, None) when no key can be made
-    (the files it depends on are unreadable: the load says what)."""
-    try:
-        args = read_args(weights)
-        base_file = None
-        if want_base:
-            try:
-                base_file = base_layers_file(ckpt)
-            except (CheckpointError, OSError):
-                return None, None, None  # the slow path reports it
-        path = weights / f"{int8_cache.PREFIX}{int8_cache.cache_key(weights, calibration_ids(tokenizer, _lead_id(args)), base_file)}.safetensors"
-    except (CheckpointError, OSError, ValueError):
-        return None, None, None
-    if not path.is_file():
-        return None, None, path
-    try:
-        with mapped_allocations():  # the file's tensors are freed once packed: handed back whole
-            model, base = int8_cache.load(path, args)
-        release_freed_memory()
-    except Exception as exc:  # safetensors raises its own types on corrupt files
-        log.warning("the int8 model kept in %s is unreadable (%s); quantizing again", path, exc)
-        return None, None, path
-    if want_base and base is None:
-        return None, None, path
-    int8_cache.touch_and_prune(path)
-    return model, base, path
 
 
 def checkpoint_sampling(ckpt: Path) -> SamplingConfig:
@@ -223,12 +190,13 @@ class Engine:
             raise CheckpointError(ckpt, "checkpoint directory does not exist")
         adapted = is_adapter_dir(ckpt)
         weights = assemble(ckpt) if adapted else ckpt  # an adapter: the checkpoint it assembles to
-        read_args(weights)  # a missing or bad config.json is named before the tokenizer
+        args = read_args(weights)  # a missing or bad config.json is named before the tokenizer
         tokenizer = load_tokenizer(ckpt)
-        want_base = adapted and os.environ.get("DLSP_BASE_READING", "1") != "0" and read_args(weights).causal_layers > 0
+        want_base = adapted and os.environ.get("DLSP_BASE_READING", "1") != "0" and args.causal_layers > 0
+        calibration = calibration_ids(tokenizer, _lead_id(args)) if int8 else None
         cached, base_blocks, cache_file = None, None, None
-        if int8 and adapted:  # the int8 model as quantized before, when its inputs have not changed
-            cached, base_blocks, cache_file = _int8_cached(ckpt, weights, tokenizer, want_base)
+        if calibration and adapted:  # the int8 model as quantized before, when its inputs have not changed
+            cached, base_blocks, cache_file = int8_cache.lookup(ckpt, weights, args, calibration, want_base)
         if cached is not None:
             model = cached
         else:
@@ -237,7 +205,7 @@ class Engine:
             model, _ = load_model(weights, device=device, dtype=stored_dtype(weights) if int8 else dtype)
             if int8:
                 with mapped_allocations():
-                    quantize_int8(model, calibration_ids(tokenizer, _lead_id(model.args)))
+                    quantize_int8(model, calibration)
                     own_parameters_(model, dtype)
         engine = cls(model, tokenizer, name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
         engine.int8, engine.params = bool(int8), params
@@ -249,8 +217,7 @@ class Engine:
         elif want_base and cached is None:
             try:
                 with mapped_allocations():
-                    engine.base = build_base_reading(model, base_layers(ckpt), calibration_ids(
-                        tokenizer, _lead_id(model.args)) if int8 else None)
+                    engine.base = build_base_reading(model, base_layers(ckpt), calibration)
                     release_freed_memory()
             except (CheckpointError, ValueError) as exc:  # the model still works, without it
                 log.warning("the base's reading is off: %s", exc)

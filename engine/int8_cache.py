@@ -166,6 +166,37 @@ def load(path: Path, args: ModelArgs) -> tuple[Transformer, nn.ModuleList | None
     return model.eval(), base
 
 
+def lookup(ckpt: Path, weights: Path, args: ModelArgs, calibration: list[torch.Tensor], want_base: bool
+           ) -> tuple[Transformer | None, nn.ModuleList | None, Path | None]:
+    """The int8 model (and the base's int8 upper layers when `want_base`) for the adapter `ckpt`
+    assembled at `weights`, if a file for exactly these inputs is kept there: (model, base layers,
+    the file); (None, None, file) when the load must quantize (and then `save`s the file); (None,
+    None, None) when no key can be made (a file it depends on is unreadable: the slow path
+    reports it)."""
+    from engine.assembly import base_layers_file
+    from engine.errors import CheckpointError
+    from engine.runtime import mapped_allocations, release_freed_memory
+
+    try:
+        base_file = base_layers_file(ckpt) if want_base else None
+        path = weights / f"{PREFIX}{cache_key(weights, calibration, base_file)}.safetensors"
+    except (CheckpointError, OSError, ValueError):
+        return None, None, None
+    if not path.is_file():
+        return None, None, path
+    try:
+        with mapped_allocations():  # the file's tensors are freed once packed: handed back whole
+            model, base = load(path, args)
+        release_freed_memory()
+    except Exception as exc:  # safetensors raises its own types on corrupt files
+        log.warning("the int8 model kept in %s is unreadable (%s); quantizing again", path, exc)
+        return None, None, path
+    if want_base and base is None:
+        return None, None, path
+    touch_and_prune(path)
+    return model, base, path
+
+
 def touch_and_prune(path: Path, keep: int = KEEP_FILES) -> None:
     """Mark `path` used now and remove all but the `keep` most recently used cache files."""
     try:
@@ -178,4 +209,4 @@ def touch_and_prune(path: Path, keep: int = KEEP_FILES) -> None:
         pass
 
 
-__all__ = ["KEEP_FILES", "PREFIX", "VERSION", "cache_key", "load", "save", "touch_and_prune"]
+__all__ = ["KEEP_FILES", "PREFIX", "VERSION", "cache_key", "load", "lookup", "save", "touch_and_prune"]

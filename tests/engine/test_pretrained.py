@@ -203,7 +203,7 @@ def test_int8_model_is_kept_beside_the_assembly_and_reloaded_exactly(tmp_path, m
     got = run(second)
     assert got[0] == want[0] and torch.equal(got[1], want[1])
     kept.write_bytes(b"not safetensors")
-    with caplog.at_level(logging.WARNING, logger="engine.engine"):
+    with caplog.at_level(logging.WARNING, logger="engine.int8_cache"):
         third = Engine.from_pretrained(out, int8=True)
     assert not third.int8_cached and "unreadable" in caplog.text and third.base is not None
     got = run(third)
