@@ -1,11 +1,14 @@
 """The logit and commit rules that decide where a fill ends, mixed into `engine.generate`'s run
 (they read its canvas, hole layout and stop sets): which tokens would end a fill at a slot,
-`end_mass`, `nonempty`, `close_brackets`, and EOS after an ending commit. Works on tensors on the
+`end_mass`, `nonempty`, `close_brackets`, EOS after an ending commit, and the cuts of a decoded
+head (`loop_guard`'s loops, `min_indent`'s dedent). Works on tensors on the
 model's device."""
 
 from __future__ import annotations
 
 import torch
+
+from engine.samplers import line_loop_start, loop_start
 
 OPENERS, CLOSERS = "([{", ")]}"
 
@@ -76,7 +79,7 @@ def _ban_unless_nothing_left(logits: torch.Tensor, ban: torch.Tensor) -> None:
 class EndRules:
     """Methods of `engine.generate._Run` (its attributes: `a`, `cfg`, `device`, `canvas`, `pos`,
     `hole_of`, `hole_host`, `holes`, `ends`, `stop`, `first`, `blank`, `blank_stop`,
-    `blank_first_stop`, `segments`, `texts`)."""
+    `blank_first_stop`, `segments`, `texts`, `min_indent`)."""
 
     def _ending(self, mpos: torch.Tensor, vocab: int) -> torch.Tensor:
         """(M, V) bool: the tokens that would end the fill at each slot: EOS and pad, and the stop
@@ -179,3 +182,48 @@ class EndRules:
         row = self.canvas[0, self.pos]  # (P,)
         tail = (self.pos > first[self.hole_of]) & (row == self.a.mask_id)
         self.canvas[0, self.pos] = torch.where(tail, self.a.eos_id, row)
+
+    def _heads(self, slots: list[int]) -> list[tuple[list[int], list[int], bool]]:
+        """Per hole: its slot indices, its decoded head (the slots up to the first mask, cut at an
+        end: a step that commits the end can commit more after it) and whether it has ended."""
+        mask, out = self.a.mask_id, []
+        for h in range(len(self.holes.fills)):
+            idx = [i for i, hh in enumerate(self.hole_host) if hh == h]
+            head = [slots[i] for i in idx]
+            head = head[:head.index(mask)] if mask in head else head
+            ends = [j for j, t in enumerate(head) if t in (self.a.eos_id, self.a.pad_id)]
+            out.append((idx, head[:ends[0]] if ends else head, bool(ends)))
+        return out
+
+    def _end_at(self, slots: list[int], cut: list[int]) -> tuple[list[int], int]:
+        """Slots `cut` become EOS (on the canvas and in `slots`); returns the slots and masks left."""
+        self.canvas[0, self.pos[torch.tensor(cut, device=self.device)]] = self.a.eos_id
+        slots = list(slots)
+        for i in cut:
+            slots[i] = self.a.eos_id
+        return slots, slots.count(self.a.mask_id)
+
+    def cut_loops(self, slots: list[int], left: int) -> tuple[list[int], int]:
+        """`loop_guard`: a hole whose decoded head (its slots up to the first mask or end) ends in a loop
+        (of tokens; of lines, whitespace aside, in multi-line fills when the token texts are
+        known) ends after the loop's first copy; the rest of it becomes EOS. Returns the slots
+        and the masks left."""
+        cut = []
+        for idx, head, ended in self._heads(slots):
+            at = loop_start(head, self.cfg.loop_guard)
+            if at is None and self.stop is None and self.texts is not None:
+                at = line_loop_start(head, self.texts, self.cfg.loop_guard, ended=ended)
+            if at is not None:
+                cut += idx[at:]
+        return self._end_at(slots, cut) if cut else (slots, left)
+
+    def cut_dedent(self, slots: list[int], left: int) -> tuple[list[int], int]:
+        """`min_indent`: a hole whose decoded head has a line (after its first) starting left of
+        `min_indent` columns has left its block: it ends before that line's first token (the rest
+        becomes EOS), as the editor would cut it, without decoding the rest first."""
+        cut = []
+        for idx, head, _ in self._heads(slots):
+            at = dedent_start(head, self.texts, self.min_indent)
+            if at is not None:
+                cut += idx[at:]
+        return self._end_at(slots, cut) if cut else (slots, left)

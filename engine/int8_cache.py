@@ -31,15 +31,13 @@ from engine import model as model_mod
 from engine import quantize
 from engine.config import ModelArgs
 from engine.model import Block, Transformer, _no_init, skeleton
-from engine.quantize import SMOOTH_ALPHA, Int8Linear, Int8Rows, ShortlistHead
+from engine.quantize import FUSED_AWAY, QUANTIZED_MATMULS, SMOOTH_ALPHA, Int8Linear, Int8Rows, ShortlistHead
 
 log = logging.getLogger(__name__)
 
 VERSION = 1  # of the file layout and of what quantization computes: bump when either changes
 KEEP_FILES = 2  # per assembled checkpoint (with and without the base's layers)
 PREFIX = "int8-"
-_FUSED = ("fused_qkv", "fused_gate_up", "wo", "w_down")  # a quantized block's matmuls
-_LEAVES = ("wq", "wk", "wv", "w_gate", "w_up")  # replaced by the fused ones
 
 
 def cache_key(weights: Path, calibration: list[torch.Tensor], base_file: Path | None) -> str:
@@ -69,10 +67,10 @@ def _int8_tensors(prefix: str, lin: Int8Linear) -> dict[str, torch.Tensor]:
 
 def _block_tensors(prefix: str, blk: Block) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
-    for leaf in _FUSED:
+    for leaf in QUANTIZED_MATMULS:
         out.update(_int8_tensors(f"{prefix}{leaf}", getattr(blk, leaf)))
     for name, t in blk.named_parameters():
-        if name.split(".")[0] not in _FUSED:
+        if name.split(".")[0] not in QUANTIZED_MATMULS:
             out[f"{prefix}{name}"] = t.detach()
     return out
 
@@ -114,9 +112,9 @@ def _int8_linear(t: dict[str, torch.Tensor], prefix: str) -> Int8Linear:
 
 
 def _load_block(blk: Block, t: dict[str, torch.Tensor], prefix: str) -> None:
-    for leaf in _LEAVES:
+    for leaf in FUSED_AWAY:
         delattr(blk, leaf)
-    for leaf in _FUSED:
+    for leaf in QUANTIZED_MATMULS:
         setattr(blk, leaf, _int8_linear(t, f"{prefix}{leaf}"))
     for name, p in list(blk.named_parameters()):
         mod_name, _, attr = name.rpartition(".")

@@ -69,11 +69,15 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self._pack(_quantize_weight(linear.weight), linear.bias)
+
+    def _pack(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Keep a qint8 weight (N, K) packed for fbgemm, and the bias in float32."""
+        self.out_features, self.in_features = weight.shape
+        self.bias = None if bias is None else bias.detach().float().clone()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self._packed = torch.ops.quantized.linear_prepack(_quantize_weight(linear.weight), None)
+            self._packed = torch.ops.quantized.linear_prepack(weight, None)
         self._span = torch.zeros(1, self.in_features)
         self._span[0, 0], self._span[0, -1] = 1.0, -1.0
 
@@ -83,13 +87,7 @@ class Int8Linear(nn.Module):
         and `engine.int8_cache` keep it: the same values and scales, packed again."""
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self.out_features, self.in_features = weight.shape
-        self.bias = None if bias is None else bias.detach().float().clone()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._packed = torch.ops.quantized.linear_prepack(weight, None)
-        self._span = torch.zeros(1, self.in_features)
-        self._span[0, 0], self._span[0, -1] = 1.0, -1.0
+        self._pack(weight, bias)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -330,12 +328,16 @@ def _fused(lins: list[nn.Linear]) -> Int8Linear:
     return Int8Linear(out)
 
 
+FUSED_AWAY = ("wq", "wk", "wv", "w_gate", "w_up")  # a quantized block's leaves, replaced by its fused matmuls
+QUANTIZED_MATMULS = ("fused_qkv", "fused_gate_up", "wo", "w_down")  # what a quantized block multiplies with
+
+
 def _quantize_block(blk: nn.Module) -> int:
     """An `engine.model.Block` to int8: q/k/v fused into one layer, gate/up into one (they read
     the same input; per output channel the arithmetic is unchanged), wo and w_down alone."""
     blk.fused_qkv = _fused([blk.wq, blk.wk, blk.wv])
     blk.fused_gate_up = _fused([blk.w_gate, blk.w_up])
-    for leaf in ("wq", "wk", "wv", "w_gate", "w_up"):
+    for leaf in FUSED_AWAY:
         delattr(blk, leaf)
     return 2 + _replace_linears(blk)
 

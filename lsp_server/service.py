@@ -306,9 +306,10 @@ class Service:
         seg = await self.off_loop(lambda: actions.segments(text, plan, spec, self.settings.context_tokens, self._count),
                                   lambda: actions.segments(text, plan, None, self.settings.context_tokens, None),
                                   EDIT_BUDGET_S)
+        unit = indent_unit(text, a)
         req = InfillRequest(prefix=seg.prefix, suffix=seg.suffix, middles=seg.middles, hole_tokens=plan.hole_tokens,
                             max_new_tokens=plan.max_new_tokens, max_context_tokens=self.settings.context_tokens,
-                            sampling=self._sampling(), min_indent=actions.block_floor(text, plan, indent_unit(text, a)))
+                            sampling=self._sampling(), min_indent=actions.block_floor(text, plan, unit))
         job = self.scheduler.claim((uri, "edit"), is_stale=lambda: self._stale(uri, version))
         engine = self.host.engine
         try:
@@ -325,7 +326,7 @@ class Service:
         self.stats.record({**{k: result.timings_ms[k] for k in ENGINE_STAGES if k in result.timings_ms},
                            "total": _ms(t0)})
         self.stats.count("completed")
-        return index, version, actions.edits(text, plan, result.texts, indent_unit(text, a))
+        return index, version, actions.edits(text, plan, result.texts, unit)
 
     def snapshot_stats(self) -> dict[str, Any]:
         return {**self.stats.snapshot(), "model": self.host.info(), "state": self.host.state}
