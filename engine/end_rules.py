@@ -78,8 +78,8 @@ def _ban_unless_nothing_left(logits: torch.Tensor, ban: torch.Tensor) -> None:
 
 class EndRules:
     """Methods of `engine.generate._Run` (its attributes: `a`, `cfg`, `device`, `canvas`, `pos`,
-    `hole_of`, `hole_host`, `holes`, `ends`, `stop`, `first`, `blank`, `blank_stop`,
-    `blank_first_stop`, `segments`, `texts`, `min_indent`)."""
+    `hole_of`, `hole_host`, `holes`, `ends`, `stop`, `first`, `first_at`, `lead`, `blank`,
+    `blank_stop`, `blank_first_stop`, `segments`, `texts`, `min_indent`)."""
 
     def _ending(self, mpos: torch.Tensor, vocab: int) -> torch.Tensor:
         """(M, V) bool: the tokens that would end the fill at each slot: EOS and pad, and the stop
@@ -90,7 +90,7 @@ class EndRules:
         if self.stop is not None:
             stop = self.stop[None, :]  # (1, V)
             if self.first is not None and self.first.stop is not None:
-                stop = torch.where((mpos == self.pos[0])[:, None], self.first.stop[None, :], stop)  # (M, V)
+                stop = torch.where((mpos == self.pos[self.first_at])[:, None], self.first.stop[None, :], stop)  # (M, V)
             ends = ends | stop
         return ends.expand(mpos.shape[0], -1)
 
@@ -120,7 +120,7 @@ class EndRules:
             return
         stops = self.blank_stop[None, :]  # (1, V)
         if self.blank_first_stop is not None:
-            stops = torch.where((mpos == self.pos[0])[:, None], self.blank_first_stop[None, :], stops)  # (M, V)
+            stops = torch.where((mpos == self.pos[self.first_at])[:, None], self.blank_first_stop[None, :], stops)  # (M, V)
         _ban_unless_nothing_left(logits, empty & stops)
 
     def _hold_open_line(self, logits: torch.Tensor, slots: list[int], masked: list[int]) -> None:
@@ -139,8 +139,8 @@ class EndRules:
             head = [slots[j] for j in idx[:idx.index(i)]]
             text = "".join(texts[t] for t in head if t < n)
             start = len(line) if h == 0 else 0  # the line before the fill: literals and comments only
-            if h == 0 and self.first is not None and text.startswith(self.first.lead):
-                start += len(self.first.lead)  # the healed token's start is the prefix's
+            if h == 0 and self.lead and text.startswith(self.lead):
+                start += len(self.lead)  # the healed token's start is the prefix's
             if len(head) < self.cfg.close_brackets and open_depth((line if h == 0 else "") + text, start) > 0:
                 held.append(row)
         if not held:
@@ -174,7 +174,7 @@ class EndRules:
         if self.stop is not None:
             stop_here = self.stop[tokens]
             if self.first is not None and self.first.stop is not None:  # the first slot has its own rule
-                stop_here = torch.where(mpos == self.pos[0], self.first.stop[tokens], stop_here)
+                stop_here = torch.where(mpos == self.pos[self.first_at], self.first.stop[tokens], stop_here)
             ends |= stop_here
         never = self.canvas.shape[1]
         first = torch.full((len(self.holes.fills),), never, device=self.device).scatter_reduce(

@@ -3,6 +3,7 @@ returned. Works on token id lists only (host side of `engine.generate`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from engine.config import ModelArgs
@@ -12,23 +13,29 @@ if TYPE_CHECKING:
     from engine.generate import _Holes
 
 
-def stop_at(fill: list[int], stop: set[int] | None, first_stop: set[int] | None) -> int | None:
-    """Index of the first stop token in a fill (`first_stop` rules index 0 when given)."""
+FirstStops = Sequence["set[int] | None"]  # per leading slot of a fill, its own stop tokens (None: the usual)
+
+
+def stop_at(fill: list[int], stop: set[int] | None, first_stop: FirstStops | None) -> int | None:
+    """Index of the first stop token in a fill (`first_stop[i]` rules index i when given: token
+    healing's constrained slots)."""
     if not stop:
         return None
+    first_stop = first_stop or ()
     for i, t in enumerate(fill):
-        if t in (first_stop if i == 0 and first_stop is not None else stop):
+        own = first_stop[i] if i < len(first_stop) else None
+        if t in (own if own is not None else stop):
             return i
     return None
 
 
-def ended(a: ModelArgs, fill: list[int], stop: set[int] | None, first_stop: set[int] | None) -> bool:
-    """Whether a fill has ended: EOS/pad, or a stop token (`first_stop` rules its first slot)."""
+def ended(a: ModelArgs, fill: list[int], stop: set[int] | None, first_stop: FirstStops | None) -> bool:
+    """Whether a fill has ended: EOS/pad, or a stop token (`first_stop` rules its leading slots)."""
     return a.eos_id in fill or a.pad_id in fill or stop_at(fill, stop, first_stop) is not None
 
 
 def grow(a: ModelArgs, holes: _Holes, cfg: SamplingConfig, max_new_tokens: int,
-          stop: set[int] | None = None, first_stop: set[int] | None = None) -> bool:
+          stop: set[int] | None = None, first_stop: FirstStops | None = None) -> bool:
     """Append masks to every hole that has not ended (EOS/pad or a stop token): `grow_tokens` to a
     full one, or with `cfg.lookahead` as many as bring it back to `lookahead` masks. True if any grew."""
     grew = False
@@ -47,7 +54,7 @@ def grow(a: ModelArgs, holes: _Holes, cfg: SamplingConfig, max_new_tokens: int,
 
 
 def strip(a: ModelArgs, fill: list[int], stop: set[int] | None = None,
-           first_stop: set[int] | None = None) -> list[int]:
+           first_stop: FirstStops | None = None) -> list[int]:
     """The fill up to its first EOS/pad (excluded) or stop token (kept), special tokens dropped."""
     end = stop_at(fill, stop, first_stop)
     out = []
@@ -60,7 +67,7 @@ def strip(a: ModelArgs, fill: list[int], stop: set[int] | None = None,
 
 
 def short_of_masks(a: ModelArgs, slots: list[int], hole_of: list[int], n_holes: int, lookahead: int,
-                   max_new_tokens: int, stop: set[int] | None = None, first_stop: set[int] | None = None) -> bool:
+                   max_new_tokens: int, stop: set[int] | None = None, first_stop: FirstStops | None = None) -> bool:
     """`lookahead`: some hole has not ended (the same rule as `grow`'s), has room to grow, and
     fewer than `lookahead // 2` masks are left in it (so the decode should stop for a growth
     round, which then tops that hole up)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -53,11 +53,18 @@ class FirstSlot:
         stop: (V,) bool, which of them end the fill (replaces `stop_ids` for this slot: the text the
             token shares with the prefix does not count); None = the same as elsewhere.
         lead: the text the slot's token starts with, which is the prefix's (not the fill's).
+        partial: allowed tokens that hold only the lead's first lines (`engine.healing.line_splits`):
+            the slot after one of them must start with the rest of the lead. Only a left-to-right
+            decode (`block=1`, the fast sampler) offers them; elsewhere they are not allowed.
+        rest: given the token the slot took, the constraint on the next slot of hole 0 (the rest
+            of the lead, when the token is one of `partial`), else None.
     """
 
     allowed: torch.Tensor
     stop: torch.Tensor | None = None
     lead: str = ""
+    partial: tuple[int, ...] = ()
+    rest: Callable[[int], FirstSlot | None] | None = None
 
 
 @dataclass
@@ -102,8 +109,18 @@ class _Run(EndRules):
                  banned: list[int] | None = None, blank_ids: torch.Tensor | None = None) -> None:
         self.model, self.a, self.cfg, self.graphs = model, model.args, cfg, graphs
         self.stop = None if stop_ids is None else stop_ids.to(device)
-        self.first = None if first is None else FirstSlot(
-            first.allowed.to(device), None if first.stop is None else first.stop.to(device), first.lead)
+        # hole 0's leading slots constrained by token healing (a healed lead split into lines
+        # spans several: `FirstSlot.partial`): `first` rules slot `first_at`, the last of them
+        self.lead = "" if first is None else first.lead
+        self.naive = cfg.sampler == "naive"
+        if first is not None and first.partial and (self.naive or cfg.block != 1):
+            allowed = first.allowed.clone()
+            allowed[list(first.partial)] = False
+            first = replace(first, allowed=allowed, partial=(), rest=None)
+        self.first: FirstSlot | None = None
+        self.first_stops: list[set[int] | None] = []  # per constrained slot, its own stop tokens (None: the usual)
+        self.first_at = 0
+        self.blank_ids: torch.Tensor | None = None
         self.shift = 1 if shifted else 0
         self.holes, self.segments, self.device = holes, segments, device
         self.base: BaseRun | None = None  # the base's reading of the frontier, mixed in (`engine.expert`)
@@ -113,7 +130,6 @@ class _Run(EndRules):
         # `lookahead`: whether the slots leave some hole short of masks (set by `generate`); the
         # decode, speculative follow-through included, stops there for a growth round
         self.short_of_masks: Callable[[list[int]], bool] = lambda slots: False
-        self.naive = cfg.sampler == "naive"
         self.full_every_step = self.naive or cfg.refresh_every == 1
         # on the model's device: torch.multinomial needs the generator where the probabilities are
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
@@ -125,12 +141,33 @@ class _Run(EndRules):
         # `nonempty`: while a hole holds only whitespace it may not end: no EOS/pad, and no
         # whitespace-only token that would stop a single-line fill
         self.blank: set[int] | None = None
+        self.blank_first_stop: torch.Tensor | None = None
         if cfg.nonempty and blank_ids is not None:
-            blank_ids = blank_ids.to(device)
+            self.blank_ids = blank_ids = blank_ids.to(device)
             self.blank = set(torch.nonzero(blank_ids).flatten().tolist()) | set(self.a.special_ids)
             self.blank_stop = None if self.stop is None else blank_ids & self.stop  # (V,)
-            self.blank_first_stop = None if self.first is None or self.first.stop is None \
-                else blank_ids & self.first.stop
+        if first is not None:
+            self._constrain(first)
+
+    def _constrain(self, first: FirstSlot) -> None:
+        """`first` rules the next slot of hole 0 (the first one, then the one after a partial lead)."""
+        first = replace(first, allowed=first.allowed.to(self.device),
+                        stop=None if first.stop is None else first.stop.to(self.device))
+        self.first, self.first_at = first, len(self.first_stops)
+        self.first_stops.append(None if first.stop is None else set(torch.nonzero(first.stop).flatten().tolist()))
+        self.blank_first_stop = None if self.blank_ids is None or first.stop is None else self.blank_ids & first.stop
+
+    def _follow_lead(self, slots: list[int]) -> None:
+        """After a commit: when hole 0's constrained slot took a partial lead, the rest of the lead
+        constrains the slot after it (`FirstSlot.rest`)."""
+        while self.first is not None and self.first.rest is not None:
+            i = self.first_at
+            if slots[i] == self.a.mask_id or i + 1 >= len(slots) or self.hole_host[i + 1] != 0:
+                return
+            nxt = self.first.rest(slots[i])
+            if nxt is None:
+                return
+            self._constrain(nxt)
 
     def layout(self) -> None:
         ids, starts = _canvas(self.a, self.segments, self.holes.fills)
@@ -229,6 +266,8 @@ class _Run(EndRules):
         (the tokens it committed are counted in `tokens_per_step`)."""
         self.commit_once(slots)
         slots = self.slots()
+        if self.first is not None and self.first.rest is not None:
+            self._follow_lead(slots)
         self.out.tokens_per_step.append(left - slots.count(self.a.mask_id))
         return slots, left - self.out.tokens_per_step[-1]
 
@@ -261,7 +300,7 @@ class _Run(EndRules):
             behind = (mpos != lead[mhole])[:, None]  # (M, 1)
             logits[:, self.ends] = logits[:, self.ends].masked_fill(behind, float("-inf"))
         if self.first is not None:  # hole 0's first slot, while still masked
-            barred = (mpos == self.pos[0])[:, None] & ~self.first.allowed[None, :]  # (M, V)
+            barred = (mpos == self.pos[self.first_at])[:, None] & ~self.first.allowed[None, :]  # (M, V)
             logits.masked_fill_(barred, float("-inf"))
         if self.blank is not None:
             self._bar_empty_end(logits, slots, masked, mpos)
@@ -367,7 +406,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         base = None
     model.tap = None if base is None else base.first
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
-    first_stop = None if first is None or first.stop is None else set(torch.nonzero(first.stop).flatten().tolist())
+    first_stop = run.first_stops  # the stop tokens of hole 0's constrained slots (grows as they commit)
     policy = policy or ReusePolicy()
     if cfg.lookahead:
         run.short_of_masks = lambda slots: short_of_masks(a, slots, run.hole_host, n_holes, cfg.lookahead,

@@ -10,6 +10,7 @@ texts and ids.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -37,6 +38,10 @@ class Healer:
                                        dtype=torch.long, device=self.device)  # (V,) -1 = no line break
         self.special_ids = torch.tensor(sorted(i for i in self.special if i < vocab_size), dtype=torch.long,
                                         device=self.device)
+        self.id_of: dict[str, int] = {}  # text -> id (the first of equal texts), special ids left out
+        for i in order:
+            if i not in self.special:
+                self.id_of.setdefault(self.texts[i], i)
 
     def first_slot(self, last: int, single_line: bool) -> tuple[str, FirstSlot] | None:
         """For a prefix ending with token `last`: its text and the constraint on the slot that
@@ -58,8 +63,29 @@ class Healer:
         allowed = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)  # (V,)
         allowed[self.order[lo:hi]] = True
         allowed[self.special_ids] = False
+        partial = {i: j for j, i in ((j, self.id_of.get(text[:j])) for j in line_splits(text)) if i is not None}
+        allowed[list(partial)] = True
         stop = (allowed & (self.last_break >= len(text))) if single_line else None
-        return text, FirstSlot(allowed, stop, text)
+        rest = functools.partial(self._rest, text, partial, single_line) if partial else None
+        return text, FirstSlot(allowed, stop, text, tuple(sorted(partial)), rest)
+
+    def _rest(self, text: str, partial: dict[int, int], single_line: bool, token: int) -> FirstSlot | None:
+        """The constraint on the slot after one that took `token`: the rest of `text` when the
+        token was one of its leading lines (`partial`), else None (the constraint is met)."""
+        j = partial.get(token)
+        healed = None if j is None else self.for_text(text[j:], single_line)
+        return None if healed is None else healed[1]
+
+
+def line_splits(text: str) -> list[int]:
+    """Where a text of line breaks may be split between two tokens the way code is tokenized:
+    between two line breaks. A prefix ending at a blank line ends in one token (`"\\n\\n"`),
+    but before code at column 0 the same text is `"\\n"` + `"\\n"` + `"def"`: a token that
+    starts with `"\\n\\n"` can only be followed by whitespace (`"\\n\\n   "` + `" def"`, or
+    `"\\n\\n"` + `" def"`, a one-column indent). Measured: with only those, the shipped model
+    and the AR floor matched none of 63 held-out lines at column 0, and wrote 18 and 13 of them
+    one column in (an IndentationError at module level)."""
+    return [j for j in range(1, len(text)) if text[j - 1] == "\n" and text[j] == "\n"]
 
 
 def first_slot_ref(texts: Sequence[str], vocab_size: int, special: Sequence[int], last: int,
@@ -71,9 +97,12 @@ def first_slot_ref(texts: Sequence[str], vocab_size: int, special: Sequence[int]
         return None
     allowed = torch.zeros(vocab_size, dtype=torch.bool)
     stop = torch.zeros(vocab_size, dtype=torch.bool) if single_line else None
+    splits = line_splits(text)
     for i, t in enumerate(texts[:vocab_size]):
         if i not in special and t.startswith(text):
             allowed[i] = True
             if stop is not None:
                 stop[i] = "\n" in t[len(text):]
+        elif i not in special and len(t) in splits and text.startswith(t) and texts.index(t) == i:
+            allowed[i] = True  # one of its leading lines (`line_splits`), the first id of that text
     return text, FirstSlot(allowed, stop, text)

@@ -420,3 +420,47 @@ def test_nonempty_keeps_a_slot_whose_only_allowed_tokens_are_blank_stops():
     out = _run(RankedModel(lambda p: {6: 20.0, 5: 10.0}), [[3], [9]], hole_tokens=4, max_new_tokens=4,
                blank_ids=blank, stop_ids=stop, first=FirstSlot(only6, stop=only6))
     assert out.fills == [[6]]  # not a masked-out row committing an arbitrary token
+
+
+def _chain():
+    """A lead split into two tokens: slot 0 takes 6 (the whole lead) or 7 (its first line, a
+    partial lead), and after 7 the next slot must take 8 or 9 (the rest of it); 9 ends a fill
+    elsewhere but not there."""
+    whole = torch.zeros(A.vocab_size, dtype=torch.bool)
+    whole[[6, 7]] = True
+    after = torch.zeros(A.vocab_size, dtype=torch.bool)
+    after[[8, 9]] = True
+    rest = FirstSlot(after, stop=torch.zeros(A.vocab_size, dtype=torch.bool), lead="r")
+    return FirstSlot(whole, stop=torch.zeros(A.vocab_size, dtype=torch.bool), lead="wr", partial=(7,),
+                     rest=lambda tok: rest if tok == 7 else None)
+
+
+def test_a_partial_lead_constrains_the_slot_after_it():
+    stop = torch.zeros(A.vocab_size, dtype=torch.bool)
+    stop[9] = True
+    # canvas: bos, 3, slots 2..: slot 0 wants 7 (the partial lead), slot 1 wants 5, slot 2 wants 9
+    script = lambda p: {2: 7, 3: 5, 4: 9}.get(p, 5)  # noqa: E731
+    ltr = SamplingConfig(block=1)
+    out = _run(ScriptedModel(script), [[3], [12]], ltr, hole_tokens=6, max_new_tokens=6, stop_ids=stop,
+               first=_chain())
+    assert out.fills == [[7, 8, 9]]  # slot 1 had to take the rest of the lead; 9 ends the fill after it
+    # 9 where the rest of the lead is: its own stop rule says it does not end the fill there
+    out = _run(ScriptedModel(lambda p: {2: 7, 3: 9}.get(p, 5)), [[3], [12]], ltr, hole_tokens=4, max_new_tokens=4,
+               stop_ids=stop, first=_chain())
+    assert out.fills == [[7, 9, 5, 5]]
+    # the whole lead at once: nothing more is constrained
+    out = _run(ScriptedModel(lambda p: 6 if p == 2 else 5), [[3], [12]], ltr, hole_tokens=4, max_new_tokens=4,
+               first=_chain())
+    assert out.fills == [[6, 5, 5, 5]]
+
+
+def test_a_partial_lead_is_offered_to_left_to_right_decodes_only():
+    """With slots committed in any order the slot after a partial lead could commit first,
+    unconstrained: there the lead must come whole."""
+    script = lambda p: 7 if p == 2 else 5  # noqa: E731
+    out = _run(ScriptedModel(script), [[3], [12]], SamplingConfig(), hole_tokens=4, max_new_tokens=4,
+               first=_chain())
+    assert out.fills[0][0] == 6
+    out = _run(ScriptedModel(script), [[3], [12]], SamplingConfig(sampler="naive"), hole_tokens=4,
+               max_new_tokens=4, first=_chain())
+    assert out.fills[0][0] == 6

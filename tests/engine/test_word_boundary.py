@@ -103,3 +103,27 @@ def test_a_prefix_ending_in_a_line_break_still_moves_its_last_token(engine, monk
     allowed = torch.nonzero(seen["first"].allowed).flatten().tolist()
     assert all(texts[i].startswith(texts[ids[-1]]) for i in allowed)
     assert res.context_tokens[0] == len(seen["segments"][0]) + 1
+
+
+def test_a_blank_line_lead_may_end_before_code_at_column_0(smol):
+    """A prefix ending at a blank line ends in the token "\\n\\n"; before code at column 0 that
+    text is "\\n" + "\\n" + the word, so healing offers "\\n" too, and after it the rest."""
+    from engine.healing import Healer
+
+    texts = smol.token_texts()
+    healer = Healer(texts, len(texts), [])
+    prefix = smol.encode("x = 1\n\n")
+    assert texts[prefix[-1]] == "\n\n"
+    lead, first = healer.first_slot(prefix[-1], single_line=True)
+    nl, nl2 = smol.encode("\n")[0], smol.encode("\n\n")[0]
+    assert lead == "\n\n" and bool(first.allowed[nl]) and first.partial == (nl,)
+    assert not bool(first.stop[nl])  # the line break is the prefix's: it does not end a line fill
+    assert bool(first.allowed[nl2]) and bool(first.allowed[smol.encode("\n\n   ")[0]])
+    after = first.rest(nl)
+    assert after is not None and after.lead == "\n" and after.partial == () and after.rest is None
+    word = smol.encode("x = 1\n\ndef f():")[len(prefix) + 1]  # the tokens there: "\n", "\n", "def"
+    assert texts[word] == "def" and not bool(after.allowed[word]) and bool(after.allowed[nl])
+    assert first.rest(nl2) is None  # the whole lead: nothing more to constrain
+    # one line break alone is never split
+    single = healer.for_text("\n", single_line=True)[1]
+    assert single.partial == () and single.rest is None
