@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.samplers import line_loop_start, loop_start
+from engine.samplers import line_loop_start, loop_start, phrase_loop_start
 
 OPENERS, CLOSERS = "([{", ")]}"
 
@@ -213,6 +213,8 @@ class EndRules:
             at = loop_start(head, self.cfg.loop_guard)
             if at is None and self.stop is None and self.texts is not None:
                 at = line_loop_start(head, self.texts, self.cfg.loop_guard, ended=ended)
+            if at is None and self.stop is None and self.texts is not None:
+                at = phrase_loop_start(head, self.texts, self.cfg.loop_guard)
             if at is not None:
                 cut += idx[at:]
         return self._end_at(slots, cut) if cut else (slots, left)

@@ -379,7 +379,7 @@ class Engine:
                        stop_ids=self._newline_ids() if req.single_line else None,
                        first=heal[1] if heal is not None else None, session=session, policy=self.reuse,
                        banned=self._banned, blank_ids=self._blank_ids(), drafts=self.drafts,
-                       texts=self.healer().texts, base=self.base if req.single_line else None,
+                       texts=self.healer().texts, base=self.base if req.single_line or cfg.base_multiline else None,
                        min_indent=None if req.single_line else req.min_indent)
         # a prefill's transient buffers (~150 MB at 1k tokens) stay resident once freed, also
         # when the prefill came after a reuse (a growth round, a failed plan): handed back when

@@ -244,3 +244,42 @@ def line_loop_start(tokens: list[int], texts: list[str], repeats: int, ended: bo
             newline = breaks[n - (copies - 1) * period - 1]  # ends the first copy
             return next(i for i, e in enumerate(ends) if e > newline)
     return None
+
+
+def phrase_loop_start(tokens: list[int], texts: list[str], repeats: int, min_chars: int = 12,
+                      max_chars: int = 160, long_chars: int = 48) -> int | None:
+    """Where a fill starts repeating a phrase across its lines, or None: its text, whitespace runs
+    read as one space, ends in the same span of `min_chars`..`max_chars` characters `repeats`
+    times in a row (twice, for a span of `long_chars` or more). A docstring that loops (`tests the function that` three times, wrapped over
+    two lines) repeats no span of tokens (the line break and indentation fall at another place
+    in each copy) and no whole line, so neither `loop_start` nor `line_loop_start` sees it.
+    Returns the index of the first token that starts after the span's first copy ends: cutting
+    there keeps the text up to one copy.
+
+    Args:
+        tokens: the fill's committed ids, in order; texts: the text of every id.
+    """
+    # the text with whitespace runs as one space (the fill's start counts as one: a line repeated
+    # from there has a space before each copy), and the token of each character
+    flat, owner, prev_space = [" "], [0], True
+    for i, t in enumerate(tokens):
+        for c in texts[t] if t < len(texts) else "":
+            space = c.isspace()
+            if not (space and prev_space):
+                flat.append(" " if space else c)
+                owner.append(i)
+            prev_space = space
+    text = "".join(flat).rstrip()
+    n = len(text)
+    for period in range(min_chars, min(max_chars, n // 2) + 1):
+        copies = 2 if period >= long_chars else max(repeats, 2)
+        if copies * period > n:
+            continue
+        unit = text[n - period:]
+        if len(set(unit) - {" "}) < 4 or not any(c.isalnum() for c in unit):
+            continue  # rules and separators (`# ====...`) are not loops
+        if all(text[n - (c + 1) * period:n - c * period] == unit for c in range(1, copies)):
+            end = n - (copies - 1) * period  # the first copy ends before this character
+            cut = owner[end - 1] + 1 if owner[end] == owner[end - 1] else owner[end]  # a token across keeps
+            return cut if cut < len(tokens) else None
+    return None

@@ -199,7 +199,7 @@ def test_int8_reading_is_calibrated_and_close(pair):
 
 def test_engine_mixes_the_base_in_across_keystrokes(pair, monkeypatch):
     """Single-line requests read the base (a session's reused caches read as a fresh run);
-    multi-line ones do not (measured: it lowered their edit similarity)."""
+    multi-line ones only with `base_multiline`."""
     model, _, upper, tok, _ = pair
     engine = Engine(model, tok, default_sampling=CFG)
     engine.base = build_base_reading(model, upper)
@@ -228,6 +228,10 @@ def test_engine_mixes_the_base_in_across_keystrokes(pair, monkeypatch):
     runs.pop()
     ask(prefix, single=False)
     assert len(runs) == 3  # the multi-line request never started one
+    engine.default_sampling = replace(CFG, base_multiline=True)
+    ask(prefix, single=False)
+    assert len(runs) == 4 and runs[3].forwards  # unless `base_multiline` says so
+    runs.pop()
     engine.default_sampling = replace(CFG, base_weight=0.0)
     ask(prefix)
     assert len(runs) == 3

@@ -78,3 +78,37 @@ def test_a_multi_line_fill_repeating_its_lines_one_level_deeper_is_cut():
     assert on.fills[0] == [8, 7, 5, 10, 3, 11, 4]  # "x = 1" and the block once, up to "return"
     plain = _run(ScriptedModel(script, args), [[3], [9]], cfg, hole_tokens=16, max_new_tokens=40)  # no texts
     assert len(plain.fills[0]) == 40  # the token-level guard alone runs to the budget
+
+
+# token texts for the phrase tests: a docstring loop wrapped over lines, its break at another
+# place in each copy (3 "the function", 4 " that tests", 5 " the", 6 " function that", 7 a line
+# break and indentation, 8 " tests", 9 "x = [0, 0, 0, 0, 0, 0]", 10 "# " + a rule of "=")
+PHRASES = ["", "", "", "the function", " that tests", " the", " function that", "\n    ", " tests",
+           "x = [0, 0, 0, 0, 0, 0]", "# " + "=" * 40]
+
+
+def test_phrase_loop_start_finds_a_phrase_repeated_across_line_breaks():
+    from engine.samplers import loop_start, phrase_loop_start
+
+    head = [3, 4, 5, 6, 7, 8, 5, 6, 8, 5, 6]  # "the function that tests the function that\n    tests the ..."
+    text = "".join(PHRASES[t] for t in head)
+    assert " ".join(text.split()).endswith("tests the function that " * 2 + "tests the function that")
+    assert loop_start(head, 3) is None  # no span of tokens repeats three times
+    at = phrase_loop_start(head, PHRASES, 3)
+    assert at is not None
+    kept = " ".join("".join(PHRASES[t] for t in head[:at]).split())
+    assert kept.count("the function that") == 2 and not kept.endswith("tests")  # up to one copy of the loop
+    assert phrase_loop_start(head[:-3], PHRASES, 3) is None  # two copies of a short phrase: not yet a loop
+    assert phrase_loop_start([9, 7, 9, 7, 9], PHRASES, 3) is not None  # a 22-character line three times
+    assert phrase_loop_start([9, 7, 9], PHRASES, 3) is None  # twice: code
+    assert phrase_loop_start([10, 7, 10, 7, 10], PHRASES, 3) is None  # a rule of one character is not a loop
+
+
+def test_a_long_phrase_twice_is_a_loop():
+    from engine.samplers import phrase_loop_start
+
+    texts = ["", "", "", "raise ValueError('Invalid literal for Fraction: %r' % numerator)", "\n        "]
+    at = phrase_loop_start([3, 4, 3], texts, 3)
+    assert at == 1  # the second copy goes, the line break after the first with it
+    assert phrase_loop_start([4, 3, 4, 3], texts, 3) == 2  # indented the same
+    assert phrase_loop_start([3, 4, 3], texts, 3, long_chars=200) is None
