@@ -53,7 +53,7 @@ class FirstSlot:
         stop: (V,) bool, which of them end the fill (replaces `stop_ids` for this slot: the text the
             token shares with the prefix does not count); None = the same as elsewhere.
         lead: the text the slot's token starts with, which is the prefix's (not the fill's).
-        partial: allowed tokens that hold only the lead's first lines (`engine.healing.line_splits`):
+        partial: allowed tokens that hold only the lead's head (`engine.healing.line_splits`):
             the slot after one of them must start with the rest of the lead. Only a left-to-right
             decode (`block=1`, the fast sampler) offers them; elsewhere they are not allowed.
         rest: given the token the slot took, the constraint on the next slot of hole 0 (the rest

@@ -78,14 +78,17 @@ class Healer:
 
 
 def line_splits(text: str) -> list[int]:
-    """Where a text of line breaks may be split between two tokens the way code is tokenized:
-    between two line breaks. A prefix ending at a blank line ends in one token (`"\\n\\n"`),
-    but before code at column 0 the same text is `"\\n"` + `"\\n"` + `"def"`: a token that
-    starts with `"\\n\\n"` can only be followed by whitespace (`"\\n\\n   "` + `" def"`, or
-    `"\\n\\n"` + `" def"`, a one-column indent). Measured (held-out draws 0-3): with only those, the shipped model
-    and the AR floor matched none of 63 held-out lines at column 0, and wrote 18 and 13 of them
-    one column in (an IndentationError at module level)."""
-    return [j for j in range(1, len(text)) if text[j - 1] == "\n" and text[j] == "\n"]
+    """Where a lead of blank lines is split between two tokens before code at column 0: before
+    its last line break. A prefix ending at a blank line ends in one token (`"\\n\\n"`), but
+    before a word at column 0 byte-level BPE gives the whitespace run's last character a token
+    of its own (`"\\n"` + `"\\n"` + `"def"`; `"\\r\\n\\r"` + `"\\n"` + `"def"` with CRLF): a
+    token that starts with the whole lead is only ever followed by more whitespace
+    (`"\\n\\n   "` + `" def"`, or `"\\n\\n"` + `" def"`, a one-column indent). Measured (held-out
+    draws 0-3): with only those, the shipped model and the AR floor matched none of 63 held-out
+    lines at column 0, and wrote 18 and 13 of them one column in (an IndentationError at module
+    level)."""
+    return [len(text) - 1] if len(text) >= 2 and text.endswith("\n") and "\n" in text[:-1] and not text.strip() \
+        else []
 
 
 def first_slot_ref(texts: Sequence[str], vocab_size: int, special: Sequence[int], last: int,

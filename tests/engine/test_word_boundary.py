@@ -127,3 +127,20 @@ def test_a_blank_line_lead_may_end_before_code_at_column_0(smol):
     # one line break alone is never split
     single = healer.for_text("\n", single_line=True)[1]
     assert single.partial == () and single.rest is None
+
+
+@pytest.mark.parametrize("blank", ["\n\n", "\n\n\n", "\n\n\n\n", "\r\n\r\n"])
+def test_every_blank_line_lead_splits_where_code_at_column_0_has_it(smol, blank):
+    from engine.healing import Healer
+
+    texts = smol.token_texts()
+    healer = Healer(texts, len(texts), [])
+    prefix = smol.encode("x = 1" + blank)
+    lead, first = healer.first_slot(prefix[-1], single_line=True)
+    assert lead == blank  # the blank lines are one token at the end of a prefix
+    whole = smol.encode("x = 1" + blank + "def f():")
+    head = whole[len(prefix) - 1:len(prefix) + 1]  # how code at column 0 has the same text
+    assert "".join(texts[t] for t in head) == blank and len(head) == 2
+    assert first.partial == (head[0],) and bool(first.allowed[head[0]])
+    after = first.rest(head[0])
+    assert after.lead == texts[head[1]] and bool(after.allowed[head[1]])
