@@ -31,7 +31,13 @@ from engine.model import Transformer, skeleton
 from engine.ngram import NgramDrafts, load_drafts
 from engine.quantize import MIN_PARAMS, calibration_ids, int8_available, own_parameters_, quantize_int8
 from engine.reuse import ReusePolicy, Session
-from engine.runtime import ResidentTrim, ThreadTuner, mapped_allocations, release_freed_memory
+from engine.runtime import (
+    ResidentTrim,
+    ThreadTuner,
+    mapped_allocations,
+    release_cold_code,
+    release_freed_memory,
+)
 from engine.samplers import CONFIDENCE
 from engine.tokenizer import Tokenizer
 from engine.types import ContextSegment, InfillRequest, InfillResult, SamplingConfig
@@ -350,6 +356,7 @@ class Engine:
         del dropped  # the cache is freed here (a run still using the session holds it until it ends)
         if held:
             self.memory.hand_back(release_freed_memory)
+            release_cold_code()  # idle: the code its fills ran faults back in with the next
 
     def infill(self, req: InfillRequest) -> InfillResult:
         """Fill every hole of the request. Raises InvalidRequestError on unusable settings."""
@@ -411,6 +418,7 @@ class Engine:
         self.healer()
         self._newline_ids()
         self._blank_ids()
+        release_cold_code()  # the loading's code (torch's operator registration, quantization) runs no more
 
     def healer(self) -> Healer:
         """Token healing's index over the vocabulary (built on first use)."""

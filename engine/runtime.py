@@ -1,7 +1,8 @@
 """Process-wide CPU settings for inference beside an editor and other work.
 
 Memory (glibc's allocator): `single_arena` (once, at server start), `release_freed_memory`,
-`ResidentTrim` (after each run), `mapped_allocations` (while loading).
+`ResidentTrim` (after each run), `mapped_allocations` (while loading); `release_cold_code`
+(libraries' code pages, when the engine goes idle).
 Threads: `configure_threads`. The OpenMP wait policy must be PASSIVE (idle threads sleep instead
 of spinning for ~200 ms after each parallel region, which would take the cores from the editor
 between denoising steps), but OpenMP reads it once, when torch loads it, and importing this
@@ -107,6 +108,42 @@ def release_freed_memory() -> bool:
         return bool(libc.malloc_trim(0)) if libc is not None else False
     except AttributeError:
         return False
+
+
+MADV_DONTNEED = 4  # Linux madvise(2)
+
+
+def release_cold_code(maps: str = "/proc/self/maps") -> int:
+    """Unmap the pages of shared libraries' machine code from this process (Linux `madvise`
+    MADV_DONTNEED on read-only executable file mappings of `.so` files). The code that runs again
+    faults back in from the page cache (minor faults, read ahead 16 pages at a time); the rest,
+    such as the operator registration torch runs once at import, stops counting in the resident
+    set. Measured on the loaded engine: file-backed resident memory 92-101 MB -> 11 MB, ~42 MB
+    again after the next fill. A private mapping's page is re-read from its file, so this is safe
+    only for pages never written: executable mappings of libraries (no text relocations) are not.
+    Off with DLSP_RELEASE_CODE=0. Returns the bytes advised (0 where unsupported)."""
+    if os.environ.get("DLSP_RELEASE_CODE", "1") == "0":
+        return 0
+    libc = _libc()
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+        madvise = libc.madvise if libc is not None else None
+    except (OSError, AttributeError):
+        return 0
+    if madvise is None:
+        return 0
+    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    total = 0
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) < 6 or parts[1] != "r-xp" or ".so" not in os.path.basename(parts[5]) \
+                or parts[5].endswith("(deleted)"):
+            continue
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        if madvise(lo, hi - lo, MADV_DONTNEED) == 0:
+            total += hi - lo
+    return total
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
