@@ -11,11 +11,34 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from engine.generate import FirstSlot
+
+@dataclass(frozen=True)
+class FirstSlot:
+    """A constraint on the first slot of hole 0 (token healing: the last prefix token was moved
+    into the hole, so that slot must start with its text).
+
+    Attributes:
+        allowed: (V,) bool, the tokens the slot may take.
+        stop: (V,) bool, which of them end the fill (replaces `stop_ids` for this slot: the text the
+            token shares with the prefix does not count); None = the same as elsewhere.
+        lead: the text the slot's token starts with, which is the prefix's (not the fill's).
+        partial: allowed tokens that hold only the lead's head (`engine.healing.line_splits`):
+            the slot after one of them must start with the rest of the lead. Only a left-to-right
+            decode (`block=1`, the fast sampler) offers them; elsewhere they are not allowed.
+        rest: given the token the slot took, the constraint on the next slot of hole 0 (the rest
+            of the lead, when the token is one of `partial`), else None.
+    """
+
+    allowed: torch.Tensor
+    stop: torch.Tensor | None = None
+    lead: str = ""
+    partial: tuple[int, ...] = ()
+    rest: Callable[[int], FirstSlot | None] | None = None
 
 
 class Healer:
