@@ -21,6 +21,7 @@ KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "draft": ("draft", (int, type(None))),
     "closeBrackets": ("close_brackets", (int, type(None))),
     "baseWeight": ("base_weight", (int, float, type(None))),
+    "baseMultiline": ("base_multiline", (bool, type(None))),
     "maxTokens": ("max_tokens", (int,)),
     "debounceMs": ("debounce_ms", (int, float)),
     "enabledLanguages": ("enabled_languages", (list, tuple)),
@@ -41,6 +42,7 @@ class Settings:
     draft: int | None = None
     close_brackets: int | None = None
     base_weight: float | None = None
+    base_multiline: bool | None = None
     max_tokens: int = 64
     debounce_ms: float = 20.0
     enabled_languages: tuple[str, ...] = ()
@@ -66,7 +68,7 @@ class Settings:
             if key not in KEYS:
                 continue
             name, accepted = KEYS[key]
-            if isinstance(value, bool) or not isinstance(value, accepted):
+            if (isinstance(value, bool) and bool not in accepted) or not isinstance(value, accepted):
                 log.warning("setting %s: ignoring a value of type %s", key, type(value).__name__)
                 continue
             problem = _problem(name, value)

@@ -15,6 +15,7 @@ export interface ServerSettings {
   draft: number | null;
   closeBrackets: number | null;
   baseWeight: number | null;
+  baseMultiline: boolean | null;
   maxTokens: number | null;
   debounceMs: number | null;
   enabledLanguages: string[] | null;
@@ -50,6 +51,11 @@ const bad = (why: string) => ({ ok: false as const, why });
 function optionalString(value: unknown) {
   if (typeof value !== "string") return bad("expected a string");
   return ok(value.trim() === "" ? null : value.trim());
+}
+
+function boolean(value: unknown) {
+  if (typeof value !== "boolean") return bad("expected true or false");
+  return ok(value);
 }
 
 function integer(min: number, max: number): Check {
@@ -93,6 +99,7 @@ export const SERVER_KEYS: Record<ServerKey, Check> = {
   draft: integer(0, 64),
   closeBrackets: integer(0, 256),
   baseWeight: number(0, 16),
+  baseMultiline: boolean,
   maxTokens: integer(1, 65536),
   debounceMs: number(0, 5000),
   enabledLanguages: stringList,
@@ -161,7 +168,7 @@ function same(a: unknown, b: unknown): boolean {
 
 /** The keys that changed between two readings. A value cleared back to the default is sent as
  * null for the keys where null means "the engine's default" (modelPath, device, threshold, steps, minPerStep, draft,
- * closeBrackets, baseWeight)
+ * closeBrackets, baseWeight, baseMultiline)
  * and as the server's default value for the others. Returns null when nothing changed. */
 export function settingsDelta(prev: ServerSettings, next: ServerSettings): Partial<ServerSettings> | null {
   const out: Record<string, unknown> = {};
