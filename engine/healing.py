@@ -94,7 +94,7 @@ class Healer:
 
     def _rest(self, text: str, partial: dict[int, int], single_line: bool, token: int) -> FirstSlot | None:
         """The constraint on the slot after one that took `token`: the rest of `text` when the
-        token was one of its leading lines (`partial`), else None (the constraint is met)."""
+        token was the lead's head (`partial`), else None (the constraint is met)."""
         j = partial.get(token)
         healed = None if j is None else self.for_text(text[j:], single_line)
         return None if healed is None else healed[1]

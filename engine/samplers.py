@@ -250,9 +250,10 @@ def phrase_loop_start(tokens: list[int], texts: list[str], repeats: int, min_cha
                       max_chars: int = 160, long_chars: int = 48) -> int | None:
     """Where a fill starts repeating a phrase across its lines, or None: its text, whitespace runs
     read as one space, ends in the same span of `min_chars`..`max_chars` characters `repeats`
-    times in a row (twice, for a span of `long_chars` or more). A docstring that loops (`tests the function that` three times, wrapped over
-    two lines) repeats no span of tokens (the line break and indentation fall at another place
-    in each copy) and no whole line, so neither `loop_start` nor `line_loop_start` sees it.
+    times in a row (twice, for a span of `long_chars` or more). A docstring that loops (`tests
+    the function that` three times, wrapped over two lines) repeats no span of tokens (the line
+    break and indentation fall at another place in each copy) and no whole line, so neither
+    `loop_start` nor `line_loop_start` sees it.
     Returns the index of the first token that starts after the span's first copy ends: cutting
     there keeps the text up to one copy.
 
