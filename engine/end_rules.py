@@ -205,16 +205,16 @@ class EndRules:
 
     def cut_loops(self, slots: list[int], left: int) -> tuple[list[int], int]:
         """`loop_guard`: a hole whose decoded head (its slots up to the first mask or end) ends in a loop
-        (of tokens; of lines, whitespace aside, in multi-line fills when the token texts are
-        known) ends after the loop's first copy; the rest of it becomes EOS. Returns the slots
+        (of tokens; of lines or of phrases, whitespace aside, in multi-line fills when the token
+        texts are known) ends after the loop's first copy; the rest of it becomes EOS. Returns the slots
         and the masks left."""
         cut = []
         for idx, head, ended in self._heads(slots):
             at = loop_start(head, self.cfg.loop_guard)
             if at is None and self.stop is None and self.texts is not None:
                 at = line_loop_start(head, self.texts, self.cfg.loop_guard, ended=ended)
-            if at is None and self.stop is None and self.texts is not None:
-                at = phrase_loop_start(head, self.texts, self.cfg.loop_guard)
+                if at is None:
+                    at = phrase_loop_start(head, self.texts, self.cfg.loop_guard)
             if at is not None:
                 cut += idx[at:]
         return self._end_at(slots, cut) if cut else (slots, left)

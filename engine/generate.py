@@ -243,8 +243,7 @@ class _Run(EndRules):
         (the tokens it committed are counted in `tokens_per_step`)."""
         self.commit_once(slots)
         slots = self.slots()
-        if self.first is not None and self.first.rest is not None:
-            self._follow_lead(slots)
+        self._follow_lead(slots)
         self.out.tokens_per_step.append(left - slots.count(self.a.mask_id))
         return slots, left - self.out.tokens_per_step[-1]
 
