@@ -89,7 +89,8 @@ class BaseRun:
         else:
             p = next(reading.model.parameters())
             shape = (1, a.n_kv_heads, need + HEADROOM, a.head_dim)
-            cache = KVCache.zeros(len(reading.layers), shape, p.dtype, p.device, length=need + HEADROOM)
+            dtype = reading.model.cache_dtype or p.dtype
+            cache = KVCache.zeros(len(reading.layers), shape, dtype, p.device, length=need + HEADROOM)
             if fed:
                 for (k, v), (k0, v0) in zip(cache, state.cache):
                     k[:, :, :len(fed)], v[:, :, :len(fed)] = k0[:, :, :len(fed)], v0[:, :, :len(fed)]
@@ -129,8 +130,8 @@ class BaseRun:
         upto = pos[-1] + 1
         for layer, (kc, vc) in zip(self.r.layers, self.state.cache):
             q, k, v = layer.qkv(x, cos, sin)
-            kc[:, :, index] = k
-            vc[:, :, index] = v
+            kc[:, :, index] = k.to(kc.dtype)
+            vc[:, :, index] = v.to(vc.dtype)
             x = layer.finish(x, causal_attention(q, kc[:, :, :upto], vc[:, :, :upto], index))
         self.hidden = model.norm(x)[0]
         self.row = {p: i for i, p in enumerate(pos)}

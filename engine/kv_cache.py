@@ -51,18 +51,20 @@ class KVCache:
         return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)],
                    [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)], length)
 
-    def append(self, k: torch.Tensor, v: torch.Tensor, headroom: int = HEADROOM) -> None:
+    def append(self, k: torch.Tensor, v: torch.Tensor, headroom: int = HEADROOM,
+               dtype: torch.dtype | None = None) -> None:
         """Add one layer's (B, Hkv, L, hd) keys and values (prefill builds the cache layer by layer),
         copied into storage with `headroom` spare rows: the first keystroke's splice then grows
         in place instead of copying the whole cache (and freeing this one: ~60 MB churned per
         prefill at the 135M shape), and the values stop being a view of the fused q/k/v
         projection's whole output (L x 960 floats per layer, L x 192 of them values), which
-        kept a 1k-token session's cache at ~160 MB instead of ~54 MB."""
+        kept a 1k-token session's cache at ~160 MB instead of ~54 MB. `dtype`: the storage's
+        (None = the keys' own; see `Transformer.cache_dtype`)."""
         if self.storage is None:
             self.storage = list(zip(self.keys, self.values))
         b, h, n, d = k.shape
-        store_k = k.new_empty(b, h, n + headroom, d)  # (B, Hkv, L + headroom, hd)
-        store_v = v.new_empty(b, h, n + headroom, v.shape[3])
+        store_k = k.new_empty(b, h, n + headroom, d, dtype=dtype)  # (B, Hkv, L + headroom, hd)
+        store_v = v.new_empty(b, h, n + headroom, v.shape[3], dtype=dtype)
         store_k[:, :, :n], store_v[:, :, :n] = k, v
         self.storage.append((store_k, store_v))
         self.keys.append(store_k[:, :, :n])

@@ -99,6 +99,9 @@ class Transformer(nn.Module):
         # (`engine.expert`); the lower layers are then computed once for both
         self.tap: int | None = None
         self.tapped: torch.Tensor | None = None
+        # inference: the dtype a prefill keeps keys/values in (None = the model's own); steps write
+        # into the cache as it is and attention widens what it reads (`kernels.attention.grouped_sdpa`)
+        self.cache_dtype: torch.dtype | None = None
 
     # ---- full forward ------------------------------------------------------------------
     def prefill(self, ids: torch.Tensor, keep_cache: bool = True,
@@ -127,7 +130,7 @@ class Transformer(nn.Module):
                 self.tapped = x
             x, k, v = self.layer_forward(i, x, cos, sin, bias)
             if keep_cache:
-                cache.append(k, v)
+                cache.append(k, v, dtype=self.cache_dtype)
         return self.norm(x), cache
 
     def layer_forward(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -181,8 +184,8 @@ class Transformer(nn.Module):
             if i == self.tap:
                 self.tapped = x
             q, k, v = layer.qkv(x, cos, sin)
-            kc[:, :, index] = k
-            vc[:, :, index] = v
+            kc[:, :, index] = k.to(kc.dtype)
+            vc[:, :, index] = v.to(vc.dtype)
             if i < self.args.causal_layers and upto is not None:
                 o = grouped_sdpa(q, kc[:, :, :upto], vc[:, :, :upto], causal_mask)
             elif i < self.args.causal_layers:

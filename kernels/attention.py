@@ -59,9 +59,12 @@ def grouped_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Args:
         q: (B, Hq, Lq, d); k, v: (B, Hkv, Lk, d) with Hq % Hkv == 0.
         mask: None, or (Lq, Lk) bool (True = attend) or float (added to the scores).
+        k and v may be kept in another dtype than q (a half-precision cache): they are read in q's.
     Returns:
         (B, Hq, Lq, d).
     """
+    if k.dtype != q.dtype:  # a cache kept in half precision (`Transformer.cache_dtype`): widened per call
+        k, v = k.to(q.dtype), v.to(q.dtype)
     b, hq, lq, d = q.shape
     hkv = k.shape[1]
     if hkv == hq or not (q.device.type == "cpu" and lq <= MAX_FOLDED_QUERIES) or (mask is not None and mask.dim() != 2):
