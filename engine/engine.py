@@ -346,7 +346,7 @@ class Engine:
                 if old.cache is not None and old.cache.dtype == torch.float32:
                     # no spare rows: it is widened (into a copy with them) before it is spliced
                     old.cache, changed = old.cache.to(IDLE_CACHE_DTYPE, headroom=0), True
-            want = self.model.cache_dtype or self.dtype
+            want = getattr(self.model, "cache_dtype", None) or self.dtype
             if session.cache is not None and session.cache.dtype != want:
                 session.cache = session.cache.to(want)
         if changed:
