@@ -52,8 +52,8 @@ MAX_CACHED_SESSIONS = 2
 # widened again when used, ~30 ms instead of a prefill's seconds)
 IDLE_CACHE_DTYPE = torch.float16
 # the int8 CPU model keeps every document's keys/values in half precision, the one in use too
-# (DLSP_HALF_CACHE=0: float32): ~34 MB less at a 1k-token context for ~1-3 ms more per forward
-# (attention widens what it reads); measured in the model card
+# (DLSP_HALF_CACHE=0: float32): ~34 MB less at a 1k-token context for up to ~3 ms more per forward
+# (attention widens what it reads); measured in the README
 HALF_CACHE_DTYPE = torch.float16
 ANCHOR_CHARS = 48  # text of the window's start remembered to keep it in place across keystrokes
 

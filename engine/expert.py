@@ -89,7 +89,7 @@ class BaseRun:
         else:
             p = next(reading.model.parameters())
             shape = (1, a.n_kv_heads, need + HEADROOM, a.head_dim)
-            dtype = reading.model.cache_dtype or p.dtype
+            dtype = getattr(reading.model, "cache_dtype", None) or p.dtype
             cache = KVCache.zeros(len(reading.layers), shape, dtype, p.device, length=need + HEADROOM)
             if fed:
                 for (k, v), (k0, v0) in zip(cache, state.cache):
