@@ -49,12 +49,10 @@ MAX_SESSIONS = 4  # documents whose clipping anchor is kept (LRU)
 # in is the one that reuses it, one switched back to pays a prefill
 MAX_CACHED_SESSIONS = 2
 # the cached sessions other than the one in use keep their cache in half precision (half the memory;
-# widened again when used, ~30 ms instead of a prefill's seconds)
+# widened again when used, ~30 ms instead of a prefill's seconds); the int8 CPU model keeps the one
+# in use in it too (DLSP_HALF_CACHE=0: float32; ~34 MB less at 1k tokens for up to ~3 ms more per
+# forward, attention widening what it reads: measured in the README)
 IDLE_CACHE_DTYPE = torch.float16
-# the int8 CPU model keeps every document's keys/values in half precision, the one in use too
-# (DLSP_HALF_CACHE=0: float32): ~34 MB less at a 1k-token context for up to ~3 ms more per forward
-# (attention widens what it reads); measured in the README
-HALF_CACHE_DTYPE = torch.float16
 ANCHOR_CHARS = 48  # text of the window's start remembered to keep it in place across keystrokes
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -219,8 +217,7 @@ class Engine:
                     own_parameters_(model, dtype)
         engine = cls(model, tokenizer, name=str(ckpt), default_sampling=checkpoint_sampling(ckpt))
         engine.int8, engine.params = bool(int8), params
-        if int8 and os.environ.get("DLSP_HALF_CACHE", "1") != "0":
-            model.cache_dtype = HALF_CACHE_DTYPE
+        model.cache_dtype = IDLE_CACHE_DTYPE if int8 and os.environ.get("DLSP_HALF_CACHE", "1") != "0" else None
         engine.int8_cached = cached is not None
         engine.adapted_from_base = adapted
         engine.drafts = load_drafts(ckpt)
