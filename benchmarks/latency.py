@@ -353,6 +353,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--context-tokens", type=int, default=1024)
     p.add_argument("--draft", type=int, default=None,
                    help="server setting draft (speculative drafts per forward; 0 = off; default: the model's)")
+    p.add_argument("--rerank", choices=("on", "off"), default=None,
+                   help="server setting rerank (single lines checked against the base's own line; default: the model's)")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--agreement", type=int, default=0, help="also compare engine and server on N cold tasks")
     p.add_argument("--no-baseline", action="store_true", help="skip the replay with reuse off")
@@ -373,6 +375,8 @@ def server_options(a: argparse.Namespace) -> dict[str, Any]:
         options["steps"] = steps
     if a.draft is not None:
         options["draft"] = a.draft
+    if a.rerank is not None:
+        options["rerank"] = a.rerank == "on"
     return options
 
 

@@ -30,6 +30,7 @@ from engine.healing import Healer
 from engine.model import Transformer, skeleton
 from engine.ngram import NgramDrafts, load_drafts
 from engine.quantize import MIN_PARAMS, calibration_ids, int8_available, own_parameters_, quantize_int8
+from engine.rerank import from_run, rerank
 from engine.reuse import ReusePolicy, Session
 from engine.runtime import (
     ResidentTrim,
@@ -406,10 +407,20 @@ class Engine:
             generated -= moved  # a moved prefix token restores context; it is not new text
         if req.single_line:
             texts = [t.split("\n", 1)[0] for t in texts]
+        passes = out.forward_passes
+        if (cfg.rerank and req.single_line and req.n_holes == 1 and cfg.temperature == 0 and texts[0].strip()
+                and out.base_cache is not None and out.cache is not None and self.base is not None):
+            inputs = from_run(out, segments, self.args, self.tokenizer, self.base, self._banned, self._newline_ids(),
+                              heal[1].allowed if heal is not None else None, cfg.draft)
+            checked = rerank(inputs, heal[0] if heal is not None else "", texts[0], req.suffix,
+                             should_stop=req.should_stop)
+            if not (req.should_stop is not None and req.should_stop()):
+                texts[0] = checked.text
+                passes += checked.forwards
         t3 = time.perf_counter()
         timings = {"tokenize": (t1 - t0) * 1e3, "prefill": out.prefill_ms, "steps": out.steps_ms,
                    "detokenize": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
-        return InfillResult(texts=tuple(texts), timings_ms=timings, forward_passes=out.forward_passes,
+        return InfillResult(texts=tuple(texts), timings_ms=timings, forward_passes=passes,
                             tokens_per_step=tuple(out.tokens_per_step),
                             generated_tokens=generated, cancelled=out.cancelled,
                             context_tokens=(len(segments[0]) + moved, len(segments[-1])),

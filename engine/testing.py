@@ -57,3 +57,29 @@ def make_tiny_checkpoint(path: str | Path, family: str = "llada", seed: int = 0,
             else:
                 p.normal_(0.0, 0.2)
     return save_checkpoint(model, path, dtype=torch.float32)
+
+
+def tiny_adapted_pair(path: str | Path, seed: int = 7) -> tuple[Transformer, Transformer, dict[str, torch.Tensor], object]:
+    """A shifted tiny model whose lower layer is causal (the adapted model's layout) and a fully
+    causal "base" that shares that layer and has upper weights of its own (random, `seed`):
+    (model, base, the base's upper-layer tensors, tokenizer)."""
+    from dataclasses import replace
+
+    from engine.checkpoint import load_model, load_tokenizer
+
+    ckpt = make_tiny_checkpoint(path, family="dream", causal_layers=1, seed=3)
+    model, args = load_model(ckpt)
+    tok = load_tokenizer(ckpt)
+    torch.manual_seed(seed)
+    base = Transformer(replace(args, causal_layers=args.n_layers))
+    with torch.no_grad():
+        for p in base.parameters():
+            p.normal_(0.0, 0.2) if p.dim() > 1 else p.normal_(1.0, 0.1)
+    state = base.state_dict()
+    for k, v in model.state_dict().items():  # everything but the upper layer is shared
+        if not k.startswith("layers.1."):
+            state[k] = v.clone()
+    base.load_state_dict(state)
+    base.eval()
+    upper = {k: v.clone() for k, v in base.state_dict().items() if k.startswith("layers.1.")}
+    return model, base, upper, tok

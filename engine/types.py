@@ -99,6 +99,10 @@ class SamplingConfig:
             it to single-line requests, and to multi-line ones with `base_multiline`.
         base_multiline: `base_weight` applies to multi-line requests (blocks, bodies, holes of code
             actions) too.
+        rerank: single-line requests with the base's reading (`base_weight` > 0, greedy): the
+            base's own line, decoded from the first token where it disagrees with the fill, is a
+            second candidate, and the one under which the base finds the line and the suffix's
+            next line likelier is shown (`engine.rerank`). Costs forwards only where the two differ.
     """
 
     sampler: str = "fast"
@@ -127,6 +131,7 @@ class SamplingConfig:
     close_brackets: int = 0
     base_weight: float = 0.0
     base_multiline: bool = False
+    rerank: bool = False
 
 
 @dataclass(frozen=True)

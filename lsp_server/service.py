@@ -138,7 +138,7 @@ class Service:
         s, engine = self.settings, self.host.engine
         pairs = (("threshold", s.threshold), ("steps", s.steps), ("min_per_step", s.min_per_step),
                  ("draft", s.draft), ("close_brackets", s.close_brackets), ("base_weight", s.base_weight),
-                 ("base_multiline", s.base_multiline))
+                 ("base_multiline", s.base_multiline), ("rerank", s.rerank))
         changes = {k: v for k, v in pairs if v is not None}
         if engine is None or not changes:
             return None

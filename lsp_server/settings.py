@@ -22,6 +22,7 @@ KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "closeBrackets": ("close_brackets", (int, type(None))),
     "baseWeight": ("base_weight", (int, float, type(None))),
     "baseMultiline": ("base_multiline", (bool, type(None))),
+    "rerank": ("rerank", (bool, type(None))),
     "maxTokens": ("max_tokens", (int,)),
     "debounceMs": ("debounce_ms", (int, float)),
     "enabledLanguages": ("enabled_languages", (list, tuple)),
@@ -43,6 +44,7 @@ class Settings:
     close_brackets: int | None = None
     base_weight: float | None = None
     base_multiline: bool | None = None
+    rerank: bool | None = None
     max_tokens: int = 64
     debounce_ms: float = 20.0
     enabled_languages: tuple[str, ...] = ()

@@ -38,6 +38,7 @@ def test_fill_length_and_steps_are_pinned_only_for_random_weights():
     trained = latency.parse([])
     assert latency.server_options(trained) == {"contextTokens": 1024}  # the model's own decoding
     assert latency.server_options(latency.parse(["--max-tokens", "20"])) == {"contextTokens": 1024, "maxTokens": 20}
+    assert latency.server_options(latency.parse(["--rerank", "off"])) == {"contextTokens": 1024, "rerank": False}
     assert latency.server_options(latency.parse(["--draft", "0"])) == {"contextTokens": 1024, "draft": 0}
 
 

@@ -11,11 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from engine import generate as gen_mod
-from engine.checkpoint import load_model, load_tokenizer
 from engine.engine import Engine, sampling_problem
 from engine.expert import BaseReading, BaseRun, build_base_reading
 from engine.generate import generate
-from engine.model import Transformer
 from engine.quantize import Int8Linear
 from engine.reuse import Session
 from engine.types import InfillRequest, SamplingConfig
@@ -27,23 +25,9 @@ CFG = SamplingConfig(block=1, lazy_rows=True, nonempty=False, base_weight=1.0)
 def pair(tmp_path_factory):
     """A shifted tiny model with a causal lower layer (the adapted model's layout) and a fully
     causal "base" sharing that lower layer, with upper weights of its own."""
-    from engine.testing import make_tiny_checkpoint
+    from engine.testing import tiny_adapted_pair
 
-    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("mixed"), family="dream", causal_layers=1, seed=3)
-    model, args = load_model(ckpt)
-    tok = load_tokenizer(ckpt)
-    torch.manual_seed(7)
-    base = Transformer(replace(args, causal_layers=args.n_layers))
-    with torch.no_grad():
-        for p in base.parameters():
-            p.normal_(0.0, 0.2) if p.dim() > 1 else p.normal_(1.0, 0.1)
-    state = base.state_dict()
-    for k, v in model.state_dict().items():  # everything but the upper layer is shared
-        if not k.startswith("layers.1."):
-            state[k] = v.clone()
-    base.load_state_dict(state)
-    base.eval()
-    upper = {k: v.clone() for k, v in base.state_dict().items() if k.startswith("layers.1.")}
+    model, base, upper, tok = tiny_adapted_pair(tmp_path_factory.mktemp("mixed"), seed=7)
     segs = [tok.encode("def area(w, h):\n    return "), tok.encode("\n\nprint(area(2, 3))\n")]
     return model, base, upper, tok, segs
 

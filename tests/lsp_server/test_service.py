@@ -221,18 +221,19 @@ def test_settings_change_sampling_and_reload_flag():
     engine = FakeEngine(fill=lambda req: ("z",))
     svc = _service(engine)
     assert svc.configure({"dlsp": {"threshold": 0.5, "steps": 3, "minPerStep": 2, "maxTokens": 7,
-                                   "draft": 0, "closeBrackets": 12, "baseWeight": 0.5, "baseMultiline": False}}) is False
+                                   "draft": 0, "closeBrackets": 12, "baseWeight": 0.5, "baseMultiline": False,
+                                   "rerank": False}}) is False
     asyncio.run(svc.suggest(URI, _pos(3, 11)))
     req = engine.calls[-1]
     assert req.sampling.threshold == 0.5 and req.sampling.steps == 3 and req.max_new_tokens <= 7
     assert req.sampling.min_per_step == 2 and req.sampling.draft == 0 and req.sampling.close_brackets == 12
-    assert req.sampling.base_weight == 0.5 and req.sampling.base_multiline is False
+    assert req.sampling.base_weight == 0.5 and req.sampling.base_multiline is False and req.sampling.rerank is False
     svc.configure({"dlsp": {"draft": 65, "closeBrackets": 257, "baseWeight": 16.5}})  # out of range: refused
     assert svc.settings.draft == 0 and svc.settings.close_brackets == 12 and svc.settings.base_weight == 0.5
     svc.configure({"dlsp": {"baseMultiline": 1, "baseWeight": True}})  # a number is not a switch, nor the reverse
     assert svc.settings.base_multiline is False and svc.settings.base_weight == 0.5
-    svc.configure({"dlsp": {"baseMultiline": None}})
-    assert svc.settings.base_multiline is None
+    svc.configure({"dlsp": {"baseMultiline": None, "rerank": "no"}})  # not a switch: refused
+    assert svc.settings.base_multiline is None and svc.settings.rerank is False
     assert svc.configure({"modelPath": "/elsewhere"}) is True
     svc.scheduler.shutdown()
 

@@ -16,6 +16,7 @@ export interface ServerSettings {
   closeBrackets: number | null;
   baseWeight: number | null;
   baseMultiline: boolean | null;
+  rerank: boolean | null;
   maxTokens: number | null;
   debounceMs: number | null;
   enabledLanguages: string[] | null;
@@ -100,6 +101,7 @@ export const SERVER_KEYS: Record<ServerKey, Check> = {
   closeBrackets: integer(0, 256),
   baseWeight: number(0, 16),
   baseMultiline: boolean,
+  rerank: boolean,
   maxTokens: integer(1, 65536),
   debounceMs: number(0, 5000),
   enabledLanguages: stringList,
@@ -168,7 +170,7 @@ function same(a: unknown, b: unknown): boolean {
 
 /** The keys that changed between two readings. A value cleared back to the default is sent as
  * null for the keys where null means "the engine's default" (modelPath, device, threshold, steps, minPerStep, draft,
- * closeBrackets, baseWeight, baseMultiline)
+ * closeBrackets, baseWeight, baseMultiline, rerank)
  * and as the server's default value for the others. Returns null when nothing changed. */
 export function settingsDelta(prev: ServerSettings, next: ServerSettings): Partial<ServerSettings> | null {
   const out: Record<string, unknown> = {};

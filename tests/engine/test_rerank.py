@@ -1,0 +1,211 @@
+"""The base's own line as a second candidate for a single-line fill (`engine.rerank`,
+`SamplingConfig.rerank`): the reader after the prefix is the base's full causal forward, the
+base's line is its greedy decode from where it disagrees, the choice follows the base's
+likelihood of line + suffix head, and agreement costs one forward."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.engine import Engine
+from engine.expert import build_base_reading
+from engine.generate import generate
+from engine.rerank import CausalReader, from_run, rerank, suffix_head
+from engine.types import InfillRequest, SamplingConfig
+
+CFG = SamplingConfig(block=1, lazy_rows=True, nonempty=False, base_weight=1.0)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A shifted tiny model with a causal lower layer and a fully causal "base" sharing it."""
+    from engine.testing import tiny_adapted_pair
+
+    model, base, upper, tok = tiny_adapted_pair(tmp_path_factory.mktemp("rerank"), seed=11)
+    return model, base, build_base_reading(model, upper), tok
+
+
+def _inputs(model, reading, tok, prefix: str, suffix: str):
+    """Run the engine's decode once and hand its caches to the check, as `Engine.infill` does."""
+    a = model.args
+    segs = [tok.encode(prefix), tok.encode(suffix)]
+    out = generate(model, segs, CFG, True, hole_tokens=4, max_new_tokens=8, base=reading)
+    assert out.cache is not None and out.base_cache is not None and out.hole_start == 1 + len(segs[0])
+    newline = torch.tensor(tok.newline_ids(a.vocab_size), dtype=torch.bool)
+    inp = from_run(out, segs, a, tok, reading, [], newline, None, 0)
+    assert inp.banned[a.mask_id] and not inp.banned[a.eos_id] and inp.last == segs[0][-1]
+    return inp, segs[0]
+
+
+def inp_banned(a) -> torch.Tensor:
+    never = torch.zeros(a.vocab_size, dtype=torch.bool)
+    never[a.mask_id] = True
+    return never
+
+
+def _base_lp(base, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return F.log_softmax(base(torch.tensor([ids]))[0].float(), -1)
+
+
+def test_suffix_head_reads_to_the_next_nonblank_line():
+    assert suffix_head("\n    return x\n    y = 1\n") == "\n    return x"
+    assert suffix_head(")\n\n\n  foo()\nbar") == ")\n\n\n  foo()"
+    assert suffix_head("") == ""
+    assert suffix_head("tail only") == "tail only"
+    assert suffix_head("\n\n") == "\n\n"
+    assert len(suffix_head("\n" + "x" * 500)) == 200
+
+
+def test_the_reader_is_the_base_itself(pair):
+    """Rows appended after the prefix, in one feed and then one by one, read exactly the base's
+    full causal forward over the same tokens."""
+    model, base, reading, tok = pair
+    inp, prefix = _inputs(model, reading, tok, "def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n")
+    a = model.args
+    reader = CausalReader(reading, inp.cache, inp.base_cache, inp.start, inp.last)
+    new = tok.encode("w * h\nprint")
+    lp = reader.feed([inp.last, *new[:3]])
+    more = reader.feed(new[3:5])
+    ref = _base_lp(base, [a.bos_id, *prefix, *new[:5]])
+    torch.testing.assert_close(lp, ref[len(prefix):len(prefix) + 4], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(more, ref[len(prefix) + 4:], atol=1e-4, rtol=1e-4)
+    assert reader.forwards == 2
+    with pytest.raises(ValueError, match="free rows"):
+        reader.feed([1] * (reader.room + 1))
+
+
+def test_the_base_line_is_its_greedy_decode_and_the_likelier_line_wins(pair):
+    model, base, reading, tok = pair
+    a = model.args
+    prefix, suffix = "def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"
+    inp, pre = _inputs(model, reading, tok, prefix, suffix)
+    line = "zz qq"
+    got = rerank(inp, "", line, suffix, max_tokens=12)
+    # the reference: the base's greedy tokens after the prefix until EOS, a line break or 12 tokens
+    ids = [a.bos_id, *pre]
+    out: list[int] = []
+    while len(out) < 12:
+        t = int(_base_lp(base, ids + out)[-1].masked_fill(inp.banned, float("-inf")).argmax())
+        if t in inp.ends:
+            break
+        out.append(t)
+        if "\n" in tok.decode(out):
+            break
+    base_line = tok.decode(out).split("\n", 1)[0]
+    head = suffix_head(suffix)
+
+    def score(text):
+        seq = tok.encode(text + head)
+        lp = _base_lp(base, [a.bos_id, *pre, *seq])[len(pre):-1]
+        return float(lp[torch.arange(len(seq)), torch.tensor(seq)].sum())
+
+    assert base_line and base_line != line
+    assert got.scores[0] == pytest.approx(score(line), abs=1e-3)
+    assert got.scores[1] == pytest.approx(score(base_line), abs=1e-3)
+    want = base_line if score(base_line) > score(line) else line
+    assert got.text == want and got.chosen == ("base" if want == base_line else "model")
+    # 1 score (its reader goes on into the base's decode) + a forward per decoded token after the
+    # first + 1 score of the base's line
+    assert got.forwards == 2 + len(out) - 1
+
+
+def test_agreement_costs_one_forward(pair):
+    """A line the base writes itself, ending where the base goes on into the suffix: only the
+    score runs and the line stays."""
+    model, base, reading, tok = pair
+    a = model.args
+    prefix = "def area(w, h):\n    return "
+    pre = tok.encode(prefix)
+    out: list[int] = []
+    for _ in range(5):
+        out.append(int(_base_lp(base, [a.bos_id, *pre, *out])[-1].masked_fill(inp_banned(a), float("-inf")).argmax()))
+    # the line: the base's first 4 tokens; the suffix starts with its 5th. The tiny byte-level
+    # vocabulary does not read such fragments back as the same tokens, so `encode` here returns
+    # them as they are (the check's logic, not BPE, is under test)
+    line, suffix = tok.decode(out[:4]), tok.decode(out[4:5]) + "\nx = 1\n"
+    inp, _ = _inputs(model, reading, tok, prefix, suffix)
+    head = suffix_head(suffix)
+    tail = tok.encode("\nx = 1")
+
+    def encode(text):
+        assert text == line + head
+        return out[:5] + tail, [0] * 4 + [len(line)] * (1 + len(tail))
+
+    got = rerank(replace(inp, encode=encode), "", line, suffix)
+    assert got.text == line and got.chosen == "model" and got.forwards == 1 and len(got.scores) == 1
+    # one token changed: the base disagrees there and decodes its own line
+    changed = (out[2] + 1) % a.vocab_size
+    other = tok.decode([*out[:2], changed, out[3]])
+
+    def encode2(text):
+        if text == other + head:
+            return [*out[:2], changed, out[3], out[4], *tail], [0] * 4 + [len(other)] * (1 + len(tail))
+        return tok.encode_offsets(text)
+
+    got = rerank(replace(inp, encode=encode2), "", other, suffix, max_tokens=4)
+    assert got.forwards > 1 and len(got.scores) == 2
+
+
+def test_the_engine_counts_the_check_and_keeps_one_of_the_two(pair, monkeypatch):
+    """`rerank` on: the engine's answer is what the check chooses for the fill it decoded alone, the
+    forwards include the check's, and multi-line requests are left as they are."""
+    model, base, reading, tok = pair
+    engine = Engine(model, tok, default_sampling=CFG)
+    engine.base = reading
+    req = InfillRequest(prefix="def area(w, h):\n    return ", suffix="\n\nprint(area(2, 3))\n", max_new_tokens=8,
+                        single_line=True)
+    alone = engine.infill(req)
+    checked = engine.infill(replace(req, sampling=replace(CFG, rerank=True)))
+    assert alone.text.strip()
+    assert checked.forward_passes >= alone.forward_passes + 1
+    inp, _ = _inputs(model, reading, tok, req.prefix, req.suffix)
+    assert checked.text == rerank(inp, "", alone.text, req.suffix).text
+    multi = engine.infill(replace(req, single_line=False, sampling=replace(CFG, rerank=True, base_multiline=True)))
+    plain = engine.infill(replace(req, single_line=False, sampling=replace(CFG, base_multiline=True)))
+    assert multi.text == plain.text and multi.forward_passes == plain.forward_passes
+    # a request cancelled while the check runs keeps the fill it had, and the check's forwards
+    # are not counted
+    import engine.engine as engine_mod
+
+    flag = []
+
+    def cancelling(*args, **kwargs):
+        flag.append(True)
+        return real(*args, **kwargs)
+
+    real = engine_mod.rerank
+    monkeypatch.setattr(engine_mod, "rerank", cancelling)
+    late = engine.infill(replace(req, sampling=replace(CFG, rerank=True), should_stop=lambda: bool(flag)))
+    assert flag and late.text == alone.text and late.forward_passes == alone.forward_passes
+
+
+def test_drafts_change_the_forwards_not_the_base_line(pair):
+    """The base's decode checks prompt-lookup drafts in the same forward: where the suffix holds
+    what the base writes, the same line comes out in fewer forwards."""
+    from engine.rerank import _decode_base
+
+    model, base, reading, tok = pair
+    a = model.args
+    prefix, suffix = "def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"
+    inp, pre = _inputs(model, reading, tok, prefix, suffix)
+    ref: list[int] = []
+    for _ in range(10):
+        ref.append(int(_base_lp(base, [a.bos_id, *pre, *ref])[-1].masked_fill(inp.banned, float("-inf")).argmax()))
+    def decode(inp, head):
+        reader = CausalReader(reading, inp.cache, inp.base_cache, inp.start, inp.last)
+        row = reader.feed([inp.last, *head])[-1]
+        return _decode_base(inp, "", reader, head, row, 10, None)
+
+    plain, n_plain = decode(inp, ref[:2])
+    drafted, n_drafted = decode(replace(inp, draft=4, before=[a.bos_id, *pre], after=ref[1:]), ref[:2])
+    assert plain == drafted
+    assert n_drafted < n_plain
+    # drafts that never hold (the wrong tokens) cost nothing but rows
+    wrong = [(t + 1) % a.vocab_size for t in ref]
+    missed, n_missed = decode(replace(inp, draft=4, before=[a.bos_id, *pre], after=[*ref[:3], *wrong]), ref[:2])
+    assert missed == plain and n_missed <= n_plain
