@@ -69,22 +69,20 @@ class CausalReader:
         self.layers = [*reading.model.layers[:reading.first], *reading.layers]
         caches = [*zip(cache.keys[:reading.first], cache.values[:reading.first]),
                   *zip(base_cache.keys, base_cache.values)]
-        self.n = start - 1
-        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for k, v in caches:
-            shape = (*k.shape[:2], self.n + ROOM, k.shape[3])
-            kb, vb = k.new_zeros(shape), v.new_zeros(shape)
-            kb[:, :, :self.n], vb[:, :, :self.n] = k[:, :, :self.n], v[:, :, :self.n]
-            self.kv.append((kb, vb))
+        self.n0 = self.n = start - 1  # rows held: the prefix's (views of the caches, never written) and new ones
+        self.prefix = [(k[:, :, :self.n0], v[:, :, :self.n0]) for k, v in caches]
+        shape = (*caches[0][0].shape[:2], ROOM, caches[0][0].shape[3])
+        self.kv = [(k.new_zeros(shape), v.new_zeros(shape)) for k, v in caches]  # the new rows'
         self.forwards = 0
 
     @property
     def room(self) -> int:
-        return self.kv[0][0].shape[2] - self.n
+        return self.n0 + ROOM - self.n
 
     @torch.inference_mode()
     def feed(self, ids: list[int]) -> torch.Tensor:
-        """Append rows holding `ids`: (len(ids), V) float log-probabilities of the token after each."""
+        """Append rows holding `ids`: (len(ids), V) float log-probabilities of the token after each.
+        Setting `n` back first drops the rows after it (they are written over)."""
         if not ids or len(ids) > self.room:
             raise ValueError(f"{len(ids)} rows do not fit the reader's {self.room} free rows")
         m, a = self.model, self.model.args
@@ -92,12 +90,14 @@ class CausalReader:
         index = torch.arange(self.n, self.n + len(ids), device=dev)
         cos, sin = rope_tables(a.head_dim, index, a.rope_theta)
         x = m.tok_emb(torch.tensor([ids], device=dev))
-        upto = self.n + len(ids)
-        for layer, (kc, vc) in zip(self.layers, self.kv):
+        lo, hi = self.n - self.n0, self.n - self.n0 + len(ids)
+        for layer, (kp, vp), (kn, vn) in zip(self.layers, self.prefix, self.kv):
             q, k, v = layer.qkv(x, cos, sin)
-            kc[:, :, index], vc[:, :, index] = k.to(kc.dtype), v.to(vc.dtype)
-            x = layer.finish(x, causal_attention(q, kc[:, :, :upto].to(q.dtype), vc[:, :, :upto].to(q.dtype), index))
-        self.n = upto
+            kn[:, :, lo:hi], vn[:, :, lo:hi] = k.to(kn.dtype), v.to(vn.dtype)
+            keys = torch.cat([kp, kn[:, :, :hi]], 2).to(q.dtype)
+            values = torch.cat([vp, vn[:, :, :hi]], 2).to(q.dtype)
+            x = layer.finish(x, causal_attention(q, keys, values, index))
+        self.n += len(ids)
         self.forwards += 1
         return F.log_softmax(m.logits(m.norm(x)[0]).float(), -1)
 
