@@ -269,7 +269,7 @@ def _stage(stats: dict[str, Any], name: str, q: str = "p50_ms") -> float | None:
 
 
 def report(runs: list[Run], agree: dict[str, Any] | None) -> dict[str, Any]:
-    stages = ("context", "queue", "tokenize", "prefill", "steps", "postprocess", "engine", "total", "server")
+    stages = ("context", "queue", "tokenize", "prefill", "steps", "rerank", "postprocess", "engine", "total", "server")
     print(f"{'mode':<10} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'cold p50':>8} "
           + " ".join(f"{s[:8]:>8}" for s in stages) + f" {'open MB':>7} {'RSS MB':>7} {'peak MB':>7}")
     out: dict[str, Any] = {}

@@ -393,10 +393,6 @@ class Engine:
                        banned=self._banned, blank_ids=self._blank_ids(), drafts=self.drafts,
                        texts=self.healer().texts, base=self.base if req.single_line or cfg.base_multiline else None,
                        min_indent=None if req.single_line else req.min_indent)
-        # a prefill's transient buffers (~150 MB at 1k tokens) stay resident once freed, also
-        # when the prefill came after a reuse (a growth round, a failed plan): handed back when
-        # the process grew past its last low point (~10 ms when it did, ~20 us to check)
-        self.memory.settle(release_freed_memory, prefilled=bool(out.forward_passes and not out.reused_tokens))
         t2 = time.perf_counter()
         if threads is not None and out.forward_passes and not out.cancelled:
             self.threads.record(threads, (out.prefill_ms + out.steps_ms) / out.forward_passes, kind)
@@ -408,6 +404,7 @@ class Engine:
         if req.single_line:
             texts = [t.split("\n", 1)[0] for t in texts]
         passes = out.forward_passes
+        t3 = time.perf_counter()
         if (cfg.rerank and req.single_line and req.n_holes == 1 and cfg.temperature == 0 and texts[0].strip()
                 and out.base_cache is not None and out.cache is not None and self.base is not None):
             inputs = from_run(out, segments, self.args, self.tokenizer, self.base, self._banned, self._newline_ids(),
@@ -417,9 +414,16 @@ class Engine:
             if not (req.should_stop is not None and req.should_stop()):
                 texts[0] = checked.text
                 passes += checked.forwards
-        t3 = time.perf_counter()
+        out.cache = out.base_cache = None
+        t4 = time.perf_counter()
+        # a prefill's transient buffers (~150 MB at 1k tokens) stay resident once freed, also
+        # when the prefill came after a reuse (a growth round, a failed plan), and so do the
+        # check's: handed back when the process grew past its last low point (~10 ms when it
+        # did, ~20 us to check)
+        self.memory.settle(release_freed_memory, prefilled=bool(out.forward_passes and not out.reused_tokens))
         timings = {"tokenize": (t1 - t0) * 1e3, "prefill": out.prefill_ms, "steps": out.steps_ms,
-                   "detokenize": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
+                   "detokenize": (t3 - t2) * 1e3, "rerank": (t4 - t3) * 1e3,
+                   "total": (time.perf_counter() - t0) * 1e3}
         return InfillResult(texts=tuple(texts), timings_ms=timings, forward_passes=passes,
                             tokens_per_step=tuple(out.tokens_per_step),
                             generated_tokens=generated, cancelled=out.cancelled,

@@ -38,7 +38,7 @@ from kernels.rope import rope_tables
 ROOM = 96  # rows a reader may append after the prefix (a line, its suffix head, some slack)
 
 
-def suffix_head(suffix: str, max_chars: int = 200) -> str:
+def suffix_head(suffix: str, max_chars: int = 120) -> str:
     """The suffix up to the end of the first line after the cursor's that holds non-whitespace
     (the rest of the cursor's line included), at most `max_chars` characters."""
     end = suffix.find("\n")
@@ -162,18 +162,20 @@ def _score(inp: RerankInputs, lead: str, line: str,
     return score, ids, lp, min(n_line, keep), reader
 
 
-def rerank(inp: RerankInputs, lead: str, line: str, suffix: str, max_tokens: int = 48,
+@torch.inference_mode()
+def rerank(inp: RerankInputs, lead: str, line: str, suffix: str, max_tokens: int = 48, extra: int = 16,
            should_stop: Callable[[], bool] | None = None) -> Reranked:
-    """The engine's `line` against the base's own line (see the module's doc)."""
+    """The engine's `line` against the base's own line (see the module's doc). The base's line
+    holds at most `max_tokens` tokens, and at most `extra` more than the fill's."""
     head = suffix_head(suffix)
     s_model, ids, lp, n_line, reader = _score(inp, lead, line, head)
     forwards = 1
     # the first row where the base's greedy choice differs: a token of the line, or the line's end
-    pick = lp.clone()
-    pick[:, inp.banned] = float("-inf")
+    # (the rows are masked in place: ~200 KB each, no copy)
+    lp[:, inp.banned] = float("-inf")
     if inp.first_allowed is not None:
-        pick[0, ~inp.first_allowed] = float("-inf")
-    best = pick.argmax(-1).tolist()
+        lp[0, ~inp.first_allowed] = float("-inf")
+    best = lp.argmax(-1).tolist()
     split = None
     for j in range(n_line + 1):
         if j < n_line:
@@ -185,7 +187,11 @@ def rerank(inp: RerankInputs, lead: str, line: str, suffix: str, max_tokens: int
     if split is None:
         return Reranked(line, "model", forwards, (s_model,))
     reader.n = inp.start + split  # the rows of the line's first `split` tokens stay: the base's decode goes on from them
-    out, spent = _decode_base(inp, lead, reader, ids[:split], lp[split], max_tokens, should_stop)
+    # the base's line may run a little longer than the fill, not to the budget: a base that
+    # rambles on (a regex, a list) would hold the editor's suggestion for dozens of forwards
+    out, spent = _decode_base(inp, lead, reader, ids[:split], lp[split].clone(), min(max_tokens, n_line + extra),
+                              should_stop)
+    del lp
     forwards += spent
     if out is None:
         return Reranked(line, "model", forwards, (s_model,))  # healing the base did not keep

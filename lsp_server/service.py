@@ -43,7 +43,7 @@ from lsp_server.syntax import Syntax, budget, line_end, line_start
 log = logging.getLogger(__name__)
 Spans = list[tuple[int, int, str]]
 T = TypeVar("T")
-ENGINE_STAGES = ("tokenize", "prefill", "steps", "detokenize")
+ENGINE_STAGES = ("tokenize", "prefill", "steps", "detokenize", "rerank")
 CONTEXT_BUDGET_S = 0.25  # syntax work for one completion or one code-action list
 EDIT_BUDGET_S = 2.0  # syntax work for one action the user asked to run
 

@@ -20,7 +20,7 @@ def engine(tiny_ckpt):
 
 def test_infill_reports_timings_and_counts(engine):
     res = engine.infill(InfillRequest(prefix="def f(x):\n    ", suffix="\n", hole_tokens=6, max_new_tokens=6))
-    assert set(res.timings_ms) == {"tokenize", "prefill", "steps", "detokenize", "total"}
+    assert set(res.timings_ms) == {"tokenize", "prefill", "steps", "detokenize", "rerank", "total"}
     assert res.forward_passes >= 1 and sum(res.tokens_per_step) >= 1
     assert isinstance(res.text, str) and not res.cancelled
 
