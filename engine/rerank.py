@@ -190,7 +190,7 @@ def rerank(inp: RerankInputs, lead: str, line: str, suffix: str, max_tokens: int
     # the base's line may run a little longer than the fill, not to the budget: a base that
     # rambles on (a regex, a list) would hold the editor's suggestion for dozens of forwards
     out, spent = _decode_base(inp, lead, reader, ids[:split], lp[split].clone(), min(max_tokens, n_line + extra),
-                              should_stop)
+                              should_stop, line_ids=ids[:n_line])
     del lp
     forwards += spent
     if out is None:
@@ -208,11 +208,14 @@ def rerank(inp: RerankInputs, lead: str, line: str, suffix: str, max_tokens: int
 
 
 def _decode_base(inp: RerankInputs, lead: str, reader: CausalReader, head: list[int], row: torch.Tensor,
-                 max_tokens: int, should_stop: Callable[[], bool] | None) -> tuple[list[int] | None, int]:
+                 max_tokens: int, should_stop: Callable[[], bool] | None,
+                 line_ids: list[int] = ()) -> tuple[list[int] | None, int]:
     """The base's greedy line after `head` (ids of lead + line so far, read by `reader`; `row`:
     the log-probs after them), with prompt-lookup drafts (`engine.speculate.lookup`) checked in
-    the same forward: the ids through the token that ends the line (EOS not kept), and the
-    forwards run. None when the line does not start with `lead`."""
+    the same forward: first from the fill's own line (`line_ids`: the two lines often meet again
+    after they part, `(self, node):`), then from the visible text. Returns the ids through the
+    token that ends the line (EOS not kept), and the forwards run; None when the line does not
+    start with `lead`."""
     out = list(head)
     forwards = 0
 
@@ -241,7 +244,7 @@ def _decode_base(inp: RerankInputs, lead: str, reader: CausalReader, head: list[
         if ended or reader.room < 2 or (should_stop is not None and should_stop()):
             return out, forwards
         width = min(inp.draft, reader.room - 2, max_tokens - len(out))
-        drafts = lookup(inp.before + out, inp.after, width) if width > 0 else []
+        drafts = (lookup(out, list(line_ids), width) or lookup(inp.before + out, inp.after, width)) if width > 0 else []
         n0 = reader.n
         rows = reader.feed([t, *drafts])
         forwards += 1

@@ -209,3 +209,11 @@ def test_drafts_change_the_forwards_not_the_base_line(pair):
     wrong = [(t + 1) % a.vocab_size for t in ref]
     missed, n_missed = decode(replace(inp, draft=4, before=[a.bos_id, *pre], after=[*ref[:3], *wrong]), ref[:2])
     assert missed == plain and n_missed <= n_plain
+    # the fill's own line as a draft source: where the base's line meets it again after parting
+    # from it, its tokens are drafted (the same line, fewer forwards)
+    fill = [ref[0], (ref[1] + 1) % a.vocab_size, *ref[2:]]
+    reader = CausalReader(reading, inp.cache, inp.base_cache, inp.start, inp.last)
+    row = reader.feed([inp.last, ref[0]])[-1]
+    met, n_met = _decode_base(replace(inp, draft=4), "", reader, ref[:1], row, 10, None, line_ids=fill)
+    alone, n_alone = decode(replace(inp, draft=4), ref[:1])
+    assert met == alone and n_met < n_alone
