@@ -165,7 +165,15 @@ def test_adapter_assembles_from_package_and_caches(tmp_path, monkeypatch, caplog
     (cached[0] / BASE_LAYERS_FILE).unlink()  # a cache from before the file existed: written again
     assert base_layers(out).keys() == upper.keys()
     # the engine loads them for the base's reading; a corrupt file leaves it off, said in the log
-    assert Engine.from_pretrained(out, int8=False).base is not None
+    engine = Engine.from_pretrained(out, int8=False)
+    assert engine.base is not None
+    # the check of single lines against the base's own line runs on this layout (30 layers, 3
+    # key/value heads, the base's 2 upper layers over 28 causal ones) and is counted
+    req = InfillRequest(prefix="def f(x):\n    return ", suffix="\n\nprint(f(2))\n", max_new_tokens=4,
+                        single_line=True, sampling=replace(engine.default_sampling, block=1, lazy_rows=True, base_weight=1.0))
+    plain = engine.infill(req)
+    checked = engine.infill(replace(req, sampling=replace(req.sampling, rerank=True)))
+    assert plain.text.strip() and checked.forward_passes >= plain.forward_passes + 1
     (cached[0] / BASE_LAYERS_FILE).write_bytes(b"not safetensors")
     with caplog.at_level(logging.WARNING, logger="engine.engine"):
         engine = Engine.from_pretrained(out, int8=False)

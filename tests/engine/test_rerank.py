@@ -217,3 +217,23 @@ def test_drafts_change_the_forwards_not_the_base_line(pair):
     met, n_met = _decode_base(replace(inp, draft=4), "", reader, ref[:1], row, 10, None, line_ids=fill)
     alone, n_alone = decode(replace(inp, draft=4), ref[:1])
     assert met == alone and n_met < n_alone
+
+
+def test_a_half_precision_cache_reads_the_same(pair):
+    """The int8 engine keeps keys/values in fp16 (`Transformer.cache_dtype`): the reader widens
+    what it reads and stays close to the float reading."""
+    model, base, reading, tok = pair
+    prefix, suffix = "def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"
+    new = tok.encode("w * h\nprint")
+    inp, pre = _inputs(model, reading, tok, prefix, suffix)
+    want = CausalReader(reading, inp.cache, inp.base_cache, inp.start, inp.last).feed([inp.last, *new])
+    model.cache_dtype = torch.float16
+    try:
+        half, _ = _inputs(model, reading, tok, prefix, suffix)
+    finally:
+        model.cache_dtype = None
+    assert half.cache.keys[0].dtype == torch.float16 and half.base_cache.keys[0].dtype == torch.float16
+    got = CausalReader(reading, half.cache, half.base_cache, half.start, half.last).feed([half.last, *new])
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=0)
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
