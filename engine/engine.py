@@ -406,8 +406,9 @@ class Engine:
         passes = out.forward_passes
         t3 = time.perf_counter()
         if (cfg.rerank and req.single_line and req.n_holes == 1 and cfg.temperature == 0 and texts[0].strip()
-                and out.base_cache is not None and out.cache is not None and self.base is not None):
-            inputs = from_run(out, segments, self.args, self.tokenizer, self.base, self._banned, self._newline_ids(),
+                and out.base_cache is not None and self.base is not None):
+            inputs = from_run(out, [_lead_id(self.args), *segments[0]], segments[-1], self.args, self.tokenizer,
+                              self.base, self._banned, self._newline_ids(),
                               heal[1].allowed if heal is not None else None, cfg.draft)
             checked = rerank(inputs, heal[0] if heal is not None else "", texts[0], req.suffix,
                              should_stop=req.should_stop)

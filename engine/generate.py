@@ -53,10 +53,9 @@ class GenOutput:
     prefill_ms: float = 0.0
     steps_ms: float = 0.0
     reused_tokens: int = 0  # canvas rows of the first forward whose keys/values were reused
-    # for a check after the run (`engine.rerank`): the run's cache, where its hole starts, and the
-    # base reading's keys/values where they cover the prefix (None otherwise)
+    # for a check after the run (`engine.rerank`): the run's cache, and the base reading's
+    # keys/values where they cover the prefix (None otherwise)
     cache: KVCache | None = None
-    hole_start: int = 0
     base_cache: KVCache | None = None
 
 
@@ -447,7 +446,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             break
     run.out.fills = [_strip(a, f, stop, first_stop if h == 0 else None) for h, f in enumerate(holes.fills)]
     if not run.full_every_step:
-        run.out.cache, run.out.hole_start = run.cache, run.hole_span[0]
+        run.out.cache = run.cache
         b = run.base
         if b is not None and not b.broken and b.state.fed[:run.hole_span[0]] == run.ids[:run.hole_span[0]]:
             run.out.base_cache = b.state.cache

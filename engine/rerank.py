@@ -130,20 +130,21 @@ class RerankInputs:
     draft: int = 0  # prompt-lookup drafts checked per forward of the base's decode (0 = off)
 
 
-def from_run(out: GenOutput, segments: list[list[int]], a: ModelArgs, tok: Tokenizer, reading: BaseReading,
-             banned: list[int], newline: torch.Tensor, first_allowed: torch.Tensor | None, draft: int) -> RerankInputs:
-    """The check's inputs from a finished run of `engine.generate.generate` over `segments`
-    (prefix, suffix) that kept its caches (`GenOutput.cache`, `GenOutput.base_cache`)."""
+def from_run(out: GenOutput, before: list[int], after: list[int], a: ModelArgs, tok: Tokenizer,
+             reading: BaseReading, banned: list[int], newline: torch.Tensor, first_allowed: torch.Tensor | None,
+             draft: int) -> RerankInputs:
+    """The check's inputs from a finished run of `engine.generate.generate` that kept its caches
+    (`GenOutput.cache`, `GenOutput.base_cache`): `before` is its canvas up to the hole (the
+    leading id and the prefix), `after` the suffix's ids."""
     if out.cache is None or out.base_cache is None:
         raise ValueError("the run kept no caches for the check")
     never = torch.zeros(a.vocab_size, dtype=torch.bool, device=newline.device)
     never[[i for i in {*a.special_ids, *banned, a.mask_id} if i is not None and 0 <= i < a.vocab_size
            and i not in (a.eos_id, a.pad_id)]] = True
-    lead = a.bos_id if a.bos_id is not None else a.eos_id
-    return RerankInputs(reading=reading, cache=out.cache, base_cache=out.base_cache, start=out.hole_start,
-                        last=segments[0][-1] if segments[0] else lead, encode=tok.encode_offsets, decode=tok.decode,
+    return RerankInputs(reading=reading, cache=out.cache, base_cache=out.base_cache, start=len(before),
+                        last=before[-1], encode=tok.encode_offsets, decode=tok.decode,
                         ends=frozenset(i for i in (a.eos_id, a.pad_id) if i is not None), newline=newline,
-                        banned=never, before=[lead, *segments[0]], after=segments[-1], draft=draft,
+                        banned=never, before=before, after=after, draft=draft,
                         first_allowed=None if first_allowed is None else first_allowed.to(newline.device))
 
 

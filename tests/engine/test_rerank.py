@@ -34,10 +34,11 @@ def _inputs(model, reading, tok, prefix: str, suffix: str):
     a = model.args
     segs = [tok.encode(prefix), tok.encode(suffix)]
     out = generate(model, segs, CFG, True, hole_tokens=4, max_new_tokens=8, base=reading)
-    assert out.cache is not None and out.base_cache is not None and out.hole_start == 1 + len(segs[0])
+    assert out.cache is not None and out.base_cache is not None
     newline = torch.tensor(tok.newline_ids(a.vocab_size), dtype=torch.bool)
-    inp = from_run(out, segs, a, tok, reading, [], newline, None, 0)
+    inp = from_run(out, [a.bos_id, *segs[0]], segs[1], a, tok, reading, [], newline, None, 0)
     assert inp.banned[a.mask_id] and not inp.banned[a.eos_id] and inp.last == segs[0][-1]
+    assert inp.start == 1 + len(segs[0])  # the hole's first canvas position
     return inp, segs[0]
 
 
