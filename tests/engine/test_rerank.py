@@ -86,17 +86,16 @@ def test_the_base_line_is_its_greedy_decode_and_the_likelier_line_wins(pair):
     prefix, suffix = "def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"
     inp, pre = _inputs(model, reading, tok, prefix, suffix)
     line = "zz qq"
-    got = rerank(inp, "", line, suffix, max_tokens=12)
-    # the reference: the base's greedy tokens after the prefix until EOS, a line break or 12 tokens
+    # the base's greedy tokens after the prefix; the tiny random base never writes a line break,
+    # so its 6th token is made to end the line (as EOS would)
     ids = [a.bos_id, *pre]
-    out: list[int] = []
-    while len(out) < 12:
-        t = int(_base_lp(base, ids + out)[-1].masked_fill(inp.banned, float("-inf")).argmax())
-        if t in inp.ends:
-            break
-        out.append(t)
-        if "\n" in tok.decode(out):
-            break
+    greedy: list[int] = []
+    for _ in range(6):
+        greedy.append(int(_base_lp(base, ids + greedy)[-1].masked_fill(inp.banned, float("-inf")).argmax()))
+    stop = greedy[5]
+    out = greedy[:greedy.index(stop)]
+    inp = replace(inp, ends=inp.ends | {stop})
+    got = rerank(inp, "", line, suffix, max_tokens=12)
     base_line = tok.decode(out).split("\n", 1)[0]
     head = suffix_head(suffix)
 
@@ -105,14 +104,18 @@ def test_the_base_line_is_its_greedy_decode_and_the_likelier_line_wins(pair):
         lp = _base_lp(base, [a.bos_id, *pre, *seq])[len(pre):-1]
         return float(lp[torch.arange(len(seq)), torch.tensor(seq)].sum())
 
-    assert base_line and base_line != line
+    assert base_line and base_line != line and "\n" not in tok.decode(out)
     assert got.scores[0] == pytest.approx(score(line), abs=1e-3)
     assert got.scores[1] == pytest.approx(score(base_line), abs=1e-3)
     want = base_line if score(base_line) > score(line) else line
     assert got.text == want and got.chosen == ("base" if want == base_line else "model")
-    # 1 score (its reader goes on into the base's decode) + a forward per decoded token after the
-    # first + 1 score of the base's line
-    assert got.forwards == 2 + len(out) - 1
+    # 1 score (its reader goes on into the base's decode) + a forward per decoded token + 1 score
+    # of the base's line
+    assert got.forwards == 2 + len(out)
+    # a base line that has not ended within the cap is no candidate: the fill stays
+    capped = rerank(inp, "", line, suffix, max_tokens=len(out) - 1)
+    assert capped.text == line and capped.chosen == "model" and len(capped.scores) == 1
+    assert rerank(inp, "", line, suffix, max_tokens=12, extra=len(out) - 1 - len(tok.encode(line))).text == line
 
 
 def test_agreement_costs_one_forward(pair):
@@ -148,7 +151,8 @@ def test_agreement_costs_one_forward(pair):
             return [*out[:2], changed, out[3], out[4], *tail], [0] * 4 + [len(other)] * (1 + len(tail))
         return tok.encode_offsets(text)
 
-    got = rerank(replace(inp, encode=encode2), "", other, suffix, max_tokens=4)
+    # (the suffix's first token read as the end: the tiny base writes no line break of its own)
+    got = rerank(replace(inp, encode=encode2, ends=inp.ends | {out[4]}), "", other, suffix, max_tokens=6)
     assert got.forwards > 1 and len(got.scores) == 2
 
 
@@ -202,7 +206,10 @@ def test_drafts_change_the_forwards_not_the_base_line(pair):
         row = reader.feed([inp.last, *head])[-1]
         return _decode_base(inp, "", reader, head, row, 10, None)
 
+    # the tiny base writes no line break: its 9th token ends the line (as EOS would)
+    inp = replace(inp, ends=inp.ends | {ref[8]})
     plain, n_plain = decode(inp, ref[:2])
+    assert plain is not None and plain == ref[:ref.index(ref[8])]
     drafted, n_drafted = decode(replace(inp, draft=4, before=[a.bos_id, *pre], after=ref[1:]), ref[:2])
     assert plain == drafted
     assert n_drafted < n_plain
