@@ -68,7 +68,7 @@ def test_the_reader_is_the_base_itself(pair):
     model, base, reading, tok = pair
     inp, prefix = _inputs(model, reading, tok, "def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n")
     a = model.args
-    reader = CausalReader(reading, inp.cache, inp.base_cache, inp.start, inp.last)
+    reader = CausalReader(reading, inp.cache, inp.base_cache, inp.start)
     new = tok.encode("w * h\nprint")
     lp = reader.feed([inp.last, *new[:3]])
     more = reader.feed(new[3:5])
@@ -202,9 +202,9 @@ def test_drafts_change_the_forwards_not_the_base_line(pair):
     for _ in range(10):
         ref.append(int(_base_lp(base, [a.bos_id, *pre, *ref])[-1].masked_fill(inp.banned, float("-inf")).argmax()))
     def decode(inp, head):
-        reader = CausalReader(reading, inp.cache, inp.base_cache, inp.start, inp.last)
+        reader = CausalReader(reading, inp.cache, inp.base_cache, inp.start)
         row = reader.feed([inp.last, *head])[-1]
-        return _decode_base(inp, "", reader, head, row, 10, None)
+        return _decode_base(inp, "", reader, head, row, 10, None), reader.forwards - 1  # the decode's forwards
 
     # the tiny base writes no line break: its 9th token ends the line (as EOS would)
     inp = replace(inp, ends=inp.ends | {ref[8]})
@@ -220,9 +220,10 @@ def test_drafts_change_the_forwards_not_the_base_line(pair):
     # the fill's own line as a draft source: where the base's line meets it again after parting
     # from it, its tokens are drafted (the same line, fewer forwards)
     fill = [ref[0], (ref[1] + 1) % a.vocab_size, *ref[2:]]
-    reader = CausalReader(reading, inp.cache, inp.base_cache, inp.start, inp.last)
+    reader = CausalReader(reading, inp.cache, inp.base_cache, inp.start)
     row = reader.feed([inp.last, ref[0]])[-1]
-    met, n_met = _decode_base(replace(inp, draft=4), "", reader, ref[:1], row, 10, None, line_ids=fill)
+    met = _decode_base(replace(inp, draft=4), "", reader, ref[:1], row, 10, None, line_ids=fill)
+    n_met = reader.forwards - 1
     alone, n_alone = decode(replace(inp, draft=4), ref[:1])
     assert met == alone and n_met < n_alone
 
@@ -234,14 +235,14 @@ def test_a_half_precision_cache_reads_the_same(pair):
     prefix, suffix = "def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"
     new = tok.encode("w * h\nprint")
     inp, pre = _inputs(model, reading, tok, prefix, suffix)
-    want = CausalReader(reading, inp.cache, inp.base_cache, inp.start, inp.last).feed([inp.last, *new])
+    want = CausalReader(reading, inp.cache, inp.base_cache, inp.start).feed([inp.last, *new])
     model.cache_dtype = torch.float16
     try:
         half, _ = _inputs(model, reading, tok, prefix, suffix)
     finally:
         model.cache_dtype = None
     assert half.cache.keys[0].dtype == torch.float16 and half.base_cache.keys[0].dtype == torch.float16
-    got = CausalReader(reading, half.cache, half.base_cache, half.start, half.last).feed([half.last, *new])
+    got = CausalReader(reading, half.cache, half.base_cache, half.start).feed([half.last, *new])
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=2e-2, rtol=0)
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
