@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.config import ModelArgs
 from engine.kv_cache import HEADROOM, KVCache
 from engine.model import Transformer
 from kernels.attention import causal_attention
@@ -99,6 +100,7 @@ class BaseRun:
         self.row: dict[int, int] = {}
         self.broken = False  # a forward left a gap the base could not fill: no mixing from then on
         self.forwards = 0
+        self.best: torch.Tensor | None = None  # see `logprobs`
 
     def relayout(self, hole: tuple[int, int]) -> None:
         """A growth round moved the hole's end (and the suffix after it)."""
@@ -142,17 +144,31 @@ class BaseRun:
         self.forwards += 1
 
     @torch.inference_mode()
-    def logprobs(self, position: int, ends: torch.Tensor) -> torch.Tensor | None:
+    def logprobs(self, position: int, ends: torch.Tensor, never: torch.Tensor | None = None) -> torch.Tensor | None:
         """(V,) the base's log-probabilities of the token after `position` (a row of the last
         feed), `ends` (the ids that end a fill) scored as the suffix's first token; None when
-        that row was not read."""
+        that row was not read. With `never` ((V,) bool), `best` becomes the base's own greedy
+        choice there (0-d, on the device) among the other ids, read before `ends` are rescored:
+        what the base itself would write next (`engine.rerank` skips its check where the base
+        chose every token of the fill)."""
         i = self.row.get(position)
         if i is None or self.hidden is None:
             return None
         lp = F.log_softmax(self.r.model.logits(self.hidden[i:i + 1])[0], -1)  # (V,)
+        if never is not None:
+            self.best = lp.masked_fill(never, float("-inf")).argmax()
         if self.after is not None:
             lp[ends] = lp[self.after].clone()
         return lp
+
+
+def never_ids(a: ModelArgs, banned: list[int], device: torch.device | str) -> torch.Tensor:
+    """(V,) bool: the ids the base's own line never holds (special ids, `banned`, the mask; EOS
+    and pad end a line and stay)."""
+    never = torch.zeros(a.vocab_size, dtype=torch.bool, device=device)
+    never[[i for i in {*a.special_ids, *banned, a.mask_id} if i is not None and 0 <= i < a.vocab_size
+           and i not in (a.eos_id, a.pad_id)]] = True
+    return never
 
 
 def causal_block_forward(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

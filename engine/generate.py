@@ -23,7 +23,7 @@ import torch
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.end_rules import EndRules
-from engine.expert import BaseReading, BaseRun
+from engine.expert import BaseReading, BaseRun, never_ids
 from engine.fills import grow as _grow
 from engine.fills import short_of_masks
 from engine.fills import strip as _strip
@@ -57,6 +57,10 @@ class GenOutput:
     # keys/values where they cover the prefix (None otherwise)
     cache: KVCache | None = None
     base_cache: KVCache | None = None
+    # with `cfg.rerank` and the base mixed in: the base's own greedy choice at each slot of the
+    # fill, from slot 0 through the last slot it read (`engine.rerank` needs no forward of its own
+    # where they are the fill); None when the base read no slot
+    base_best: list[int] | None = None
 
 
 @dataclass
@@ -105,6 +109,10 @@ class _Run(EndRules):
         self.shift = 1 if shifted else 0
         self.holes, self.segments, self.device = holes, segments, device
         self.base: BaseRun | None = None  # the base's reading of the frontier, mixed in (`engine.expert`)
+        # the ids the base's own choice at a slot never takes (set by `generate` for the check),
+        # and that choice per slot of hole 0, on the device until the run ends
+        self.base_never: torch.Tensor | None = None
+        self.base_best: dict[int, torch.Tensor] = {}
         self.texts: list[str] | None = None  # token texts (`close_brackets`, loops of lines), set by `generate`
         self.min_indent: int | None = None  # `cut_dedent`, set by `generate`
         self.out = GenOutput(fills=[])
@@ -270,8 +278,13 @@ class _Run(EndRules):
             usable = ~torch.isin(self.canvas[0], self.special)
             logits = copy_prior(logits, self.canvas[0], mpos, usable, self.cfg.copy_weight, self.cfg.copy_order)
         if self.base is not None and len(masked) == 1:  # the base's reading of the same slot
-            lp = self.base.logprobs(self.pos_host[masked[0]] - self.shift, self.ends)
+            i, never = masked[0], self.base_never
+            if never is not None and i == 0 and self.first is not None and self.first_at == 0:
+                never = never | ~self.first.allowed  # the healed first slot, as the check reads it
+            lp = self.base.logprobs(self.pos_host[i] - self.shift, self.ends, never)
             if lp is not None:
+                if never is not None:
+                    self.base_best[i] = self.base.best
                 logits = torch.log_softmax(logits, -1) + self.cfg.base_weight * lp[None]
         logits[:, self.forbid] = float("-inf")
         if self.cfg.eos_frontier:  # EOS only at the first masked slot of each hole
@@ -385,6 +398,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             and not run.full_every_step and graphs is None):
         base = None
     model.tap = None if base is None else base.first
+    if base is not None and cfg.rerank:
+        run.base_never = never_ids(a, banned or [], run.device)
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
     first_stop = run.first_stops  # the stop tokens of hole 0's constrained slots (grows as they commit)
     policy = policy or ReusePolicy()
@@ -450,5 +465,10 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         b = run.base
         if b is not None and not b.broken and b.state.fed[:run.hole_span[0]] == run.ids[:run.hole_span[0]]:
             run.out.base_cache = b.state.cache
+        n = 0
+        while n in run.base_best:
+            n += 1
+        if n:  # one read, after the decode
+            run.out.base_best = torch.stack([run.base_best[i] for i in range(n)]).tolist()
     model.tap = model.tapped = None
     return run.out

@@ -93,8 +93,8 @@ def test_every_commit_reads_the_base_exactly(pair, monkeypatch, draft):
         lps = []
         orig_lp = BaseRun.logprobs
 
-        def logprobs(self, position, ends, _orig=orig_lp, _lps=lps, _log=log):
-            lp = _orig(self, position, ends)
+        def logprobs(self, position, ends, never=None, _orig=orig_lp, _lps=lps, _log=log):
+            lp = _orig(self, position, ends, never)
             _lps.append((position, _log[-1], lp))
             return lp
 

@@ -1,7 +1,8 @@
 """The base's own line as a second candidate for a single-line fill (`engine.rerank`,
 `SamplingConfig.rerank`): the reader after the prefix is the base's full causal forward, the
 base's line is its greedy decode from where it disagrees, the choice follows the base's
-likelihood of line + suffix head, and agreement costs one forward."""
+likelihood of line + suffix head, and agreement costs one forward, none where the decode saw
+the base write the fill itself."""
 
 from __future__ import annotations
 
@@ -246,3 +247,91 @@ def test_a_half_precision_cache_reads_the_same(pair):
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=2e-2, rtol=0)
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.9
+
+
+def test_the_decode_records_the_base_own_choice_at_every_slot(pair):
+    """With the check on, the decode keeps the base's greedy choice at each slot of the fill
+    (special ids barred, as the check bars them): the base's full causal reading of the prefix
+    and the fill before that slot."""
+    from engine.expert import never_ids
+
+    model, base, reading, tok = pair
+    a = model.args
+    segs = [tok.encode("def area(w, h):\n    return "), tok.encode("\n\nprint(area(2, 3))\n")]
+    never = never_ids(a, [], "cpu")
+    for draft in (0, 4):
+        cfg = replace(CFG, rerank=True, draft=draft)
+        out = generate(model, segs, cfg, True, hole_tokens=4, max_new_tokens=8, base=reading)
+        fill = out.fills[0]
+        assert out.base_best is not None and len(out.base_best) >= len(fill) > 0
+        for j, best in enumerate(out.base_best):
+            ref = _base_lp(base, [a.bos_id, *segs[0], *fill[:j]])[-1].masked_fill(never, float("-inf"))
+            assert best == int(ref.argmax())
+    # nothing recorded (no work) with the check off or without the base
+    assert generate(model, segs, CFG, True, hole_tokens=4, max_new_tokens=8, base=reading).base_best is None
+    assert generate(model, segs, replace(CFG, rerank=True), True, hole_tokens=4, max_new_tokens=8).base_best is None
+
+
+def test_a_fill_the_base_wrote_itself_is_not_read_again(pair):
+    """Where the base's own choices during the decode (`base_best`) were the fill token for token
+    and then its end, the check answers what its first forward would have, without it; a choice
+    that differs anywhere, a fill encoded otherwise, or a record that stops short: it reads."""
+    model, base, reading, tok = pair
+    a = model.args
+    prefix = "def area(w, h):\n    return "
+    pre = tok.encode(prefix)
+    out: list[int] = []
+    for _ in range(5):
+        out.append(int(_base_lp(base, [a.bos_id, *pre, *out])[-1].masked_fill(inp_banned(a), float("-inf")).argmax()))
+    line, suffix = tok.decode(out[:4]), tok.decode(out[4:5]) + "\nx = 1\n"
+    inp, _ = _inputs(model, reading, tok, prefix, suffix)
+    tail = tok.encode("\nx = 1")
+
+    def encode(text):  # the tiny byte-level vocabulary does not read fragments back (see above)
+        return out[:5] + tail, [0] * 4 + [len(line)] * (1 + len(tail))
+
+    inp = replace(inp, encode=encode, fill=out[:4])
+    read = rerank(inp, "", line, suffix)
+    assert read.forwards == 1 and read.text == line
+    # the base's choices: the line, then the suffix's first token (or a line's end)
+    for end in (out[4], a.eos_id):
+        got = rerank(replace(inp, base_best=[*out[:4], end]), "", line, suffix)
+        assert got.text == read.text and got.chosen == "model" and got.forwards == 0 and got.scores == ()
+    # anything else reads, and ends as the read does
+    other = (out[2] + 1) % a.vocab_size
+    for best, fill in (([*out[:2], other, *out[3:5]], out[:4]),  # the base chose otherwise at a token
+                       (out[:4], out[:4]),  # no choice recorded at the line's end
+                       (out[:5], [*out[:2], other, out[3]])):  # the fill's ids are not the line's
+        got = rerank(replace(inp, base_best=best, fill=fill), "", line, suffix)
+        assert got.forwards == 1 and got.text == read.text and got.scores == read.scores
+    # an end the base would not write (it goes on with another token): read
+    assert rerank(replace(inp, base_best=[*out[:4], other]), "", line, suffix).forwards >= 1
+
+
+def test_the_engine_answers_the_same_with_the_record(pair, monkeypatch):
+    """Through the engine: the check with the decode's record answers as the check without it,
+    in no more forwards."""
+    import engine.rerank as rerank_mod
+
+    model, base, reading, tok = pair
+    engine = Engine(model, tok, default_sampling=replace(CFG, rerank=True))
+    engine.base = reading
+    cases = [("def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"), ("x = 1\ny = ", "\nz = x + y\n"),
+             ("import os\n\ndef f(p):\n    ", "\n    return p\n")]
+    real, asked = rerank_mod._base_wrote, []
+
+    def spy(*args):
+        asked.append(args[0].base_best is not None)
+        return real(*args)
+
+    for weight in (16.0, 1.0):
+        for prefix, suffix in cases:
+            req = InfillRequest(prefix=prefix, suffix=suffix, max_new_tokens=8, single_line=True,
+                                sampling=replace(CFG, base_weight=weight, rerank=True))
+            monkeypatch.setattr(rerank_mod, "_base_wrote", spy)
+            with_record = engine.infill(req)
+            monkeypatch.setattr(rerank_mod, "_base_wrote", lambda *args: False)
+            without = engine.infill(req)
+            assert with_record.text == without.text
+            assert with_record.forward_passes <= without.forward_passes
+    assert asked and all(asked)  # the record reached the check every time
