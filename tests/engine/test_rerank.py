@@ -119,9 +119,12 @@ def test_the_base_line_is_its_greedy_decode_and_the_likelier_line_wins(pair):
     assert rerank(inp, "", line, suffix, max_tokens=12, extra=len(out) - 1 - len(tok.encode(line))).text == line
 
 
-def test_agreement_costs_one_forward(pair):
-    """A line the base writes itself, ending where the base goes on into the suffix: only the
-    score runs and the line stays."""
+def _base_written_line(pair):
+    """The base's first 5 greedy tokens after a prefix: the line is the first 4, the suffix starts
+    with the 5th. Returns (tokens, line, suffix, the check's inputs, the suffix head's ids after
+    that token). The tiny byte-level vocabulary does not read such fragments back as the same
+    tokens, so the tests' `encode` returns them as they are (the check's logic, not BPE, is under
+    test)."""
     model, base, reading, tok = pair
     a = model.args
     prefix = "def area(w, h):\n    return "
@@ -129,13 +132,18 @@ def test_agreement_costs_one_forward(pair):
     out: list[int] = []
     for _ in range(5):
         out.append(int(_base_lp(base, [a.bos_id, *pre, *out])[-1].masked_fill(inp_banned(a), float("-inf")).argmax()))
-    # the line: the base's first 4 tokens; the suffix starts with its 5th. The tiny byte-level
-    # vocabulary does not read such fragments back as the same tokens, so `encode` here returns
-    # them as they are (the check's logic, not BPE, is under test)
     line, suffix = tok.decode(out[:4]), tok.decode(out[4:5]) + "\nx = 1\n"
     inp, _ = _inputs(model, reading, tok, prefix, suffix)
+    return out, line, suffix, inp, tok.encode("\nx = 1")
+
+
+def test_agreement_costs_one_forward(pair):
+    """A line the base writes itself, ending where the base goes on into the suffix: only the
+    score runs and the line stays."""
+    model, base, reading, tok = pair
+    a = model.args
+    out, line, suffix, inp, tail = _base_written_line(pair)
     head = suffix_head(suffix)
-    tail = tok.encode("\nx = 1")
 
     def encode(text):
         assert text == line + head
@@ -276,18 +284,10 @@ def test_a_fill_the_base_wrote_itself_is_not_read_again(pair):
     """Where the base's own choices during the decode (`base_best`) were the fill token for token
     and then its end, the check answers what its first forward would have, without it; a choice
     that differs anywhere, a fill encoded otherwise, or a record that stops short: it reads."""
-    model, base, reading, tok = pair
-    a = model.args
-    prefix = "def area(w, h):\n    return "
-    pre = tok.encode(prefix)
-    out: list[int] = []
-    for _ in range(5):
-        out.append(int(_base_lp(base, [a.bos_id, *pre, *out])[-1].masked_fill(inp_banned(a), float("-inf")).argmax()))
-    line, suffix = tok.decode(out[:4]), tok.decode(out[4:5]) + "\nx = 1\n"
-    inp, _ = _inputs(model, reading, tok, prefix, suffix)
-    tail = tok.encode("\nx = 1")
+    a = pair[0].args
+    out, line, suffix, inp, tail = _base_written_line(pair)
 
-    def encode(text):  # the tiny byte-level vocabulary does not read fragments back (see above)
+    def encode(text):
         return out[:5] + tail, [0] * 4 + [len(line)] * (1 + len(tail))
 
     inp = replace(inp, encode=encode, fill=out[:4])
