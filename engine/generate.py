@@ -61,6 +61,8 @@ class GenOutput:
     # fill, from slot 0 through the last slot it read (`engine.rerank` needs no forward of its own
     # where they are the fill); None when the base read no slot
     base_best: list[int] | None = None
+    base_lp: list[float] | None = None  # the base's log-probability of the fill's token at those slots
+    base_fed: list[int] | None = None  # the tokens the caches' rows from the hole's start were last fed
 
 
 @dataclass
@@ -113,6 +115,7 @@ class _Run(EndRules):
         # and that choice per slot of hole 0, on the device until the run ends
         self.base_never: torch.Tensor | None = None
         self.base_best: dict[int, torch.Tensor] = {}
+        self.base_lp: dict[int, torch.Tensor] = {}  # and its log-probability of the token committed there
         self.texts: list[str] | None = None  # token texts (`close_brackets`, loops of lines), set by `generate`
         self.min_indent: int | None = None  # `cut_dedent`, set by `generate`
         self.out = GenOutput(fills=[])
@@ -277,6 +280,7 @@ class _Run(EndRules):
         if self.cfg.copy_weight > 0:
             usable = ~torch.isin(self.canvas[0], self.special)
             logits = copy_prior(logits, self.canvas[0], mpos, usable, self.cfg.copy_weight, self.cfg.copy_order)
+        lp = None
         if self.base is not None and len(masked) == 1:  # the base's reading of the same slot
             i, never = masked[0], self.base_never
             if never is not None and i == 0 and self.first is not None and self.first_at == 0:
@@ -304,6 +308,8 @@ class _Run(EndRules):
         if self.cfg.end_mass:
             self._decide_ends(logits, mpos)
         tokens, conf = propose(logits, self.cfg.confidence, self.cfg.temperature, self.gen)
+        if lp is not None and self.base_never is not None:  # the one row commits: what it takes
+            self.base_lp[masked[0]] = lp[tokens[0]]  # (ends rescored: not a line's token)
         if self.naive:
             group, thr, n_min = torch.zeros_like(mhole), float("inf"), [1]
         else:
@@ -470,5 +476,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             n += 1
         if n:  # one read, after the decode
             run.out.base_best = torch.stack([run.base_best[i] for i in range(n)]).tolist()
+            run.out.base_lp = torch.stack([run.base_lp[i] for i in range(n)]).tolist()
+            run.out.base_fed = list(b.state.fed[run.hole_span[0]:]) if b is not None else None
     model.tap = model.tapped = None
     return run.out

@@ -11,14 +11,25 @@ causally, from keys/values the run already holds.
 
 `rerank` scores the engine's fill (the fill, then the suffix up to the end of its next non-blank
 line). Where the base agrees with every token of the fill and with where it ends, the base's
-line is the same line and nothing more runs. A decode that mixed the base in (`engine.expert`)
-read it at every slot of the fill already and keeps its own choice there (`GenOutput.base_best`):
-where those were the fill and then its end, the check knows it without reading anything (17 of
-40 held-out lines; the same 40 answers, 8% fewer forwards and 19% less time in the check). Otherwise it decodes the base's line from the first
+line is the same line and nothing more runs. Otherwise it decodes the base's line from the first
 token it disagrees with, greedily (a row per forward, and prompt-lookup drafts checked in the same
-forward), scores it the same way, and keeps the higher of the two. Everything runs on the rows after the prefix: the adapted model's lower layers
-are the base's, causal, so the prefix's keys/values from the run's cache serve both (`engine.
-expert` holds the base's upper layers and their keys/values for the prefix).
+forward), scores it the same way, and keeps the higher of the two. Everything runs on the rows
+after the prefix: the adapted model's lower layers are the base's, causal, so the prefix's
+keys/values from the run's cache serve both (`engine.expert` holds the base's upper layers and
+their keys/values for the prefix).
+
+A decode that mixed the base in (`engine.expert`) has read it at every slot of the fill already:
+its greedy choice there, its log-probability of the fill's token, and the rows its caches hold
+(`GenOutput.base_best`, `base_lp`, `base_fed`). From those the check knows where the base
+disagrees without a forward. Where it agrees, nothing runs at all. Elsewhere the base's decode
+starts at the slot it disagrees at, on the fill's rows in place, and the fill's suffix head is
+read in the same first forward (`feed_together`); the base's line is scored from where it leaves
+the fill, in one more. That is one forward fewer than reading the fill first (`_read_first`,
+kept for decodes without that reading), on fewer rows. In float32 the two ways agree exactly;
+so do they with int8 matmuls over a float32 cache (`DLSP_HALF_CACHE=0`, to 0.01 nats a token on
+held-out lines). Over the int8 engine's fp16 cache they differ by up to ~0.35 nats a token: the
+reader recomputes the row before the hole from fp16 keys/values where the decode took it from the
+prefill, and int8 activation rounding carries the difference on.
 """
 
 from __future__ import annotations
@@ -65,44 +76,74 @@ class CausalReader:
         base_cache: the base reading's cache; rows [0, start) hold the prefix.
         start: the first canvas position after the prefix (the hole's start). The row before it is
             re-fed by the first `feed` (its output predicts the first new token).
+        counter: a one-item list the reader counts its forwards in, shared by readers whose rows
+            run in the same forwards (`feed_together`); None = its own.
+        room: the most rows it appends (their keys/values are allocated up front).
     """
 
-    def __init__(self, reading: BaseReading, cache: KVCache, base_cache: KVCache, start: int) -> None:
+    def __init__(self, reading: BaseReading, cache: KVCache, base_cache: KVCache, start: int,
+                 counter: list[int] | None = None, room: int = ROOM) -> None:
         self.model = reading.model
         self.layers = [*reading.model.layers[:reading.first], *reading.layers]
         caches = [*zip(cache.keys[:reading.first], cache.values[:reading.first]),
                   *zip(base_cache.keys, base_cache.values)]
         self.n0 = self.n = start - 1  # rows held: the prefix's (views of the caches, never written) and new ones
         self.prefix = [(k[:, :, :self.n0], v[:, :, :self.n0]) for k, v in caches]
-        shape = (*caches[0][0].shape[:2], ROOM, caches[0][0].shape[3])
+        self.size = room
+        shape = (*caches[0][0].shape[:2], room, caches[0][0].shape[3])
         self.kv = [(k.new_zeros(shape), v.new_zeros(shape)) for k, v in caches]  # the new rows'
-        self.forwards = 0
+        self.counter = [0] if counter is None else counter
+
+    @property
+    def forwards(self) -> int:
+        return self.counter[0]
 
     @property
     def room(self) -> int:
-        return self.n0 + ROOM - self.n
+        return self.n0 + self.size - self.n
 
-    @torch.inference_mode()
     def feed(self, ids: list[int]) -> torch.Tensor:
         """Append rows holding `ids`: (len(ids), V) float log-probabilities of the token after each.
         Setting `n` back first drops the rows after it (they are written over)."""
-        if not ids or len(ids) > self.room:
-            raise ValueError(f"{len(ids)} rows do not fit the reader's {self.room} free rows")
-        m, a = self.model, self.model.args
-        dev = self.kv[0][0].device
-        index = torch.arange(self.n, self.n + len(ids), device=dev)
-        cos, sin = rope_tables(a.head_dim, index, a.rope_theta)
-        x = m.tok_emb(torch.tensor([ids], device=dev))
-        lo, hi = self.n - self.n0, self.n - self.n0 + len(ids)
-        for layer, (kp, vp), (kn, vn) in zip(self.layers, self.prefix, self.kv):
-            q, k, v = layer.qkv(x, cos, sin)
-            kn[:, :, lo:hi], vn[:, :, lo:hi] = k.to(kn.dtype), v.to(vn.dtype)
+        return feed_together([(self, ids)])[0]
+
+
+@torch.inference_mode()
+def feed_together(feeds: list[tuple[CausalReader, list[int]]]) -> list[torch.Tensor]:
+    """`CausalReader.feed` for several readers of the same base and caches in one forward: the
+    matmuls run once over all their new rows (on a CPU a forward costs about what its weights do,
+    whatever the rows), each reader's rows attend to its own prefix and rows only. Counted once."""
+    first = feeds[0][0]
+    for r, ids in feeds:
+        if r.model is not first.model or r.counter is not first.counter:
+            raise ValueError("readers fed together must share the base and the forward counter")
+        if not ids or len(ids) > r.room:
+            raise ValueError(f"{len(ids)} rows do not fit the reader's {r.room} free rows")
+    m, a = first.model, first.model.args
+    dev = first.kv[0][0].device
+    index = torch.cat([torch.arange(r.n, r.n + len(ids), device=dev) for r, ids in feeds])
+    cos, sin = rope_tables(a.head_dim, index, a.rope_theta)
+    x = m.tok_emb(torch.tensor([[t for _, ids in feeds for t in ids]], device=dev))
+    spans, at = [], 0
+    for _, ids in feeds:
+        spans.append((at, at + len(ids)))
+        at += len(ids)
+    for li, layer in enumerate(first.layers):
+        q, k, v = layer.qkv(x, cos, sin)
+        out = []
+        for (r, _), (s, e) in zip(feeds, spans):
+            (kp, vp), (kn, vn) = r.prefix[li], r.kv[li]
+            lo, hi = r.n - r.n0, r.n - r.n0 + e - s
+            kn[:, :, lo:hi], vn[:, :, lo:hi] = k[:, :, s:e].to(kn.dtype), v[:, :, s:e].to(vn.dtype)
             keys = torch.cat([kp, kn[:, :, :hi]], 2).to(q.dtype)
             values = torch.cat([vp, vn[:, :, :hi]], 2).to(q.dtype)
-            x = layer.finish(x, causal_attention(q, keys, values, index))
-        self.n += len(ids)
-        self.forwards += 1
-        return F.log_softmax(m.logits(m.norm(x)[0]).float(), -1)
+            out.append(causal_attention(q[:, :, s:e], keys, values, index[s:e]))
+        x = layer.finish(x, torch.cat(out, 2) if len(out) > 1 else out[0])
+    for r, ids in feeds:
+        r.n += len(ids)
+    first.counter[0] += 1
+    lp = F.log_softmax(m.logits(m.norm(x)[0]).float(), -1)
+    return [lp[s:e] for s, e in spans]
 
 
 @dataclass
@@ -133,7 +174,11 @@ class RerankInputs:
     after: list[int] = field(default_factory=list)  # the suffix's ids
     draft: int = 0  # prompt-lookup drafts checked per forward of the base's decode (0 = off)
     fill: list[int] = field(default_factory=list)  # the run's fill (ids, healed lead first)
-    base_best: list[int] | None = None  # the base's own choice at each slot of it (`GenOutput.base_best`)
+    # what the decode read of the base at the fill's slots (`GenOutput.base_best` and the rest):
+    # its own choice, its log-probability of the fill's token, the tokens the caches' rows hold
+    base_best: list[int] | None = None
+    base_lp: list[float] | None = None
+    fed: list[int] | None = None
 
 
 def from_run(out: GenOutput, before: list[int], after: list[int], a: ModelArgs, tok: Tokenizer,
@@ -150,6 +195,7 @@ def from_run(out: GenOutput, before: list[int], after: list[int], a: ModelArgs, 
                         ends=frozenset(i for i in (a.eos_id, a.pad_id) if i is not None), newline=newline,
                         banned=never, before=before, after=after, draft=draft,
                         fill=list(out.fills[0]) if out.fills else [], base_best=out.base_best,
+                        base_lp=out.base_lp, fed=out.base_fed,
                         first_allowed=None if first_allowed is None else first_allowed.to(newline.device))
 
 
@@ -161,16 +207,40 @@ def _ids(inp: RerankInputs, lead: str, line: str, head: str) -> tuple[list[int],
     return ids[:keep], min(keep, sum(1 for o in offs if o < len(lead + line)))
 
 
-def _base_wrote(inp: RerankInputs, ids: list[int], n_line: int) -> bool:
-    """Whether the base's own choices during the decode (`base_best`) were the line's ids, token
-    for token, and then a line's end or the suffix's first token: what the check's first forward
-    would find, known without it. Only where the fill's ids are the line's as the check encodes it
-    (the base read the same rows)."""
-    best = inp.base_best
-    if best is None or len(best) <= n_line or inp.fill[:n_line] != ids[:n_line] or best[:n_line] != ids[:n_line]:
-        return False
-    end = best[n_line]
-    return end in inp.ends or bool(inp.newline[end]) or (n_line < len(ids) and end == ids[n_line])
+def _known(inp: RerankInputs, ids: list[int], n_line: int) -> bool:
+    """Whether the decode's reading of the base covers the line: its choice and log-probability at
+    every slot through the line's end, the fill's ids are the line's as the check encodes it, and
+    the caches' rows hold them (the base read the same rows; a reader starts on them in place)."""
+    best, lps, fed = inp.base_best, inp.base_lp, inp.fed
+    return (best is not None and lps is not None and fed is not None and len(best) > n_line
+            and len(lps) >= n_line and inp.fill[:n_line] == ids[:n_line] and fed[:n_line] == ids[:n_line])
+
+
+def _split(best: list[int], inp: RerankInputs, ids: list[int], n_line: int) -> int | None:
+    """The first slot where the base's greedy choice (`best`, per slot from the line's start)
+    differs from the line: a token of the line, or its end (the base goes on where the line ends);
+    None where it wrote the line and ended it."""
+    for j in range(n_line + 1):
+        if j < n_line:
+            if best[j] != ids[j]:
+                return j
+        elif not (best[j] in inp.ends or bool(inp.newline[best[j]])) and not (j < len(ids) and best[j] == ids[j]):
+            return j
+    return None
+
+
+def _tail(inp: RerankInputs, ids: list[int], c: int, counter: list[int]) -> tuple[CausalReader, list[int]]:
+    """To score `ids` (lead + line + head) whose first `c` tokens are the fill's: a reader holding
+    those rows in place, and the rows to feed it (the last of them again, then the rest)."""
+    rows = [inp.last if c == 0 else inp.fill[c - 1], *ids[c:]]
+    return CausalReader(inp.reading, inp.cache, inp.base_cache, inp.start + c, counter, len(rows)), rows
+
+
+def _tail_score(inp: RerankInputs, ids: list[int], c: int, rows: torch.Tensor) -> float:
+    """log p(ids): the decode's log-probabilities of the first `c`, the fed `rows` for the rest."""
+    rest = ids[c:]
+    tail = float(rows[torch.arange(len(rest)), torch.tensor(rest)].sum()) if rest else 0.0
+    return float(sum(inp.base_lp[:c])) + tail
 
 
 def _score(inp: RerankInputs, lead: str, line: str,
@@ -190,40 +260,74 @@ def rerank(inp: RerankInputs, lead: str, line: str, suffix: str, max_tokens: int
     """The engine's `line` against the base's own line (see the module's doc). The base's line
     holds at most `max_tokens` tokens, and at most `extra` more than the fill's."""
     head = suffix_head(suffix)
-    if _base_wrote(inp, *_ids(inp, lead, line, head)):
-        return Reranked(line, "model", 0, ())
-    s_model, ids, lp, n_line, reader = _score(inp, lead, line, head)
-    # the first row where the base's greedy choice differs: a token of the line, or the line's end
-    # (the rows are masked in place: ~200 KB each, no copy)
-    lp[:, inp.banned] = float("-inf")
-    if inp.first_allowed is not None:
-        lp[0, ~inp.first_allowed] = float("-inf")
-    best = lp.argmax(-1).tolist()
-    split = None
-    for j in range(n_line + 1):
-        if j < n_line:
-            if best[j] != ids[j]:
-                split = j
-                break
-        elif not (best[j] in inp.ends or bool(inp.newline[best[j]])) and not (j < len(ids) and best[j] == ids[j]):
-            split = j  # the base would go on where the line ends
-    if split is None:
-        return Reranked(line, "model", reader.forwards, (s_model,))
-    reader.n = inp.start + split  # the rows of the line's first `split` tokens stay: the base's decode goes on from them
+    ids, n_line = _ids(inp, lead, line, head)
     # the base's line may run a little longer than the fill, not to the budget: a base that
     # rambles on (a regex, a list) would hold the editor's suggestion for dozens of forwards
     # (on 400 held-out lines, a base line more than 8 tokens longer than the fill never won a
     # line: 5 times it was shown, none of them right)
-    out = _decode_base(inp, lead, reader, ids[:split], lp[split].clone(), min(max_tokens, n_line + extra),
-                       should_stop, line_ids=ids[:n_line])
-    del lp
-    forwards = reader.forwards  # the score's and the base's decode's
-    if out is None:  # healing the base did not keep, or its line did not end in time
-        return Reranked(line, "model", forwards, (s_model,))
+    cap = min(max_tokens, n_line + extra)
+    if not _known(inp, ids, n_line):
+        return _read_first(inp, lead, line, head, cap, should_stop)
+    split = _split(inp.base_best, inp, ids, n_line)
+    if split is None:  # the base wrote the fill itself: nothing to read
+        return Reranked(line, "model", 0, ())
+    # the fill's score rides along with the first forward of the base's decode, which starts from
+    # the fill's rows before `split` in place
+    counter: list[int] = [0]
+    ride = [_tail(inp, ids, n_line, counter)]
+    t = inp.base_best[split]
+    out = list(ids[:split]) if t in inp.ends else None  # the base ends the line there
+    got: list[torch.Tensor] = []
+    if out is None:
+        reader = CausalReader(inp.reading, inp.cache, inp.base_cache, inp.start + split + 1, counter)
+        row = torch.full((inp.newline.shape[0],), float("-inf"), device=inp.newline.device)
+        row[t] = 0.0  # the base's choice there, as the decode read it
+        out = _decode_base(inp, lead, reader, ids[:split], row, cap, should_stop, line_ids=ids[:n_line],
+                           ride=ride, got=got)
+    base_line = _base_line(inp, lead, out)
+    if base_line is None or base_line == line:
+        return Reranked(line, "model", counter[0], ())
+    ids2, _ = _ids(inp, lead, base_line, head)
+    c = 0
+    while c < min(len(ids2), n_line) and ids2[c] == ids[c]:
+        c += 1
+    scoring = _tail(inp, ids2, c, counter)
+    rows = feed_together([scoring, *ride] if not got else [scoring])
+    s_model = _tail_score(inp, ids, n_line, got[0] if got else rows[1])
+    s_base = _tail_score(inp, ids2, c, rows[0])
+    if s_base > s_model:
+        return Reranked(base_line, "base", counter[0], (s_model, s_base))
+    return Reranked(line, "model", counter[0], (s_model, s_base))
+
+
+def _base_line(inp: RerankInputs, lead: str, out: list[int] | None) -> str | None:
+    """The base's decoded ids as a line after the lead; None when there is no line to weigh."""
+    if out is None:
+        return None
     text = inp.decode(out)
     text = text[len(lead):] if text.startswith(lead) else text
-    base_line = text.split("\n", 1)[0]
-    if base_line == line or not base_line.strip():
+    line = text.split("\n", 1)[0]
+    return line if line.strip() else None
+
+
+def _read_first(inp: RerankInputs, lead: str, line: str, head: str, cap: int,
+                should_stop: Callable[[], bool] | None) -> Reranked:
+    """The check without the decode's reading of the base: a forward reads the line first."""
+    s_model, ids, lp, n_line, reader = _score(inp, lead, line, head)
+    # the first row where the base's greedy choice differs (the rows are masked in place: ~200 KB
+    # each, no copy)
+    lp[:, inp.banned] = float("-inf")
+    if inp.first_allowed is not None:
+        lp[0, ~inp.first_allowed] = float("-inf")
+    split = _split(lp.argmax(-1).tolist(), inp, ids, n_line)
+    if split is None:
+        return Reranked(line, "model", reader.forwards, (s_model,))
+    reader.n = inp.start + split  # the rows of the line's first `split` tokens stay: the base's decode goes on from them
+    out = _decode_base(inp, lead, reader, ids[:split], lp[split].clone(), cap, should_stop, line_ids=ids[:n_line])
+    del lp
+    forwards = reader.forwards  # the score's and the base's decode's
+    base_line = _base_line(inp, lead, out)
+    if base_line is None or base_line == line:
         return Reranked(line, "model", forwards, (s_model,))
     s_base, *_, scored = _score(inp, lead, base_line, head)
     forwards += scored.forwards
@@ -234,14 +338,16 @@ def rerank(inp: RerankInputs, lead: str, line: str, suffix: str, max_tokens: int
 
 def _decode_base(inp: RerankInputs, lead: str, reader: CausalReader, head: list[int], row: torch.Tensor,
                  max_tokens: int, should_stop: Callable[[], bool] | None,
-                 line_ids: list[int] = ()) -> list[int] | None:
+                 line_ids: list[int] = (), ride: list[tuple[CausalReader, list[int]]] = (),
+                 got: list[torch.Tensor] | None = None) -> list[int] | None:
     """The base's greedy line after `head` (ids of lead + line so far, read by `reader`; `row`:
     the log-probs after them), with prompt-lookup drafts (`engine.speculate.lookup`) checked in
     the same forward: first from the fill's own line (`line_ids`: the two lines often meet again
     after they part, `(self, node):`), then from the visible text. Returns the ids through the
     token that ends the line (EOS not kept; the forwards it ran are the reader's); None when the
     line does not start with `lead` or has not ended within `max_tokens` (a line cut short is no
-    candidate)."""
+    candidate). `ride`: other readers' rows fed in the decode's first forward (`feed_together`),
+    their log-probs appended to `got`."""
     out = list(head)
 
     def pick(row: torch.Tensor) -> int:
@@ -273,7 +379,11 @@ def _decode_base(inp: RerankInputs, lead: str, reader: CausalReader, head: list[
         width = min(inp.draft, reader.room - 2, max_tokens - len(out))
         drafts = (lookup(out, list(line_ids), width) or lookup(inp.before + out, inp.after, width)) if width > 0 else []
         n0 = reader.n
-        rows = reader.feed([t, *drafts])
+        if ride and got is not None and not got:
+            rows, *others = feed_together([(reader, [t, *drafts]), *ride])
+            got.extend(others)
+        else:
+            rows = reader.feed([t, *drafts])
         k = 0
         while k < len(drafts) and pick(rows[k]) == drafts[k]:  # the drafts the base itself writes
             ended = done(drafts[k])

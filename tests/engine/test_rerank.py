@@ -281,9 +281,9 @@ def test_the_decode_records_the_base_own_choice_at_every_slot(pair):
 
 
 def test_a_fill_the_base_wrote_itself_is_not_read_again(pair):
-    """Where the base's own choices during the decode (`base_best`) were the fill token for token
-    and then its end, the check answers what its first forward would have, without it; a choice
-    that differs anywhere, a fill encoded otherwise, or a record that stops short: it reads."""
+    """Where the base's own choices during the decode were the fill token for token and then its
+    end, the check answers what its first forward would have, without it; a record that stops
+    short of the line's end or a fill encoded otherwise: it reads first, as without a record."""
     a = pair[0].args
     out, line, suffix, inp, tail = _base_written_line(pair)
 
@@ -293,45 +293,109 @@ def test_a_fill_the_base_wrote_itself_is_not_read_again(pair):
     inp = replace(inp, encode=encode, fill=out[:4])
     read = rerank(inp, "", line, suffix)
     assert read.forwards == 1 and read.text == line
-    # the base's choices: the line, then the suffix's first token (or a line's end)
-    for end in (out[4], a.eos_id):
-        got = rerank(replace(inp, base_best=[*out[:4], end]), "", line, suffix)
+    record = dict(base_lp=[0.0] * 5, fed=out[:4])
+    for end in (out[4], a.eos_id):  # the base's choices: the line, then the suffix's first token or an end
+        got = rerank(replace(inp, base_best=[*out[:4], end], **record), "", line, suffix)
         assert got.text == read.text and got.chosen == "model" and got.forwards == 0 and got.scores == ()
-    # anything else reads, and ends as the read does
     other = (out[2] + 1) % a.vocab_size
-    for best, fill in (([*out[:2], other, *out[3:5]], out[:4]),  # the base chose otherwise at a token
-                       (out[:4], out[:4]),  # no choice recorded at the line's end
+    for best, fill in ((out[:4], out[:4]),  # no choice recorded at the line's end
                        (out[:5], [*out[:2], other, out[3]])):  # the fill's ids are not the line's
-        got = rerank(replace(inp, base_best=best, fill=fill), "", line, suffix)
+        got = rerank(replace(inp, base_best=best, fill=fill, **record), "", line, suffix)
         assert got.forwards == 1 and got.text == read.text and got.scores == read.scores
-    # an end the base would not write (it goes on with another token): read
-    assert rerank(replace(inp, base_best=[*out[:4], other]), "", line, suffix).forwards >= 1
 
 
-def test_the_engine_answers_the_same_with_the_record(pair, monkeypatch):
-    """Through the engine: the check with the decode's record answers as the check without it,
-    in no more forwards."""
+PROMPTS = [("def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"), ("x = 1\ny = ", "\nz = x + y\n"),
+           ("import os\n\ndef f(p):\n    ", "\n    return p\n"), ("class A:\n    def g(self):\n        ", "\n")]
+
+
+def test_the_check_from_the_decode_reading_answers_as_the_read_one(pair):
+    """With the decode's reading of the base (its choice and log-probability at each slot, the
+    rows the caches hold), the check starts the base's decode from the fill's rows in place and
+    scores the fill in the same forward: the same line, choice and scores as the check that reads
+    the fill first, in one forward fewer."""
+    model, base, reading, tok = pair
+    a = model.args
+    seen = {"wrote": 0, "base": 0, "model": 0}
+    for weight in (1.0, 4.0, 16.0):
+        for prefix, suffix in PROMPTS:
+            segs = [tok.encode(prefix), tok.encode(suffix)]
+            out = generate(model, segs, replace(CFG, rerank=True, base_weight=weight), True, hole_tokens=4,
+                           max_new_tokens=8, base=reading)
+            fill = out.fills[0]
+            newline = torch.zeros(a.vocab_size, dtype=torch.bool)
+            inp = from_run(out, [a.bos_id, *segs[0]], segs[1], a, tok, reading, [], newline, None, 0)
+            assert out.base_best is not None and out.base_fed[:len(fill) - 1] == fill[:-1]
+            # the line: the fill but its last token, which starts the suffix's head (the tiny
+            # vocabulary neither reads its fragments back nor writes line breaks: a quarter of the
+            # ids end a line)
+            line, head_ids = tok.decode(fill[:-1]), [fill[-1], *tok.encode("\nx")]
+            head = suffix_head(suffix)
+
+            lines = {line: fill[:-1]}  # text -> the ids it was decoded from
+
+            def decode(ids, lines=lines):
+                text = tok.decode(ids)
+                lines.setdefault(text, list(ids))
+                return text
+
+            def encode(text, lines=lines, head_ids=head_ids, head=head):
+                for known, ids in lines.items():
+                    if text == known + head:
+                        return [*ids, *head_ids], [0] * len(ids) + [len(known)] * len(head_ids)
+                return tok.encode_offsets(text)
+
+            inp = replace(inp, encode=encode, decode=decode,
+                          ends=inp.ends | {t for t in range(a.vocab_size) if t % 4 == 1})
+            known = rerank(inp, "", line, suffix, max_tokens=12)
+            read = rerank(replace(inp, base_best=None), "", line, suffix, max_tokens=12)
+            assert known.text == read.text and known.chosen == read.chosen
+            assert known.forwards == read.forwards - 1
+            if known.scores:
+                assert known.scores == pytest.approx(read.scores, abs=1e-3)
+            seen["wrote" if known.forwards == 0 else known.chosen] += 1
+    assert seen["base"] and seen["model"] > seen["wrote"] >= 0
+
+
+def test_readers_fed_together_read_as_each_alone(pair):
+    """Two readers starting at different rows, fed in one forward: each reads what it reads alone."""
+    from engine.rerank import feed_together
+
+    model, base, reading, tok = pair
+    inp, _ = _inputs(model, reading, tok, *PROMPTS[0])
+    new = tok.encode("w * h\nprint")
+    alone = [CausalReader(reading, inp.cache, inp.base_cache, inp.start + c).feed(new[c:]) for c in (0, 2)]
+    counter = [0]
+    first, second = (CausalReader(reading, inp.cache, inp.base_cache, inp.start + c, counter) for c in (0, 2))
+    together = feed_together([(first, new), (second, new[2:])])
+    assert counter == [1] and first.forwards == second.forwards == 1
+    for got, want in zip(together, alone):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="share"):
+        feed_together([(first, new[:1]), (CausalReader(reading, inp.cache, inp.base_cache, inp.start), new[:1])])
+
+
+def test_the_engine_hands_the_decode_reading_to_the_check(pair, monkeypatch):
+    """Through the engine: the decode's reading reaches the check, and the answer is the one the
+    check gives without it, in no more forwards."""
     import engine.rerank as rerank_mod
 
     model, base, reading, tok = pair
     engine = Engine(model, tok, default_sampling=replace(CFG, rerank=True))
     engine.base = reading
-    cases = [("def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"), ("x = 1\ny = ", "\nz = x + y\n"),
-             ("import os\n\ndef f(p):\n    ", "\n    return p\n")]
-    real, asked = rerank_mod._base_wrote, []
+    real, asked = rerank_mod._known, []
 
-    def spy(*args):
-        asked.append(args[0].base_best is not None)
-        return real(*args)
+    def spy(inp, *args):
+        asked.append(inp.base_best is not None and inp.base_lp is not None and inp.fed is not None)
+        return real(inp, *args)
 
     for weight in (16.0, 1.0):
-        for prefix, suffix in cases:
+        for prefix, suffix in PROMPTS:
             req = InfillRequest(prefix=prefix, suffix=suffix, max_new_tokens=8, single_line=True,
                                 sampling=replace(CFG, base_weight=weight, rerank=True))
-            monkeypatch.setattr(rerank_mod, "_base_wrote", spy)
+            monkeypatch.setattr(rerank_mod, "_known", spy)
             with_record = engine.infill(req)
-            monkeypatch.setattr(rerank_mod, "_base_wrote", lambda *args: False)
+            monkeypatch.setattr(rerank_mod, "_known", lambda *args: False)
             without = engine.infill(req)
             assert with_record.text == without.text
             assert with_record.forward_passes <= without.forward_passes
-    assert asked and all(asked)  # the record reached the check every time
+    assert asked and all(asked)
