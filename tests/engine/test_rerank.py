@@ -308,52 +308,76 @@ PROMPTS = [("def area(w, h):\n    return ", "\n\nprint(area(2, 3))\n"), ("x = 1\
            ("import os\n\ndef f(p):\n    ", "\n    return p\n"), ("class A:\n    def g(self):\n        ", "\n")]
 
 
+def _both_ways(pair, out, segs: list[list[int]], suffix: str):
+    """The check of a run's fill from the decode's reading of the base and by reading the fill
+    first (`base_best` withheld), with the fill but its last token as the line: that token starts
+    the suffix's head (the tiny vocabulary neither reads its fragments back nor writes line breaks:
+    the tests' `encode` maps texts back to the ids they were decoded from, and a quarter of the
+    ids end a line)."""
+    model, _, reading, tok = pair
+    a = model.args
+    fill = out.fills[0]
+    newline = torch.zeros(a.vocab_size, dtype=torch.bool)
+    inp = from_run(out, [a.bos_id, *segs[0]], segs[1], a, tok, reading, [], newline, None, 0)
+    assert out.base_best is not None and out.base_fed[:len(fill) - 1] == fill[:-1]
+    line, head_ids, head = tok.decode(fill[:-1]), [fill[-1], *tok.encode("\nx")], suffix_head(suffix)
+    lines = {line: fill[:-1]}  # text -> the ids it was decoded from
+
+    def decode(ids):
+        text = tok.decode(ids)
+        lines.setdefault(text, list(ids))
+        return text
+
+    def encode(text):
+        for known, ids in lines.items():
+            if text == known + head:
+                return [*ids, *head_ids], [0] * len(ids) + [len(known)] * len(head_ids)
+        return tok.encode_offsets(text)
+
+    inp = replace(inp, encode=encode, decode=decode, ends=inp.ends | {t for t in range(a.vocab_size) if t % 4 == 1})
+    known = rerank(inp, "", line, suffix, max_tokens=12)
+    read = rerank(replace(inp, base_best=None), "", line, suffix, max_tokens=12)
+    assert known.text == read.text and known.chosen == read.chosen
+    assert known.forwards == read.forwards - 1
+    if known.scores:
+        assert known.scores == pytest.approx(read.scores, abs=1e-3)
+    return known
+
+
 def test_the_check_from_the_decode_reading_answers_as_the_read_one(pair):
     """With the decode's reading of the base (its choice and log-probability at each slot, the
     rows the caches hold), the check starts the base's decode from the fill's rows in place and
     scores the fill in the same forward: the same line, choice and scores as the check that reads
     the fill first, in one forward fewer."""
     model, base, reading, tok = pair
-    a = model.args
     seen = {"wrote": 0, "base": 0, "model": 0}
     for weight in (1.0, 4.0, 16.0):
         for prefix, suffix in PROMPTS:
             segs = [tok.encode(prefix), tok.encode(suffix)]
             out = generate(model, segs, replace(CFG, rerank=True, base_weight=weight), True, hole_tokens=4,
                            max_new_tokens=8, base=reading)
-            fill = out.fills[0]
-            newline = torch.zeros(a.vocab_size, dtype=torch.bool)
-            inp = from_run(out, [a.bos_id, *segs[0]], segs[1], a, tok, reading, [], newline, None, 0)
-            assert out.base_best is not None and out.base_fed[:len(fill) - 1] == fill[:-1]
-            # the line: the fill but its last token, which starts the suffix's head (the tiny
-            # vocabulary neither reads its fragments back nor writes line breaks: a quarter of the
-            # ids end a line)
-            line, head_ids = tok.decode(fill[:-1]), [fill[-1], *tok.encode("\nx")]
-            head = suffix_head(suffix)
-
-            lines = {line: fill[:-1]}  # text -> the ids it was decoded from
-
-            def decode(ids, lines=lines):
-                text = tok.decode(ids)
-                lines.setdefault(text, list(ids))
-                return text
-
-            def encode(text, lines=lines, head_ids=head_ids, head=head):
-                for known, ids in lines.items():
-                    if text == known + head:
-                        return [*ids, *head_ids], [0] * len(ids) + [len(known)] * len(head_ids)
-                return tok.encode_offsets(text)
-
-            inp = replace(inp, encode=encode, decode=decode,
-                          ends=inp.ends | {t for t in range(a.vocab_size) if t % 4 == 1})
-            known = rerank(inp, "", line, suffix, max_tokens=12)
-            read = rerank(replace(inp, base_best=None), "", line, suffix, max_tokens=12)
-            assert known.text == read.text and known.chosen == read.chosen
-            assert known.forwards == read.forwards - 1
-            if known.scores:
-                assert known.scores == pytest.approx(read.scores, abs=1e-3)
+            known = _both_ways(pair, out, segs, suffix)
             seen["wrote" if known.forwards == 0 else known.chosen] += 1
     assert seen["base"] and seen["model"] > seen["wrote"] >= 0
+
+
+@pytest.mark.parametrize("draft", [0, 4])
+def test_the_decode_reading_holds_across_keystrokes_and_growth(pair, draft):
+    """The rows the caches hold after a session's reuse (an edit near the prefix's end, the old
+    fill's rows still in place) and after growth rounds (the suffix moved): the check from the
+    decode's reading still answers as the one that reads the fill first."""
+    from engine.reuse import Session
+
+    model, base, reading, tok = pair
+    cfg = replace(CFG, rerank=True, draft=draft, grow_tokens=2)
+    for prefix, suffix in PROMPTS[:3]:
+        session = Session()
+        pre = tok.encode(prefix)
+        for edited in (pre, [*pre[:-2], pre[-1]], [*pre[:-1], 7, pre[-1]]):
+            segs = [edited, tok.encode(suffix)]
+            out = generate(model, segs, cfg, True, hole_tokens=2, max_new_tokens=8, base=reading, session=session)
+            assert len(out.fills[0]) > 2  # grew at least once
+            _both_ways(pair, out, segs, suffix)
 
 
 def test_readers_fed_together_read_as_each_alone(pair):
