@@ -96,7 +96,7 @@ def test_the_base_line_is_its_greedy_decode_and_the_likelier_line_wins(pair):
     stop = greedy[5]
     out = greedy[:greedy.index(stop)]
     inp = replace(inp, ends=inp.ends | {stop})
-    got = rerank(inp, "", line, suffix, max_tokens=12)
+    got = rerank(inp, "", line, suffix, max_tokens=12, max_forwards=64)
     base_line = tok.decode(out).split("\n", 1)[0]
     head = suffix_head(suffix)
 
@@ -335,8 +335,13 @@ def _both_ways(pair, out, segs: list[list[int]], suffix: str):
         return tok.encode_offsets(text)
 
     inp = replace(inp, encode=encode, decode=decode, ends=inp.ends | {t for t in range(a.vocab_size) if t % 4 == 1})
-    known = rerank(inp, "", line, suffix, max_tokens=12)
-    read = rerank(replace(inp, base_best=None), "", line, suffix, max_tokens=12)
+    known = rerank(inp, "", line, suffix, max_tokens=12, max_forwards=64)
+    read = rerank(replace(inp, base_best=None), "", line, suffix, max_tokens=12, max_forwards=64)
+    # within a budget of forwards: never more, and where the base's line needs more the fill stays
+    for budget in (2, 3, 4):
+        capped = rerank(inp, "", line, suffix, max_tokens=12, max_forwards=budget)
+        assert capped.forwards <= budget
+        assert (capped.text, capped.chosen) == ((known.text, known.chosen) if known.forwards <= budget else (line, "model"))
     assert known.text == read.text and known.chosen == read.chosen
     assert known.forwards == read.forwards - 1
     if known.scores:
