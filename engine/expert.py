@@ -149,8 +149,8 @@ class BaseRun:
         feed), `ends` (the ids that end a fill) scored as the suffix's first token; None when
         that row was not read. With `never` ((V,) bool), `best` becomes the base's own greedy
         choice there (0-d, on the device) among the other ids, read before `ends` are rescored:
-        what the base itself would write next (`engine.rerank` skips its check where the base
-        chose every token of the fill)."""
+        what the base itself would write next (`engine.rerank` finds where the base parts from
+        the fill by them)."""
         i = self.row.get(position)
         if i is None or self.hidden is None:
             return None

@@ -58,8 +58,8 @@ class GenOutput:
     cache: KVCache | None = None
     base_cache: KVCache | None = None
     # with `cfg.rerank` and the base mixed in: the base's own greedy choice at each slot of the
-    # fill, from slot 0 through the last slot it read (`engine.rerank` needs no forward of its own
-    # where they are the fill); None when the base read no slot
+    # fill, from slot 0 through the last slot it read (`engine.rerank` starts from them instead of
+    # reading the fill again); None when the base read no slot
     base_best: list[int] | None = None
     base_lp: list[float] | None = None  # the base's log-probability of the fill's token at those slots
     base_fed: list[int] | None = None  # the tokens the caches' rows from the hole's start were last fed

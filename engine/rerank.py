@@ -245,18 +245,22 @@ def _tail_score(inp: RerankInputs, ids: list[int], c: int, rows: torch.Tensor) -
     """log p(ids): the decode's log-probabilities of the first `c`, the fed `rows` for the rest."""
     rest = ids[c:]
     tail = float(rows[torch.arange(len(rest)), torch.tensor(rest)].sum()) if rest else 0.0
-    return float(sum(inp.base_lp[:c])) + tail
+    return (float(sum(inp.base_lp[:c])) if c else 0.0) + tail
 
 
-def _score(inp: RerankInputs, lead: str, line: str,
-           head: str) -> tuple[float, list[int], torch.Tensor, int, CausalReader]:
-    """Log-probability of lead + line + head after the prefix, the ids, the rows' log-probs, how
-    many of the ids belong to lead + line, and the reader that read them."""
-    ids, n_line = _ids(inp, lead, line, head)
-    reader = CausalReader(inp.reading, inp.cache, inp.base_cache, inp.start)
+def _score(inp: RerankInputs, ids: list[int],
+           counter: list[int] | None = None) -> tuple[float, torch.Tensor, CausalReader]:
+    """Log-probability of `ids` (lead + line + head) after the prefix read in one forward, the
+    rows' log-probs, and the reader that read them (with room for a decode after them)."""
+    reader = CausalReader(inp.reading, inp.cache, inp.base_cache, inp.start, counter)
     lp = reader.feed([inp.last, *ids])
-    score = float(lp[torch.arange(len(ids)), torch.tensor(ids)].sum()) if ids else 0.0
-    return score, ids, lp, n_line, reader
+    return _tail_score(inp, ids, 0, lp), lp, reader
+
+
+def _choose(line: str, base_line: str, s_model: float, s_base: float, forwards: int) -> Reranked:
+    if s_base > s_model:
+        return Reranked(base_line, "base", forwards, (s_model, s_base))
+    return Reranked(line, "model", forwards, (s_model, s_base))
 
 
 @torch.inference_mode()
@@ -274,7 +278,7 @@ def rerank(inp: RerankInputs, lead: str, line: str, suffix: str, max_tokens: int
     # line: 5 times it was shown, none of them right)
     cap = min(max_tokens, n_line + extra)
     if not _known(inp, ids, n_line):
-        return _read_first(inp, lead, line, head, cap, should_stop, budget)
+        return _read_first(inp, lead, line, head, ids, n_line, cap, should_stop, budget)
     split = _split(inp.base_best, inp, ids, n_line)
     if split is None:  # the base wrote the fill itself: nothing to read
         return Reranked(line, "model", 0, ())
@@ -301,10 +305,7 @@ def rerank(inp: RerankInputs, lead: str, line: str, suffix: str, max_tokens: int
     scoring = _tail(inp, ids2, c, counter)
     rows = feed_together([scoring, *ride] if not got else [scoring])
     s_model = _tail_score(inp, ids, n_line, got[0] if got else rows[1])
-    s_base = _tail_score(inp, ids2, c, rows[0])
-    if s_base > s_model:
-        return Reranked(base_line, "base", counter[0], (s_model, s_base))
-    return Reranked(line, "model", counter[0], (s_model, s_base))
+    return _choose(line, base_line, s_model, _tail_score(inp, ids2, c, rows[0]), counter[0])
 
 
 def _base_line(inp: RerankInputs, lead: str, out: list[int] | None) -> str | None:
@@ -317,10 +318,11 @@ def _base_line(inp: RerankInputs, lead: str, out: list[int] | None) -> str | Non
     return line if line.strip() else None
 
 
-def _read_first(inp: RerankInputs, lead: str, line: str, head: str, cap: int,
+def _read_first(inp: RerankInputs, lead: str, line: str, head: str, ids: list[int], n_line: int, cap: int,
                 should_stop: Callable[[], bool] | None, budget: int) -> Reranked:
-    """The check without the decode's reading of the base: a forward reads the line first."""
-    s_model, ids, lp, n_line, reader = _score(inp, lead, line, head)
+    """The check without the decode's reading of the base: a forward reads the line (`ids`, the
+    first `n_line` of them lead + line) first."""
+    s_model, lp, reader = _score(inp, ids)
     # the first row where the base's greedy choice differs (the rows are masked in place: ~200 KB
     # each, no copy)
     lp[:, inp.banned] = float("-inf")
@@ -333,15 +335,11 @@ def _read_first(inp: RerankInputs, lead: str, line: str, head: str, cap: int,
     out = _decode_base(inp, lead, reader, ids[:split], lp[split].clone(), cap, should_stop, line_ids=ids[:n_line],
                        max_forwards=budget)
     del lp
-    forwards = reader.forwards  # the score's and the base's decode's
     base_line = _base_line(inp, lead, out)
     if base_line is None or base_line == line:
-        return Reranked(line, "model", forwards, (s_model,))
-    s_base, *_, scored = _score(inp, lead, base_line, head)
-    forwards += scored.forwards
-    if s_base > s_model:
-        return Reranked(base_line, "base", forwards, (s_model, s_base))
-    return Reranked(line, "model", forwards, (s_model, s_base))
+        return Reranked(line, "model", reader.forwards, (s_model,))
+    s_base = _score(inp, _ids(inp, lead, base_line, head)[0], reader.counter)[0]
+    return _choose(line, base_line, s_model, s_base, reader.forwards)
 
 
 def _decode_base(inp: RerankInputs, lead: str, reader: CausalReader, head: list[int], row: torch.Tensor,
