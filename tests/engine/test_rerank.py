@@ -363,7 +363,7 @@ def test_the_check_from_the_decode_reading_answers_as_the_read_one(pair):
                            max_new_tokens=8, base=reading)
             known = _both_ways(pair, out, segs, suffix)
             seen["wrote" if known.forwards == 0 else known.chosen] += 1
-    assert seen["base"] and seen["model"] > seen["wrote"] >= 0
+    assert seen["base"] and seen["model"] and seen["wrote"]  # each way out of the check ran
 
 
 @pytest.mark.parametrize("draft", [0, 4])
