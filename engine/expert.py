@@ -162,6 +162,36 @@ class BaseRun:
         return lp
 
 
+class BaseRecord:
+    """What a decode read of the base at each slot of its one hole, for `engine.rerank`: the base's
+    own greedy choice there (`best`) and its log-probability of the token committed there (`lp`),
+    kept on the device until `read`.
+
+    Args:
+        never: (V,) bool, the ids the base's own choice never takes (`never_ids`).
+    """
+
+    def __init__(self, never: torch.Tensor) -> None:
+        self.never = never
+        self.best: dict[int, torch.Tensor] = {}
+        self.lp: dict[int, torch.Tensor] = {}
+
+    def never_at(self, slot: int, allowed: torch.Tensor | None) -> torch.Tensor:
+        """The ids barred at `slot`; `allowed`: the healed first slot's constraint, if it rules there
+        (the check reads that slot under it too)."""
+        return self.never | ~allowed if allowed is not None and slot == 0 else self.never
+
+    def read(self) -> tuple[list[int], list[float]] | None:
+        """The choices and log-probabilities from slot 0 through the last slot read without a gap,
+        read from the device once the decode is over; None when slot 0 was not read."""
+        n = 0
+        while n in self.best and n in self.lp:
+            n += 1
+        if not n:
+            return None
+        return torch.stack([self.best[i] for i in range(n)]).tolist(), torch.stack([self.lp[i] for i in range(n)]).tolist()
+
+
 def never_ids(a: ModelArgs, banned: list[int], device: torch.device | str) -> torch.Tensor:
     """(V,) bool: the ids the base's own line never holds (special ids, `banned`, the mask; EOS
     and pad end a line and stay)."""

@@ -23,7 +23,7 @@ import torch
 from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.end_rules import EndRules
-from engine.expert import BaseReading, BaseRun, never_ids
+from engine.expert import BaseReading, BaseRecord, BaseRun, never_ids
 from engine.fills import grow as _grow
 from engine.fills import short_of_masks
 from engine.fills import strip as _strip
@@ -111,11 +111,7 @@ class _Run(EndRules):
         self.shift = 1 if shifted else 0
         self.holes, self.segments, self.device = holes, segments, device
         self.base: BaseRun | None = None  # the base's reading of the frontier, mixed in (`engine.expert`)
-        # the ids the base's own choice at a slot never takes (set by `generate` for the check),
-        # and that choice per slot of hole 0, on the device until the run ends
-        self.base_never: torch.Tensor | None = None
-        self.base_best: dict[int, torch.Tensor] = {}
-        self.base_lp: dict[int, torch.Tensor] = {}  # and its log-probability of the token committed there
+        self.record: BaseRecord | None = None  # what it read at each slot, for the check (set by `generate`)
         self.texts: list[str] | None = None  # token texts (`close_brackets`, loops of lines), set by `generate`
         self.min_indent: int | None = None  # `cut_dedent`, set by `generate`
         self.out = GenOutput(fills=[])
@@ -282,13 +278,13 @@ class _Run(EndRules):
             logits = copy_prior(logits, self.canvas[0], mpos, usable, self.cfg.copy_weight, self.cfg.copy_order)
         lp = None
         if self.base is not None and len(masked) == 1:  # the base's reading of the same slot
-            i, never = masked[0], self.base_never
-            if never is not None and i == 0 and self.first is not None and self.first_at == 0:
-                never = never | ~self.first.allowed  # the healed first slot, as the check reads it
-            lp = self.base.logprobs(self.pos_host[i] - self.shift, self.ends, never)
+            i, rec = masked[0], self.record
+            allowed = self.first.allowed if self.first is not None and self.first_at == 0 else None
+            lp = self.base.logprobs(self.pos_host[i] - self.shift, self.ends,
+                                    None if rec is None else rec.never_at(i, allowed))
             if lp is not None:
-                if never is not None:
-                    self.base_best[i] = self.base.best
+                if rec is not None:
+                    rec.best[i] = self.base.best
                 logits = torch.log_softmax(logits, -1) + self.cfg.base_weight * lp[None]
         logits[:, self.forbid] = float("-inf")
         if self.cfg.eos_frontier:  # EOS only at the first masked slot of each hole
@@ -308,8 +304,8 @@ class _Run(EndRules):
         if self.cfg.end_mass:
             self._decide_ends(logits, mpos)
         tokens, conf = propose(logits, self.cfg.confidence, self.cfg.temperature, self.gen)
-        if lp is not None and self.base_never is not None:  # the one row commits: what it takes
-            self.base_lp[masked[0]] = lp[tokens[0]]  # (ends rescored: not a line's token)
+        if lp is not None and self.record is not None:  # the one row commits: what it takes
+            self.record.lp[masked[0]] = lp[tokens[0]]  # (ends rescored: not a line's token)
         if self.naive:
             group, thr, n_min = torch.zeros_like(mhole), float("inf"), [1]
         else:
@@ -405,7 +401,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         base = None
     model.tap = None if base is None else base.first
     if base is not None and cfg.rerank:
-        run.base_never = never_ids(a, banned or [], run.device)
+        run.record = BaseRecord(never_ids(a, banned or [], run.device))
     stop = None if stop_ids is None else set(torch.nonzero(stop_ids).flatten().tolist())
     first_stop = run.first_stops  # the stop tokens of hole 0's constrained slots (grows as they commit)
     policy = policy or ReusePolicy()
@@ -471,12 +467,9 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         b = run.base
         if b is not None and not b.broken and b.state.fed[:run.hole_span[0]] == run.ids[:run.hole_span[0]]:
             run.out.base_cache = b.state.cache
-        n = 0
-        while n in run.base_best:
-            n += 1
-        if n:  # one read, after the decode
-            run.out.base_best = torch.stack([run.base_best[i] for i in range(n)]).tolist()
-            run.out.base_lp = torch.stack([run.base_lp[i] for i in range(n)]).tolist()
-            run.out.base_fed = list(b.state.fed[run.hole_span[0]:]) if b is not None else None
+        read = run.record.read() if run.record is not None and b is not None else None
+        if read is not None:
+            run.out.base_best, run.out.base_lp = read
+            run.out.base_fed = list(b.state.fed[run.hole_span[0]:])
     model.tap = model.tapped = None
     return run.out
