@@ -8,7 +8,9 @@ answer, as a user looking at the screen does; those answers are what is measured
 client-side latency, over the pauses where the server writes a single line by its own rule,
 `decide_mode`; block fills at empty lines that start or end a block, up to `maxTokens` long, are reported apart). The same replay runs against a second server with reuse across keystrokes
 off (DLSP_REUSE=0): the baseline. Also reported: the server's per-stage timings (`dlsp/stats`),
-server time over the engine's own time, the server's peak RSS, and (`--agreement N`) the engine
+server time over the engine's own time, the server's RSS (peak; with a trace's document open
+right after its typing, and again once the server has rested, `REST_S` + 1 s later; after the
+replay with every document closed), and (`--agreement N`) the engine
 in this process against the server on the same N cold tasks (`benchmarks/engine_speed.py`'s
 cases): the two must agree within 20%.
 
@@ -41,6 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from editor_clients.headless.client import LspClient  # noqa: E402
 from editor_clients.headless.profile import Trace, default_files, make_traces, percentiles  # noqa: E402
+from lsp_server.service import REST_S  # noqa: E402
 
 SHAPES: dict[str, dict[str, Any]] = {
     # SmolLM2-135M, the embedded default's base, with the planned 20 causal lower layers
@@ -63,6 +66,7 @@ class Run:
     stats: dict[str, Any] = field(default_factory=dict)
     rss_mb: float | None = None  # after the replay, every document closed and the server idle
     rss_open_mb: float | None = None  # the most while a trace's document was open (its cache live)
+    rss_rest_mb: float | None = None  # the most with a trace's document open, once the server rested
     peak_rss_mb: float | None = None
     cold_ms: list[float] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
@@ -162,6 +166,10 @@ def replay_at_pauses(client: LspClient, trace: Trace, pause_s: float, timeout: f
         time.sleep(max(0.0, chunk.pause_s - waited))
     if client.proc:
         run.rss_open_mb = max(run.rss_open_mb or 0.0, _rss_mb(client.proc.pid) or 0.0)
+        # the editor quiet with the document still open: the server hands back what only its
+        # runs need after REST_S (`Engine.rest`)
+        time.sleep(REST_S + 1.0)
+        run.rss_rest_mb = max(run.rss_rest_mb or 0.0, _rss_mb(client.proc.pid) or 0.0)
     client.close_document(uri)
 
 
@@ -271,7 +279,7 @@ def _stage(stats: dict[str, Any], name: str, q: str = "p50_ms") -> float | None:
 def report(runs: list[Run], agree: dict[str, Any] | None) -> dict[str, Any]:
     stages = ("context", "queue", "tokenize", "prefill", "steps", "rerank", "postprocess", "engine", "total", "server")
     print(f"{'mode':<10} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'cold p50':>8} "
-          + " ".join(f"{s[:8]:>8}" for s in stages) + f" {'open MB':>7} {'RSS MB':>7} {'peak MB':>7}")
+          + " ".join(f"{s[:8]:>8}" for s in stages) + f" {'open MB':>7} {'rest MB':>7} {'RSS MB':>7} {'peak MB':>7}")
     out: dict[str, Any] = {}
     for r in runs:
         pc = percentiles([ms for ms, one in zip(r.pauses_ms, r.single_line) if one])
@@ -280,9 +288,10 @@ def report(runs: list[Run], agree: dict[str, Any] | None) -> dict[str, Any]:
         cells = " ".join(f"{_stage(r.stats, s) or 0:>8.1f}" for s in stages)
         cold = statistics.median(r.cold_ms) if r.cold_ms else 0.0
         print(f"{r.mode:<10} {pc.get('n', 0):>4} {pc.get('p50', 0):>8.1f} {pc.get('p95', 0):>8.1f} {cold:>8.1f} "
-              f"{cells} {r.rss_open_mb or 0:>7.0f} {r.rss_mb or 0:>7.0f} {r.peak_rss_mb or 0:>7.0f}")
+              f"{cells} {r.rss_open_mb or 0:>7.0f} {r.rss_rest_mb or 0:>7.0f} {r.rss_mb or 0:>7.0f} "
+              f"{r.peak_rss_mb or 0:>7.0f}")
         out[r.mode] = {"pauses": pc, "all_pauses": every, "outcomes": r.outcomes, "server_stats": r.stats, "rss_mb": r.rss_mb,
-                       "rss_open_mb": r.rss_open_mb, "peak_rss_mb": r.peak_rss_mb, "cold_first_answer_ms": r.cold_ms,
+                       "rss_open_mb": r.rss_open_mb, "rss_rest_mb": r.rss_rest_mb, "peak_rss_mb": r.peak_rss_mb, "cold_first_answer_ms": r.cold_ms,
                        "server_minus_engine_p50_ms": overhead,
                        # every answer at a pause, in replay order: what the tail is made of
                        "each_pause": [{"ms": round(ms, 1), "single_line": one, "chars": len(text)}
@@ -299,7 +308,8 @@ def report(runs: list[Run], agree: dict[str, Any] | None) -> dict[str, Any]:
     if on:
         checks += [("p50 at pauses", on["p50"], f"<= {TARGETS['p50_ms']:g} ms", on["p50"] <= TARGETS["p50_ms"]),
                    ("p95 at pauses", on["p95"], f"<= {TARGETS['p95_ms']:g} ms", on["p95"] <= TARGETS["p95_ms"])]
-        for key, what in (("rss_open_mb", "server RSS MB with a document open (most over traces)"),
+        for key, what in (("rss_open_mb", "server RSS MB with a document open, typing (most over traces)"),
+                          ("rss_rest_mb", f"server RSS MB with a document open, {REST_S + 1:g} s after typing"),
                           ("rss_mb", "server RSS MB after the replay (documents closed, server idle)")):
             rss = out["reuse"][key]
             if rss is not None:

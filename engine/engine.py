@@ -363,6 +363,17 @@ class Engine:
             self.memory.hand_back(release_freed_memory)
             release_cold_code()  # idle: the code its fills ran faults back in with the next
 
+    def rest(self) -> None:
+        """The editor has been quiet for a while (the server calls this on its worker, never
+        beside a run): hand the heap's free pages back and unmap library code, so an idle server
+        holds its model and its documents' caches and little else. `ResidentTrim` leaves up to
+        its slack resident after a run so that the next keystroke does not fault its buffers in
+        again; once typing stops that slack only costs memory. Measured on the 135M int8 engine
+        with a 1k-token document open: 466-525 MB -> 425 MB, and the next fill as fast as without
+        (the pages fault back in within noise: 443-536 vs 438-477 ms cold, 197-214 vs 205-209 ms warm)."""
+        self.memory.hand_back(release_freed_memory)
+        release_cold_code()
+
     def infill(self, req: InfillRequest) -> InfillResult:
         """Fill every hole of the request. Raises InvalidRequestError on unusable settings."""
         cfg = req.sampling or self.default_sampling

@@ -260,6 +260,9 @@ class InfillBackend(Protocol):
     def forget(self, session: str) -> None:
         """Drop what is kept for a session (its document closed)."""
 
+    def rest(self) -> None:
+        """The editor went quiet: hand back memory only runs need (called between runs)."""
+
 
 def parse_sampling(spec: str, base: SamplingConfig | None = None) -> SamplingConfig:
     """A `SamplingConfig` from a command-line spec: a sampler name, optionally followed by

@@ -55,11 +55,20 @@ class Stopped(Exception):
 
 
 class Scheduler:
-    """One worker thread; at most one live job per key."""
+    """One worker thread; at most one live job per key.
 
-    def __init__(self) -> None:
+    Args:
+        rest_s: once no job has been live for this long, `rest()` runs on the worker (once per
+            quiet spell; None = never). The engine hands back what only its runs need there.
+        rest: the work for a quiet spell.
+    """
+
+    def __init__(self, rest_s: float | None = None, rest: Callable[[], object] | None = None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlsp-engine")
         self._latest: dict[object, Job] = {}
+        self._rest_s, self._rest = rest_s, rest
+        self._quiet = 0  # bumped by every claim and every end of the last live job: a stale timer's token
+        self.rests = 0  # quiet spells whose `rest` was queued
 
     def claim(self, key: object, is_stale: Callable[[], bool] | None = None) -> Job:
         """Register a new job for `key`, stopping the previous one."""
@@ -68,6 +77,7 @@ class Scheduler:
             prev.stop("superseded")
         job: Job = Job(key, is_stale)
         self._latest[key] = job
+        self._quiet += 1  # a timer armed before this claim no longer fires
         return job
 
     async def debounce(self, job: Job, seconds: float) -> None:
@@ -124,6 +134,25 @@ class Scheduler:
     def release(self, job: Job) -> None:
         if self._latest.get(job.key) is job:
             del self._latest[job.key]
+            if not self._latest:
+                self._arm_rest()
+
+    def _arm_rest(self) -> None:
+        """The last live job ended (on the event loop): `rest` after `rest_s` unless a job is
+        claimed meanwhile."""
+        if self._rest is None or self._rest_s is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on a loop (a test driving the scheduler by hand): no timer
+            return
+        self._quiet += 1
+        loop.call_later(self._rest_s, self._quiet_for, self._quiet)
+
+    def _quiet_for(self, token: int) -> None:
+        if token == self._quiet and not self._latest and self._rest is not None:
+            self.rests += 1
+            self.after(self._rest)
 
     def stop_all(self, predicate: Callable[[object], bool], reason: str) -> None:
         """Stop every live job whose key matches (e.g. all jobs of a closed document)."""

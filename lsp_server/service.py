@@ -46,6 +46,11 @@ T = TypeVar("T")
 ENGINE_STAGES = ("tokenize", "prefill", "steps", "detokenize", "rerank")
 CONTEXT_BUDGET_S = 0.25  # syntax work for one completion or one code-action list
 EDIT_BUDGET_S = 2.0  # syntax work for one action the user asked to run
+# the editor quiet this long after the last run (no request live): the engine hands back what only
+# runs need (`Engine.rest`). Longer than the think time between keystrokes (typing replays pause
+# up to 0.8 s at line ends) so that bursts keep their warm pages; the next run pays nothing
+# measurable for it either way
+REST_S = 2.0
 
 
 def _ms(t0: float) -> float:
@@ -65,7 +70,7 @@ class Service:
         self.host = host
         self.settings = settings or Settings()
         self.docs = DocumentStore()
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(REST_S, self._rest)
         self.cache = ContextCache()
         self.typed = TypeThrough()
         self.stats = Stats()
@@ -108,6 +113,12 @@ class Service:
         engine = self.host.engine
         if engine is not None:  # on the worker: dropping a cache hands its memory back (~10 ms)
             self.scheduler.after(lambda: engine.forget(uri))
+
+    def _rest(self) -> None:
+        """On the worker, after a quiet spell (`REST_S`)."""
+        engine = self.host.engine
+        if engine is not None:
+            engine.rest()
 
     def configure(self, raw: Any) -> bool:
         """Apply settings; returns True when the model must be (re)loaded."""

@@ -158,6 +158,21 @@ def test_forget_drops_the_cache_and_hands_its_memory_back_once(causal_ckpt, monk
     assert eng.infill(_req(TYPED[1], session="a")).reused_tokens == 0  # prefilled afresh
 
 
+def test_rest_hands_memory_back_and_keeps_the_sessions(causal_ckpt, monkeypatch):
+    """`rest` (the editor went quiet) trims the heap and unmaps cold code, and the document
+    being typed in keeps its cache: the next keystroke still reuses it."""
+    import engine.engine as engine_mod
+
+    calls = []
+    eng = Engine.from_pretrained(causal_ckpt, device="cpu")
+    eng.infill(_req(TYPED[0], session="a"))
+    monkeypatch.setattr(engine_mod, "release_freed_memory", lambda: calls.append("heap") or True)
+    monkeypatch.setattr(engine_mod, "release_cold_code", lambda: calls.append("code") or 0)
+    eng.rest()
+    assert calls == ["heap", "code"] and eng._sessions["a"].cache is not None
+    assert eng.infill(_req(TYPED[1], session="a")).reused_tokens > 0
+
+
 def test_a_reusing_run_that_grew_the_process_hands_memory_back(causal_ckpt, monkeypatch):
     """Trimming only after runs that reused nothing left a keystroke's growth prefill (~150 MB
     at 1k tokens) resident; the engine now trims after any run past its slack, and only then."""

@@ -23,9 +23,13 @@ class FakeEngine:
         self.started = threading.Event()
         self.default_sampling = SamplingConfig()
         self.forgotten: list[str] = []
+        self.rests = 0
 
     def forget(self, session: str) -> None:
         self.forgotten.append(session)
+
+    def rest(self) -> None:
+        self.rests += 1
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 3)

@@ -332,6 +332,27 @@ def test_requests_carry_the_session_and_ranked_segments_and_close_forgets_it():
     svc.scheduler.shutdown()
 
 
+def test_the_engine_rests_once_the_editor_is_quiet(monkeypatch):
+    """After the last run and a quiet spell the engine is asked to hand back what only runs need
+    (`Engine.rest`), on the worker; not while a burst of keystrokes goes on."""
+    monkeypatch.setattr("lsp_server.service.REST_S", 0.2)
+    engine = FakeEngine(fill=lambda req: ("a + b",))
+    svc = _service(engine)
+
+    async def main():
+        for version, col in ((2, 11), (3, 12), (4, 13)):
+            _insert(svc, version, 3, col, "x")
+            await svc.suggest(URI, _pos(3, col + 1))
+        assert engine.rests == 0 and len(engine.calls) == 3
+        await asyncio.sleep(0.5)
+
+    asyncio.run(main())
+    done = threading.Event()
+    svc.scheduler.after(done.set)
+    assert done.wait(10) and engine.rests == 1
+    svc.scheduler.shutdown()
+
+
 def test_a_block_suggestion_tells_the_engine_where_the_block_ends():
     """Below a header the server asks for a body: the engine may stop the fill at its first line
     left of the body (`min_indent`), where the postprocessing would cut it anyway."""

@@ -121,6 +121,37 @@ def test_scheduler_runs_background_work_after_the_queued_job_and_survives_its_er
     assert order == ["job", "after"]
 
 
+def test_scheduler_rests_once_per_quiet_spell_and_not_while_jobs_come():
+    """`rest` runs on the worker once no job has been live for `rest_s`: once per quiet spell,
+    never while keystrokes keep claiming jobs, and again after the next spell."""
+    import threading
+
+    rested = threading.Semaphore(0)
+    sched = Scheduler(rest_s=0.15, rest=rested.release)
+
+    async def main():
+        for _ in range(4):  # a burst: each job ends within rest_s of the next claim
+            await sched.run(sched.claim("doc"), lambda stop: None)
+            await asyncio.sleep(0.05)
+        assert sched.rests == 0
+        held = sched.claim("doc")  # a job live past rest_s (waiting in its debounce): no rest
+        await asyncio.sleep(0.3)
+        assert sched.rests == 0
+        with pytest.raises(Stopped):
+            held.stop("superseded")
+            await sched.debounce(held, 0.0)
+        await asyncio.sleep(0.3)  # quiet now: one rest, not one per timer armed before
+        assert sched.rests == 1
+        await sched.run(sched.claim("doc"), lambda stop: None)
+        await asyncio.sleep(0.3)
+        assert sched.rests == 2
+
+    asyncio.run(main())
+    assert rested.acquire(timeout=10) and rested.acquire(timeout=10)
+    assert not rested.acquire(timeout=0.1)
+    sched.shutdown()
+
+
 def test_default_loader_reads_the_model_cards_languages(tiny_ckpt, tmp_path):
     import json
     import shutil
