@@ -143,18 +143,26 @@ class BaseRun:
         self.state.fed = fed
         self.forwards += 1
 
+    def hidden_at(self, position: int) -> torch.Tensor | None:
+        """(1, D) the base's final hidden state at `position` (a row of the last feed), None when
+        that row was not read."""
+        i = self.row.get(position)
+        return None if i is None or self.hidden is None else self.hidden[i:i + 1]
+
     @torch.inference_mode()
-    def logprobs(self, position: int, ends: torch.Tensor, never: torch.Tensor | None = None) -> torch.Tensor | None:
+    def logprobs(self, position: int, ends: torch.Tensor, never: torch.Tensor | None = None,
+                 logits: torch.Tensor | None = None) -> torch.Tensor | None:
         """(V,) the base's log-probabilities of the token after `position` (a row of the last
         feed), `ends` (the ids that end a fill) scored as the suffix's first token; None when
         that row was not read. With `never` ((V,) bool), `best` becomes the base's own greedy
         choice there (0-d, on the device) among the other ids, read before `ends` are rescored:
         what the base itself would write next (`engine.rerank` finds where the base parts from
-        the fill by them)."""
-        i = self.row.get(position)
-        if i is None or self.hidden is None:
+        the fill by them). `logits`: the LM head's (V,) output for `hidden_at(position)`, when
+        the caller ran that row through the head already."""
+        h = self.hidden_at(position)
+        if h is None:
             return None
-        lp = F.log_softmax(self.r.model.logits(self.hidden[i:i + 1])[0], -1)  # (V,)
+        lp = F.log_softmax(self.r.model.logits(h)[0] if logits is None else logits, -1)  # (V,)
         if never is not None:
             self.best = lp.masked_fill(never, float("-inf")).argmax()
         if self.after is not None:

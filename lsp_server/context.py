@@ -26,7 +26,7 @@ from lsp_server.syntax import Syntax, line_end, line_start
 PAIRS = {")": "(", "]": "[", "}": "{"}
 OPENERS = "([{"
 CLOSERS = set(")]}\"'`;,: \t")
-HOLE_TOKENS = {"fill": 8, "line": 12, "block": 24, "body": 32}  # initial hole per mode
+HOLE_TOKENS = {"fill": 8, "line": 16, "block": 24, "body": 32}  # initial hole per mode (line: as `dlsp eval` measures single lines)
 SINGLE_LINE = ("fill", "line")
 _SPLIT = 0.75  # share of the budget for the prefix (the rest goes to the suffix)
 _WINDOW = 1.5  # the prefix window holds this many times the estimated budget (the engine clips it)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from benchmarks import latency
 
 
-def _run(mode, pauses, total, engine, queue=0.0, rss=400.0, suggestions=("a",), single=None, rss_open=450.0):
+def _run(mode, pauses, total, engine, queue=0.0, rss=400.0, suggestions=("a",), single=None, rss_open=450.0,
+         rss_rest=430.0):
     stages = {"total": {"p50_ms": total}, "engine": {"p50_ms": engine}, "queue": {"p50_ms": queue},
               "server": {"p50_ms": total - engine - queue - 20.0}}
     return latency.Run(mode, pauses_ms=list(pauses), stats={"stages": stages}, rss_mb=rss,
-                       rss_open_mb=rss_open, suggestions=list(suggestions), debounce_ms=20.0,
+                       rss_open_mb=rss_open, rss_rest_mb=rss_rest, suggestions=list(suggestions), debounce_ms=20.0,
                        single_line=list(single) if single is not None else [True] * len(pauses))
 
 
@@ -19,7 +20,8 @@ def test_report_checks_the_targets(capsys):
     out = latency.report([on, off], {"n": 3, "engine_p50_ms": 100.0, "server_p50_ms": 110.0, "ratio": 1.1})
     checks = {c["name"]: c["pass"] for c in out["checks"]}
     assert checks == {"p50 at pauses": True, "p95 at pauses": True,
-                      "server RSS MB with a document open (most over traces)": True,
+                      "server RSS MB with a document open, typing (most over traces)": True,
+                      f"server RSS MB with a document open, {latency.REST_S + 1:g} s after typing": True,
                       "server RSS MB after the replay (documents closed, server idle)": True,
                       "server - engine p50 ms": True, "speedup p50 (off / on)": True, "server / engine_speed": True}
     assert abs(out["speedup_p50"] - 650 / 130) < 1e-9 and out["same_suggestion_rate"] == 1.0
@@ -57,10 +59,18 @@ def test_single_line_targets_leave_block_fills_out(capsys):
 
 
 def test_memory_is_checked_with_a_document_open_and_after_the_replay():
-    on = _run("reuse", [100, 120], total=150, engine=124, rss=480.0, rss_open=540.0)
-    checks = {c["name"]: c["pass"] for c in latency.report([on], None)["checks"]}
+    """Three memory checks: while typing, once the server rested with the document still open,
+    and after the replay; each can fail on its own."""
+    on = _run("reuse", [100, 120], total=150, engine=124, rss=480.0, rss_open=540.0, rss_rest=460.0)
+    out = latency.report([on], None)
+    checks = {c["name"]: c["pass"] for c in out["checks"]}
     assert checks["server RSS MB after the replay (documents closed, server idle)"] is True
-    assert checks["server RSS MB with a document open (most over traces)"] is False
+    assert checks["server RSS MB with a document open, typing (most over traces)"] is False
+    assert checks[f"server RSS MB with a document open, {latency.REST_S + 1:g} s after typing"] is True
+    assert out["reuse"]["rss_rest_mb"] == 460.0
+    rested_high = _run("reuse", [100, 120], total=150, engine=124, rss_open=490.0, rss_rest=520.0)
+    checks = {c["name"]: c["pass"] for c in latency.report([rested_high], None)["checks"]}
+    assert checks[f"server RSS MB with a document open, {latency.REST_S + 1:g} s after typing"] is False
 
 
 def test_wait_idle_returns_once_a_process_stops_using_cpu():

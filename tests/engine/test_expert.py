@@ -93,16 +93,23 @@ def test_every_commit_reads_the_base_exactly(pair, monkeypatch, draft):
         lps = []
         orig_lp = BaseRun.logprobs
 
-        def logprobs(self, position, ends, never=None, _orig=orig_lp, _lps=lps, _log=log):
-            lp = _orig(self, position, ends, never)
+        def logprobs(self, position, ends, never=None, logits=None, _orig=orig_lp, _lps=lps, _log=log):
+            lp = _orig(self, position, ends, never, logits)
             _lps.append((position, _log[-1], lp))
             return lp
 
         monkeypatch.setattr(BaseRun, "logprobs", logprobs)
-        out = generate(model, [prefix, segs[1]], cfg, True, hole_tokens=4, max_new_tokens=12,
-                       session=session, base=reading)
+        heads = []
+        hook = model.lm_head.register_forward_hook(lambda mod, args, out, _heads=heads: _heads.append(args[0].shape[0]))
+        try:
+            out = generate(model, [prefix, segs[1]], cfg, True, hole_tokens=4, max_new_tokens=12,
+                           session=session, base=reading)
+        finally:
+            hook.remove()
         monkeypatch.undo()
         assert out.fills[0]
+        # the base's row rides in the model's head call: one call per commit, of 2 rows
+        assert len(heads) == len(log) and heads.count(2) == len(lps)
         seen_all.append(lps)
         ends = torch.tensor(sorted({a.eos_id, a.pad_id}))
         assert lps and all(lp is not None for _, _, lp in lps)

@@ -88,6 +88,16 @@ def test_hole_length_follows_mode():
     assert one.hole_tokens < body.hole_tokens and one.max_new_tokens <= body.max_new_tokens
 
 
+def test_a_line_starts_with_the_hole_dlsp_eval_measures_single_lines_with():
+    """What the evaluation scores is what the editor gets: the server's single-line hole at the
+    end of a line starts as long as `dlsp eval`'s single-line tasks' (a shorter one needs a growth
+    round, one more forward, for every line longer than it)."""
+    from engine.evaluation.run import HOLE_TOKENS as EVAL_HOLES
+
+    ctx = build_context("def f(x):\n    y = \n", len("def f(x):\n    y = "), spec_for("python"), 1024, 64)
+    assert ctx.mode == "line" and ctx.hole_tokens == EVAL_HOLES["single_line"]
+
+
 def test_huge_document_context_is_bounded():
     text = ("def f(x):\n    return x\n\n" * 250_000)[:5_000_000]
     ctx = build_context(text, len(text) // 2, spec_for("python"), 1024, 64)
