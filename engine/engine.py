@@ -360,8 +360,7 @@ class Engine:
         held = dropped is not None and dropped.cache is not None
         del dropped  # the cache is freed here (a run still using the session holds it until it ends)
         if held:
-            self.memory.hand_back(release_freed_memory)
-            release_cold_code()  # idle: the code its fills ran faults back in with the next
+            self.rest()  # its cache's pages, and the code its fills ran (faults back in with the next)
 
     def rest(self) -> None:
         """The editor has been quiet for a while (the server calls this on its worker, never
