@@ -114,6 +114,36 @@ def test_two_different_prompts_in_a_row_through_step_graphs(tiny_dream_ckpt, mon
         assert graphed.infill(req).text == plain.infill(req).text
 
 
+def test_splice_in_place_of_the_same_length_copies_nothing():
+    """A keystroke that leaves the canvas as long as it was (a character joining a token) keeps
+    the tail where it is: no copy, no re-rotation, and the rows read as before."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in ("clone", "copy_", "mul", "cat"):
+                self.ops.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    cache = KVCache.empty()
+    for _ in range(2):
+        cache.append(torch.randn(1, 2, 12, 8), torch.randn(1, 2, 12, 8))
+    before = [(k.clone(), v.clone()) for k, v in cache]
+    with Copies() as seen:
+        splice_in_place(cache, 12, head=5, tail=6, theta=10000.0)
+    assert seen.ops == [] and cache.length == 12
+    for (k, v), (k0, v0) in zip(cache, before):
+        assert torch.equal(k[:, :, :5], k0[:, :, :5]) and torch.equal(k[:, :, 6:], k0[:, :, 6:])
+        assert torch.equal(v[:, :, 6:], v0[:, :, 6:])
+    with Copies() as seen:  # one token longer: the tail moves and its keys are re-rotated
+        splice_in_place(cache, 13, head=5, tail=6, theta=10000.0)
+    assert seen.ops
+
+
 @pytest.mark.parametrize("new_length,head,tail", [(15, 5, 4), (10, 3, 6), (12, 6, 6), (300, 4, 8)])
 def test_splice_in_place_equals_the_copying_splice(new_length, head, tail):
     from engine.kv_cache import splice_in_place
