@@ -141,7 +141,8 @@ def splice(old: KVCache, new_length: int, head: int, tail: int, theta: float) ->
 
 def splice_in_place(cache: KVCache, new_length: int, head: int, tail: int, theta: float) -> KVCache:
     """`splice` without copying the head: the tail moves within the same storage (re-rotated; it
-    stays put when the length does, as on most keystrokes: ~5-17 ms of copies saved), the
+    stays put when the length does, as when a typed character joins the last token: ~3 ms of
+    copies saved at 1 thread, 5-17 ms at 2 passive ones), the
     rows in between are left for the caller's step to write, and `cache` now holds
     `new_length` rows (its layer tensors are views of storage with `HEADROOM` spare rows; a
     cache too small for the edit is reallocated). Bumps the epoch. `splice` is the reference.
