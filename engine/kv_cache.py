@@ -165,7 +165,7 @@ def splice_in_place(cache: KVCache, new_length: int, head: int, tail: int, theta
             store_k, store_v = grown_k, grown_v
         if tail and delta:  # same length: the tail is where it was (a grown storage needs delta > 0)
             src_k = k[:, :, old - tail:old]
-            moved_k = src_k.clone() if delta == 0 else rerotate_keys(src_k, delta, theta)  # a copy either way
+            moved_k = rerotate_keys(src_k, delta, theta)  # a copy: source and destination overlap
             moved_v = v[:, :, old - tail:old].clone()
             store_k[:, :, new_length - tail:new_length] = moved_k
             store_v[:, :, new_length - tail:new_length] = moved_v
