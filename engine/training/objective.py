@@ -97,13 +97,17 @@ def fim_example(seq: torch.Tensor, a: ModelArgs, is_nl: torch.Tensor, cfg: Objec
 
 
 def corrupt(batch: torch.Tensor, a: ModelArgs, is_nl: torch.Tensor, cfg: ObjectiveConfig,
-            g: torch.Generator, t_max: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            g: torch.Generator, t_max: float = 1.0, frontiers: list[tuple[int, int, int]] | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Corrupt a batch.
 
     Args:
         batch: (B, T) clean ids with bos at column 0.
         t_max: masking rates are drawn in (t_eps, t_max]; the trainer ramps it from a BERT-like
             rate to 1 (a curriculum: lightly masked rows teach local context first).
+        frontiers: if given, gets (row, frontier position, suffix position) for every
+            left-to-right hole: its first masked slot and the first token after its pads (-1 where
+            the chunk ends first). Drawing them changes nothing else.
     Returns:
         noisy (B, T), targets (B, T) clean ids, mask (B, T) bool, weight (B, T) float32
         (per masked position, 0 elsewhere; the loss is sum(ce * weight) / B). "elbo": 1/t
@@ -127,6 +131,8 @@ def corrupt(batch: torch.Tensor, a: ModelArgs, is_nl: torch.Tensor, cfg: Objecti
                     done = int(torch.randint(0, min(m - s, e - s - 1) + 1, (1,), generator=g))
                     ltr[b, lo + s + done:lo + e] = True
                     boost[b, lo + s + done] = cfg.frontier_weight
+                    if frontiers is not None:  # the suffix's first token, unless the chunk ends first
+                        frontiers.append((b, lo + s + done, lo + e if lo + e < hi else -1))
                 else:
                     region[b, lo + s:lo + e] = True
         elif cfg.region == "sequence":
@@ -164,11 +170,19 @@ class DiffusionLoss(nn.Module):
         self.shifted = shifted
 
     def forward(self, noisy: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor,
-                weight: torch.Tensor, open_frac: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                weight: torch.Tensor, open_frac: float | None = None,
+                mix: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`mix`: (at (B, T) bool, masked slots; prior (N, V) log-probabilities, one row per slot
+        of `at` in row-major order): there the loss reads log_softmax(logits) + prior,
+        renormalized (a product of experts: the model learns what the prior lacks)."""
         hidden, _ = self.model.prefill(noisy, keep_cache=False, open_frac=open_frac)  # (B, T, D)
         if self.shifted:  # row i-1 predicts token i (column 0, the lead token, is never masked)
             hidden = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
         logits = self.model.logits(hidden[mask])  # (M, V): LM head on masked rows only
+        if mix is not None:
+            at = mix[0][mask]  # (M,)
+            mixed = torch.log_softmax(logits[at], -1) + mix[1].to(logits.dtype)
+            logits = logits.index_put((at.nonzero().flatten(),), mixed)
         ce = F.cross_entropy(logits, clean[mask], reduction="none")  # (M,)
         loss = (ce * weight[mask]).sum() / noisy.shape[0]
         return loss, ce.detach().mean()

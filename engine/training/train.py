@@ -95,6 +95,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="FIM middles: relative weights of one line, 2-8 lines, a random span (e.g. 2,1,1)")
     p.add_argument("--frontier-weight", type=_positive, default=1.0,
                    help="left-to-right holes: loss weight of the first masked slot relative to the rest")
+    p.add_argument("--base-mix", type=float, default=0.0,
+                   help="with --base: left-to-right holes' first masked slot is trained through the product "
+                        "with the base's reading at this weight (the decode's base_weight); 0 = off")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -159,6 +162,16 @@ class Trainer:
             self._init_weights()
             trainable = list(self.model.parameters())
         self.loss_mod = DiffusionLoss(self.model, shifted=FAMILIES[self.args.family].shifted)
+        self.base_prior = None
+        if a.base_mix > 0:
+            if not a.base:
+                raise SystemExit("--base-mix needs --base: the prior is the pretrained base")
+            from engine.gguf_import import read_base
+            from engine.training.prior import BasePrior
+
+            ar = read_base()
+            self.base_prior = BasePrior(ar.build(causal_layers=ar.args.n_layers, max_positions=self.args.max_positions)
+                                        .to(self.device), a.base_mix)
         self.loss_ddp = torch.nn.parallel.DistributedDataParallel(self.loss_mod) if self.ddp else self.loss_mod
         decay = [p for p in trainable if p.dim() >= 2]
         no_decay = [p for p in trainable if p.dim() < 2]
@@ -256,9 +269,11 @@ class Trainer:
         g = torch.Generator().manual_seed(4321)  # the same corruption every evaluation
         total, ce15 = 0.0, 0.0
         for batch in self.val:
-            noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.val_obj, g)
+            frontiers: list[tuple[int, int, int]] | None = [] if self.base_prior is not None else None
+            noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.val_obj, g, frontiers=frontiers)
+            mix = self.base_prior(clean, frontiers) if frontiers is not None else None
             total += float(self.loss_mod(noisy.to(self.device), clean.to(self.device), mask.to(self.device),
-                                         w.to(self.device))[0])
+                                         w.to(self.device), None, mix)[0])
             m15 = torch.rand(batch.shape, generator=g) < 0.15
             m15[:, 0] = False
             noisy = torch.where(m15, torch.full_like(batch, self.args.mask_id), batch)
@@ -291,7 +306,7 @@ class Trainer:
                                          lora_rank=self.a.lora_rank, open_steps=self.a.open_steps,
                                          holes_per_row=self.a.holes_per_row, max_pad=self.a.max_pad,
                                          ltr_rate=self.a.ltr_rate, kind_weights=self.a.kind_weights,
-                                         frontier_weight=self.a.frontier_weight)
+                                         frontier_weight=self.a.frontier_weight, base_mix=self.a.base_mix)
             adapt.export(self.model, self.args, self.adapter, Path(self.a.export), Path(self.a.tokenizer), meta)
             return
         save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta,
@@ -307,11 +322,13 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, a, self.train_seconds)
         batch = self.train_data.batch(a.batch_size, a.seq_len, self.lead, self.g)
+        frontiers: list[tuple[int, int, int]] | None = [] if self.base_prior is not None else None
         noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.obj, self.g,
-                                        t_max=t_max_at(self.step, a, self.train_seconds))
+                                        t_max=t_max_at(self.step, a, self.train_seconds), frontiers=frontiers)
+        mix = self.base_prior(clean, frontiers) if frontiers is not None else None
         open_frac = adapt.open_frac_at(self.step, a.open_steps) if self.adapter is not None else None
         loss, ce = self.loss_ddp(noisy.to(self.device), clean.to(self.device), mask.to(self.device), w.to(self.device),
-                                 open_frac)
+                                 open_frac, mix)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)
