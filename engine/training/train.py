@@ -262,6 +262,14 @@ class Trainer:
         plot_curve(self.out / "log.jsonl", self.out / "loss_curve.png")
 
     @torch.no_grad()
+    def _corrupt(self, batch: torch.Tensor, obj: ObjectiveConfig, g: torch.Generator, t_max: float = 1.0):
+        """`corrupt`, and with `--base-mix` the base's prior at the left-to-right frontiers (else
+        None): noisy, clean, mask, weight, mix."""
+        frontiers: list[tuple[int, int, int]] | None = [] if self.base_prior is not None else None
+        noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, obj, g, t_max=t_max, frontiers=frontiers)
+        mix = self.base_prior(clean, frontiers) if self.base_prior is not None and frontiers else None
+        return noisy, clean, mask, w, mix
+
     def evaluate(self) -> dict[str, float]:
         """Validation on fixed batches and a fixed corruption: the objective being trained, and the
         masked-token CE with 15% of tokens masked (how much the model uses its context)."""
@@ -269,9 +277,7 @@ class Trainer:
         g = torch.Generator().manual_seed(4321)  # the same corruption every evaluation
         total, ce15 = 0.0, 0.0
         for batch in self.val:
-            frontiers: list[tuple[int, int, int]] | None = [] if self.base_prior is not None else None
-            noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.val_obj, g, frontiers=frontiers)
-            mix = self.base_prior(clean, frontiers) if frontiers is not None else None
+            noisy, clean, mask, w, mix = self._corrupt(batch, self.val_obj, g)
             total += float(self.loss_mod(noisy.to(self.device), clean.to(self.device), mask.to(self.device),
                                          w.to(self.device), None, mix)[0])
             m15 = torch.rand(batch.shape, generator=g) < 0.15
@@ -322,10 +328,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, a, self.train_seconds)
         batch = self.train_data.batch(a.batch_size, a.seq_len, self.lead, self.g)
-        frontiers: list[tuple[int, int, int]] | None = [] if self.base_prior is not None else None
-        noisy, clean, mask, w = corrupt(batch, self.args, self.is_nl, self.obj, self.g,
-                                        t_max=t_max_at(self.step, a, self.train_seconds), frontiers=frontiers)
-        mix = self.base_prior(clean, frontiers) if frontiers is not None else None
+        noisy, clean, mask, w, mix = self._corrupt(batch, self.obj, self.g, t_max_at(self.step, a, self.train_seconds))
         open_frac = adapt.open_frac_at(self.step, a.open_steps) if self.adapter is not None else None
         loss, ce = self.loss_ddp(noisy.to(self.device), clean.to(self.device), mask.to(self.device), w.to(self.device),
                                  open_frac, mix)
