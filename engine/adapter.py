@@ -1,8 +1,8 @@
 """Low-rank adapters (LoRA, Hu et al. 2021) on the native transformer, and the shipped-adapter format.
 
 The embedded default model ships only what adaptation trained: LoRA factors for the linear maps of
-the upper (bidirectional) layers, plus any fully trained small tensors, in `adapter.safetensors`
-beside a config.json that names its base (`dlsp_base`) and its adapter shape (`dlsp_adapter`).
+the upper (bidirectional) layers, plus any fully trained small tensors and, with `mask_row`, the
+mask token's input embedding (`tok_emb.mask_row`, one row), in `adapter.safetensors` beside a config.json that names its base (`dlsp_base`) and its adapter shape (`dlsp_adapter`).
 `engine.assembly` merges them into the base weights on first load.
 
 Works on modules and tensors only; knows nothing about files of the base or about training loops.
@@ -31,6 +31,10 @@ class AdapterConfig:
     alpha: float = 32.0
     targets: tuple[str, ...] = TARGETS
     full: tuple[str, ...] = field(default=())  # native names of tensors trained in full (e.g. norms)
+    # the mask token's input embedding row is trained too (`MaskRowEmbedding`): the frozen causal
+    # lower layers read every masked slot through it, so it shapes what the suffix's rows carry up
+    # to the open layers; every other token's rows, the tied head and the prefix stay the base's
+    mask_row: bool = False
 
     @property
     def scale(self) -> float:
@@ -44,7 +48,37 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AdapterConfig:
         return cls(first_layer=int(d["first_layer"]), rank=int(d["rank"]), alpha=float(d["alpha"]),
-                   targets=tuple(d.get("targets", TARGETS)), full=tuple(d.get("full", ())))
+                   targets=tuple(d.get("targets", TARGETS)), full=tuple(d.get("full", ())),
+                   mask_row=bool(d.get("mask_row", False)))
+
+
+MASK_ROW = "tok_emb.mask_row"  # the shipped name of the trained mask embedding row
+
+
+class MaskRowEmbedding(nn.Module):
+    """An embedding whose `mask_id` row is a separate trainable vector; every other row is the
+    wrapped (frozen, possibly tied) table's. `weight` stays the wrapped table's."""
+
+    def __init__(self, base: nn.Embedding, mask_id: int) -> None:
+        super().__init__()
+        self.base = base
+        self.mask_id = mask_id
+        self.row = nn.Parameter(base.weight.detach()[mask_id].clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.base(ids)
+        return torch.where((ids == self.mask_id).unsqueeze(-1), self.row.to(x.dtype), x)
+
+    @torch.no_grad()
+    def merged(self) -> nn.Embedding:
+        """The wrapped table with the row written into it (in place: a tied head's mask row
+        changes too, which the engine never proposes)."""
+        self.base.weight[self.mask_id] = self.row.to(self.base.weight.dtype)
+        return self.base
 
 
 class LoRALinear(nn.Module):
@@ -91,6 +125,11 @@ def add_lora(model: Transformer, cfg: AdapterConfig) -> list[nn.Parameter]:
         p = params[_wrapped_name(name, cfg, model)]
         p.requires_grad_(True)
         trainable.append(p)
+    if cfg.mask_row:
+        if model.args.mask_id is None:
+            raise ValueError("mask_row needs a model with a mask token")
+        model.tok_emb = MaskRowEmbedding(model.tok_emb, model.args.mask_id)
+        trainable.append(model.tok_emb.row)
     return trainable
 
 
@@ -114,6 +153,8 @@ def adapter_tensors(model: Transformer, cfg: AdapterConfig) -> dict[str, torch.T
     params = dict(model.named_parameters())
     for name in cfg.full:
         out[name] = params[_wrapped_name(name, cfg, model)].detach()
+    if cfg.mask_row:
+        out[MASK_ROW] = model.tok_emb.row.detach()
     return out
 
 
@@ -122,7 +163,10 @@ def load_adapter_tensors(model: Transformer, cfg: AdapterConfig, tensors: dict[s
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, t in tensors.items():
-            target = name if ".lora_" in name else _wrapped_name(name, cfg, model)
+            if name == MASK_ROW:
+                target = "tok_emb.row"
+            else:
+                target = name if ".lora_" in name else _wrapped_name(name, cfg, model)
             if target not in params:
                 raise KeyError(f"adapter tensor {name!r} has no place in this model")
             if tuple(params[target].shape) != tuple(t.shape):
@@ -132,11 +176,20 @@ def load_adapter_tensors(model: Transformer, cfg: AdapterConfig, tensors: dict[s
 
 
 @torch.no_grad()
-def merge_into(state: dict[str, torch.Tensor], cfg: AdapterConfig, tensors: dict[str, torch.Tensor]) -> None:
+def merge_into(state: dict[str, torch.Tensor], cfg: AdapterConfig, tensors: dict[str, torch.Tensor],
+               mask_id: int | None = None) -> None:
     """Fold shipped adapter tensors into a native-named base state dict, in place:
-    W += scale * B A for every LoRA pair; fully trained tensors replace the base's."""
+    W += scale * B A for every LoRA pair; fully trained tensors replace the base's; a trained
+    mask row (`MASK_ROW`) replaces row `mask_id` of the input embedding."""
     for name, t in tensors.items():
-        if name.endswith(".lora_A"):
+        if name == MASK_ROW:
+            emb = state.get("tok_emb.weight")
+            if mask_id is None or emb is None or not 0 <= mask_id < emb.shape[0] or tuple(t.shape) != (emb.shape[1],):
+                raise ValueError(f"adapter tensor {name!r} does not match the base's embedding")
+            emb = emb.clone()
+            emb[mask_id] = t.to(emb.dtype)
+            state["tok_emb.weight"] = emb
+        elif name.endswith(".lora_A"):
             stem = name[: -len(".lora_A")]
             b = tensors[f"{stem}.lora_B"].float()
             w = state[f"{stem}.weight"]
@@ -148,7 +201,10 @@ def merge_into(state: dict[str, torch.Tensor], cfg: AdapterConfig, tensors: dict
 
 
 def merge_lora(model: Transformer) -> Transformer:
-    """Replace every `LoRALinear` by its merged `nn.Linear` (for evaluation during training)."""
+    """Replace every `LoRALinear` by its merged `nn.Linear` and a `MaskRowEmbedding` by its table
+    with the row written in (for evaluation during training)."""
+    if isinstance(model.tok_emb, MaskRowEmbedding):
+        model.tok_emb = model.tok_emb.merged()
     for block in model.layers:
         for name in TARGETS:
             lin = getattr(block, name)

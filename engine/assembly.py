@@ -120,7 +120,7 @@ def assemble(ckpt: str | Path, cache: Path | None = None) -> Path:
         raise CheckpointError(ckpt / "config.json", "the adapter's model shape does not match the base")
     upper = _upper_layers(base.state, acfg.first_layer)  # the base's own, before the merge replaces them
     try:
-        merge_into(base.state, acfg, tensors)
+        merge_into(base.state, acfg, tensors, mask_id=args.mask_id)
     except (KeyError, ValueError) as exc:
         raise CheckpointError(ckpt / ADAPTER_FILE, f"does not fit the base: {exc}") from exc
     out.parent.mkdir(parents=True, exist_ok=True)

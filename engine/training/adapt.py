@@ -42,7 +42,8 @@ def build(a: argparse.Namespace, run_dir: Path) -> tuple[Transformer, ModelArgs,
     base = read_base()
     model = base.build(causal_layers=a.causal_layers, max_positions=max(a.seq_len, EXPORT_POSITIONS))
     args = model.args
-    acfg = AdapterConfig(first_layer=a.causal_layers, rank=a.lora_rank, alpha=a.lora_alpha)
+    acfg = AdapterConfig(first_layer=a.causal_layers, rank=a.lora_rank, alpha=a.lora_alpha,
+                         mask_row=bool(getattr(a, "mask_row", False)))
     trainable = add_lora(model, acfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     tok_path = run_dir / "tokenizer.json"
@@ -58,7 +59,8 @@ def state(model: Transformer, acfg: AdapterConfig) -> dict[str, torch.Tensor]:
 def warm_start(model: Transformer, acfg: AdapterConfig, path: Path) -> dict[str, Any]:
     """Load a shipped adapter directory's tensors; returns its `dlsp_training` (for totals)."""
     cfg, shipped, tensors = read_adapter(path)
-    if shipped != acfg:
+    # a run may add the mask row to an adapter without one (it starts as the base's row)
+    if replace(shipped, mask_row=shipped.mask_row or acfg.mask_row) != acfg:
         raise SystemExit(f"{path}: adapter shape {shipped} differs from this run's {acfg}")
     load_adapter_tensors(model, acfg, tensors)
     return cfg.get("dlsp_training", {}) or {}

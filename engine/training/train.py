@@ -28,6 +28,10 @@ from engine.training.data import PackedTokens
 from engine.training.objective import DiffusionLoss, ObjectiveConfig, corrupt
 from engine.training.plot import plot_curve
 
+# --mask-row: the row's learning rate over the LoRA factors'. A 576-wide row (per-coordinate
+# spread of the base's embeddings ~0.14) barely moves at a LoRA rate of 2e-4 over a few hundred steps
+MASK_ROW_LR = 10.0
+
 
 def _weights(text: str) -> tuple[float, float, float]:
     try:
@@ -46,6 +50,16 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (math.isfinite(x) and x > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return x
+
+
+def _nonnegative(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(x) and x >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return x
 
 
@@ -95,7 +109,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="FIM middles: relative weights of one line, 2-8 lines, a random span (e.g. 2,1,1)")
     p.add_argument("--frontier-weight", type=_positive, default=1.0,
                    help="left-to-right holes: loss weight of the first masked slot relative to the rest")
-    p.add_argument("--base-mix", type=float, default=0.0,
+    p.add_argument("--mask-row", action="store_true",
+                   help="with --base: also train the mask token's input embedding row (engine.adapter.MaskRowEmbedding)")
+    p.add_argument("--base-mix", type=_nonnegative, default=0.0,
                    help="with --base: left-to-right holes' first masked slot is trained through the product "
                         "with the base's reading at this weight (the decode's base_weight); 0 = off")
     p.add_argument("--threads", type=int, default=None)
@@ -162,6 +178,8 @@ class Trainer:
             self._init_weights()
             trainable = list(self.model.parameters())
         self.loss_mod = DiffusionLoss(self.model, shifted=FAMILIES[self.args.family].shifted)
+        if a.mask_row and not a.base:
+            raise SystemExit("--mask-row needs --base: it trains a row of the pretrained base's embedding")
         self.base_prior = None
         if a.base_mix > 0:
             if not a.base:
@@ -173,10 +191,13 @@ class Trainer:
             self.base_prior = BasePrior(ar.build(causal_layers=ar.args.n_layers, max_positions=self.args.max_positions)
                                         .to(self.device), a.base_mix)
         self.loss_ddp = torch.nn.parallel.DistributedDataParallel(self.loss_mod) if self.ddp else self.loss_mod
+        row = [self.model.tok_emb.row] if self.adapter is not None and self.adapter.mask_row else []
         decay = [p for p in trainable if p.dim() >= 2]
-        no_decay = [p for p in trainable if p.dim() < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.95))
+        no_decay = [p for p in trainable if p.dim() < 2 and all(p is not r for r in row)]
+        groups = [{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if row:  # one vector among millions of LoRA weights: it moves at its own pace (MASK_ROW_LR)
+            groups.append({"params": row, "weight_decay": 0.0, "lr_mult": MASK_ROW_LR})
+        self.opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95))
         self.train_data = PackedTokens(Path(a.data) / "train.bin")
         self.val = PackedTokens(Path(a.data) / "val.bin").fixed_batches(
             a.eval_batches, a.batch_size, a.seq_len, self.args.bos_id if self.args.bos_id is not None else self.args.eos_id)
@@ -326,7 +347,7 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         a = self.a
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step, a, self.train_seconds)
+            group["lr"] = lr_at(self.step, a, self.train_seconds) * group.get("lr_mult", 1.0)
         batch = self.train_data.batch(a.batch_size, a.seq_len, self.lead, self.g)
         noisy, clean, mask, w, mix = self._corrupt(batch, self.obj, self.g, t_max_at(self.step, a, self.train_seconds))
         open_frac = adapt.open_frac_at(self.step, a.open_steps) if self.adapter is not None else None

@@ -8,7 +8,8 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from engine.adapter import AdapterConfig, LoRALinear, adapter_tensors, add_lora, merge_into, merge_lora
+from engine.adapter import (AdapterConfig, LoRALinear, adapter_tensors, add_lora, load_adapter_tensors, merge_into,
+                            merge_lora)
 from engine.config import FAMILIES, ModelArgs
 from engine.model import Transformer
 from engine.training.objective import DiffusionLoss, ObjectiveConfig, corrupt
@@ -137,3 +138,58 @@ def test_adaptation_objective_learns_with_only_the_adapter():
     for k, v in m.state_dict().items():
         if "lora_" not in k:
             assert torch.equal(v, frozen[k.replace(".base.", ".")])
+
+
+def test_mask_row_trains_only_the_masked_slots_input_and_merges_exactly():
+    """`mask_row`: the mask token's input row is its own parameter. Text without masks reads
+    exactly as before; the shipped row merges into the embedding table to the same function."""
+    m = _model()
+    ids = _ids()
+    ids[0, 5:9] = ARGS.mask_id
+    plain = _ids(seed=3)
+    with torch.no_grad():
+        want, want_plain = m(ids), m(plain)
+    acfg = AdapterConfig(first_layer=2, rank=4, alpha=8.0, mask_row=True)
+    assert AdapterConfig.from_dict(acfg.to_dict()) == acfg
+    assert AdapterConfig.from_dict({**acfg.to_dict(), "mask_row": None}).mask_row is False  # older configs
+    trainable = add_lora(m, acfg)
+    assert any(p is m.tok_emb.row for p in trainable) and m.tok_emb.weight is m.lm_head.weight  # still tied
+    with torch.no_grad():
+        assert torch.allclose(m(ids), want, atol=1e-6)  # the row starts as the base's
+        m.tok_emb.row.normal_(0.0, 1.0)
+        emb = m.tok_emb(ids)
+        assert torch.equal(emb[0, 5:9], m.tok_emb.row.expand(4, -1))
+        assert torch.equal(emb[0, :5], m.tok_emb.base(ids)[0, :5])
+        assert torch.allclose(m(plain), want_plain, atol=1e-6)  # no mask in the text: nothing moved
+        out = m(ids)
+    assert (out - want).abs().max() > 1e-3
+    # the gradient reaches the row, never the frozen (tied) table
+    m.train()
+    m(ids).logsumexp(-1).sum().backward()
+    assert m.tok_emb.row.grad is not None and m.tok_emb.row.grad.abs().sum() > 0
+    assert m.tok_emb.base.weight.grad is None
+    m.eval()
+    tensors = adapter_tensors(m, acfg)
+    assert tensors["tok_emb.mask_row"].shape == (ARGS.dim,)
+    base = _model()
+    state = dict(base.state_dict())
+    try:
+        merge_into(dict(state), acfg, tensors)
+        raise AssertionError("a mask row without the mask id must not merge")
+    except ValueError:
+        pass
+    merge_into(state, acfg, tensors, mask_id=ARGS.mask_id)
+    base.load_state_dict(state)
+    # the merged table is tied to the head, so the mask token's own logit moves with the row: the
+    # engine never proposes the mask; every other logit is the trained model's
+    keep = slice(0, ARGS.mask_id)
+    with torch.no_grad():
+        assert torch.allclose(base(ids)[..., keep], out[..., keep], atol=1e-4)
+        assert torch.allclose(base(plain)[..., keep], want_plain[..., keep], atol=1e-4)
+    # a training run resumes the row from its checkpoint tensors
+    again = _model()
+    add_lora(again, acfg)
+    load_adapter_tensors(again, acfg, tensors)
+    with torch.no_grad():
+        assert torch.allclose(again(ids), out, atol=1e-5)
+        assert torch.allclose(merge_lora(again)(ids)[..., keep], out[..., keep], atol=1e-4)

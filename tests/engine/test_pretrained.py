@@ -3,6 +3,7 @@ reading of the same GGUF, assembly of a shipped adapter, and the missing-package
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import logging
@@ -117,17 +118,20 @@ def test_causal_logits_match_transformers(base):
         assert (open_model(ids)[..., : want.shape[-1]] - want).abs().max() > 1e-2
 
 
-def _export_random_adapter(out: Path, first_layer: int = 28) -> tuple[Transformer, AdapterConfig]:
+def _export_random_adapter(out: Path, first_layer: int = 28,
+                           mask_row: bool = False) -> tuple[Transformer, AdapterConfig]:
     base = read_base()
     model = base.build(causal_layers=first_layer)
     args = model.args
-    acfg = AdapterConfig(first_layer=first_layer, rank=4, alpha=8.0)
+    acfg = AdapterConfig(first_layer=first_layer, rank=4, alpha=8.0, mask_row=mask_row)
     add_lora(model, acfg)
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.05)
+            elif name == "tok_emb.row":
+                p.normal_(0.0, 0.2)
     tok = out.parent / "tok.json"
     tok.write_text(base.tokenizer_json, encoding="utf-8")
     adapt.export(model, args, acfg, out, tok, {"dlsp_training": {"step": 1}})
@@ -180,6 +184,42 @@ def test_adapter_assembles_from_package_and_caches(tmp_path, monkeypatch, caplog
     assert engine.base is None and "the base's reading is off" in caplog.text and "corrupt" in caplog.text
     assert engine.infill(InfillRequest(prefix="def f(x):\n    return ", suffix="\n", max_new_tokens=3,
                                        single_line=True)).text is not None
+
+
+@needs_base
+@pytest.mark.slow
+def test_a_trained_mask_row_assembles_into_the_embedding(tmp_path, monkeypatch):
+    """`mask_row`: the adapter ships the mask token's input row, and the assembled model reads
+    masked slots through it as the trained one did; text without masks is unaffected by it."""
+    monkeypatch.setenv("DLSP_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "adapter"
+    trained, acfg = _export_random_adapter(out, mask_row=True)
+    assert json.loads((out / "config.json").read_text())["dlsp_adapter"]["mask_row"] is True
+    model, args = load_model(out)
+    row = trained.tok_emb.row.detach()
+    assert torch.allclose(model.tok_emb.weight[args.mask_id].float(), row, atol=1e-3)  # fp16 on disk
+    ids = torch.tensor([[0, 1604, 29856, 24, 104, 49152, 49152, 727, 472]])
+    keep = slice(0, args.mask_id)  # the tied head's mask logit moves with the row; it is never proposed
+    trained.eval()
+    with torch.no_grad():
+        assert (model(ids)[..., keep] - trained(ids)[..., keep]).abs().max() < 5e-2
+        without = copy.deepcopy(model)
+        without.tok_emb.weight[args.mask_id] = read_base().state["tok_emb.weight"][args.mask_id]
+        # the row is what the model reads at masked slots; text without masks does not read it
+        assert (model(ids)[..., keep] - without.eval()(ids)[..., keep]).abs().max() > 1e-3
+        plain_ids = ids.masked_fill(ids == args.mask_id, 24)
+        assert torch.equal(model(plain_ids)[..., keep], without(plain_ids)[..., keep])
+    # a run may add the row to a shipped adapter without one, not drop one it has
+    plain = tmp_path / "plain"
+    _export_random_adapter(plain)
+    adds = read_base().build(causal_layers=28)
+    add_lora(adds, acfg)
+    adapt.warm_start(adds, acfg, plain)
+    drops = read_base().build(causal_layers=28)
+    no_row = AdapterConfig(first_layer=28, rank=4, alpha=8.0)
+    add_lora(drops, no_row)
+    with pytest.raises(SystemExit, match="adapter shape"):
+        adapt.warm_start(drops, no_row, out)
 
 
 @needs_base

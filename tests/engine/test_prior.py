@@ -113,5 +113,8 @@ def test_mixed_loss_is_the_product_of_experts_at_the_frontier_only():
 def test_base_mix_needs_the_pretrained_base():
     assert parse(["--base-mix", "1"]).base_mix == 1.0
     assert parse([]).base_mix == 0.0
+    for bad in ("-1", "nan", "inf", "x"):  # a weight below 0 would train the product away from the base
+        with pytest.raises(SystemExit):
+            parse(["--base-mix", bad])
     with pytest.raises(ValueError, match="causal"):
         BasePrior(Transformer(A), 1.0)
