@@ -4,16 +4,35 @@ returned. Works on token id lists only (host side of `engine.generate`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from engine.config import ModelArgs
 from engine.types import SamplingConfig
 
-if TYPE_CHECKING:
-    from engine.generate import _Holes
-
-
 FirstStops = Sequence["set[int] | None"]  # per leading slot of a fill, its own stop tokens (None: the usual)
+
+
+@dataclass
+class Holes:
+    """Per-hole state across growth rounds."""
+
+    fills: list[list[int]]  # committed ids, mask id where not yet committed
+    budget: list[int]  # steps allowed for the current block of each hole
+    used: list[int]  # steps spent on the current block
+
+
+def canvas(a: ModelArgs, segments: list[list[int]], fills: list[list[int]]) -> tuple[list[int], list[int]]:
+    """Lay out the canvas `[lead] prefix [hole 0] middle ... [hole N] suffix [eos]`; return ids
+    and the start position of each hole."""
+    lead = a.bos_id if a.bos_id is not None else a.eos_id
+    ids = [lead, *segments[0]]
+    starts = []
+    for h, fill in enumerate(fills):
+        starts.append(len(ids))
+        ids += fill
+        ids += segments[h + 1]
+    ids.append(a.eos_id)
+    return ids, starts
 
 
 def stop_at(fill: list[int], stop: set[int] | None, first_stop: FirstStops | None) -> int | None:
@@ -34,7 +53,7 @@ def ended(a: ModelArgs, fill: list[int], stop: set[int] | None, first_stop: Firs
     return a.eos_id in fill or a.pad_id in fill or stop_at(fill, stop, first_stop) is not None
 
 
-def grow(a: ModelArgs, holes: _Holes, cfg: SamplingConfig, max_new_tokens: int,
+def grow(a: ModelArgs, holes: Holes, cfg: SamplingConfig, max_new_tokens: int,
           stop: set[int] | None = None, first_stop: FirstStops | None = None) -> bool:
     """Append masks to every hole that has not ended (EOS/pad or a stop token): `grow_tokens` to a
     full one, or with `cfg.lookahead` as many as bring it back to `lookahead` masks. True if any grew."""

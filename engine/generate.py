@@ -20,12 +20,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from engine.config import ModelArgs
 from engine.cuda_graphs import StepGraphs
 from engine.end_rules import EndRules
 from engine.expert import BaseReading, BaseRecord, BaseRun, never_ids
+from engine.fills import Holes, canvas, short_of_masks
 from engine.fills import grow as _grow
-from engine.fills import short_of_masks
 from engine.fills import strip as _strip
 from engine.healing import FirstSlot
 from engine.kv_cache import KVCache, splice_in_place
@@ -65,32 +64,10 @@ class GenOutput:
     base_fed: list[int] | None = None  # the tokens the caches' rows from the hole's start were last fed
 
 
-@dataclass
-class _Holes:
-    """Per-hole state across growth rounds."""
-
-    fills: list[list[int]]  # committed ids, mask id where not yet committed
-    budget: list[int]  # steps allowed for the current block of each hole
-    used: list[int]  # steps spent on the current block
-
-
-def _canvas(a: ModelArgs, segments: list[list[int]], fills: list[list[int]]) -> tuple[list[int], list[int]]:
-    """Lay out the canvas; return ids and the start position of each hole."""
-    lead = a.bos_id if a.bos_id is not None else a.eos_id
-    ids = [lead, *segments[0]]
-    starts = []
-    for h, fill in enumerate(fills):
-        starts.append(len(ids))
-        ids += fill
-        ids += segments[h + 1]
-    ids.append(a.eos_id)
-    return ids, starts
-
-
 class _Run(EndRules):
     """One generation: canvas, cache and counters for a single call of `generate`."""
 
-    def __init__(self, model: Transformer, shifted: bool, cfg: SamplingConfig, holes: _Holes,
+    def __init__(self, model: Transformer, shifted: bool, cfg: SamplingConfig, holes: Holes,
                  segments: list[list[int]], device: torch.device, graphs: StepGraphs | None = None,
                  stop_ids: torch.Tensor | None = None, first: FirstSlot | None = None,
                  banned: list[int] | None = None, blank_ids: torch.Tensor | None = None) -> None:
@@ -158,7 +135,7 @@ class _Run(EndRules):
             self._constrain(nxt)
 
     def layout(self) -> None:
-        ids, starts = _canvas(self.a, self.segments, self.holes.fills)
+        ids, starts = canvas(self.a, self.segments, self.holes.fills)
         self.ids, self.hole_span = ids, (starts[0], starts[-1] + len(self.holes.fills[-1]))
         self.canvas = torch.tensor([ids], device=self.device)  # (1, L)
         hole_of, rows = [], []
@@ -395,7 +372,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     n_holes = len(segments) - 1
     if n0 == 0:
         return GenOutput(fills=[[] for _ in range(n_holes)])
-    holes = _Holes([[a.mask_id] * n0 for _ in range(n_holes)], [cfg.steps or n0] * n_holes, [0] * n_holes)
+    holes = Holes([[a.mask_id] * n0 for _ in range(n_holes)], [cfg.steps or n0] * n_holes, [0] * n_holes)
     run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids, first,
                banned, blank_ids)
     run.texts = texts
@@ -432,49 +409,64 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             run.full()
         if session is not None and not run.full_every_step:
             session.canvas, session.holes, session.cache, session.age = run.ids, run.hole_span, run.cache, run.age
-        t0, step = time.perf_counter(), 0
-        slots = run.slots()
-        before = None  # the slots at the last forward (lazy steps run the rows changed since)
-        left = slots.count(a.mask_id)
-        if spec is not None:
-            spec.reset()
-        while left:
-            if should_stop is not None and should_stop():
-                run.out.cancelled = True
-                run.out.steps_ms += (time.perf_counter() - t0) * 1e3
-                run.out.fills = [[] for _ in range(n_holes)]
-                model.tap = model.tapped = None
-                return run.out
-            if step > 0 and spec is not None:
-                spec.forward(slots)
-            elif step > 0:
-                refresh = run.full_every_step or (cfg.refresh_every > 0 and step % cfg.refresh_every == 0)
-                run.full() if refresh else run.cached_step(before, slots)
-            before = slots
-            slots, left = run.commit(slots, left)
-            step += 1
-            if spec is not None:  # commit on through the drafts that held
-                slots, left = spec.follow(slots, left)
-            if cfg.loop_guard:
-                slots, left = run.cut_loops(slots, left)
-            if run.min_indent is not None and left:
-                slots, left = run.cut_dedent(slots, left)
-            if left and run.short_of_masks(slots):
-                break
-        run.out.steps_ms += (time.perf_counter() - t0) * 1e3
+        if not _denoise(run, spec, should_stop):
+            run.out.fills = [[] for _ in range(n_holes)]
+            model.tap = model.tapped = None
+            return run.out
         run.read_fills()
         prior = (run.ids, run.hole_span, run.cache, run.age, False)  # growth splices the run's own cache
         if not _grow(a, holes, cfg, max_new_tokens, stop, first_stop):
             break
     run.out.fills = [_strip(a, f, stop, first_stop if h == 0 else None) for h, f in enumerate(holes.fills)]
     if not run.full_every_step:
-        run.out.cache = run.cache
-        b = run.base
-        if b is not None and not b.broken and b.state.fed[:run.hole_span[0]] == run.ids[:run.hole_span[0]]:
-            run.out.base_cache = b.state.cache
-        read = run.record.read() if run.record is not None and b is not None else None
-        if read is not None:
-            run.out.base_best, run.out.base_lp = read
-            run.out.base_fed = list(b.state.fed[run.hole_span[0]:])
+        _keep_caches(run)
     model.tap = model.tapped = None
     return run.out
+
+
+def _denoise(run: _Run, spec: Speculator | None, should_stop: Callable[[], bool] | None) -> bool:
+    """One round of steps over the laid-out, encoded canvas until no mask is left (or a rule
+    stops it for a growth round). False when `should_stop` cancelled the run (marked in `run.out`)."""
+    cfg = run.cfg
+    t0, step = time.perf_counter(), 0
+    slots = run.slots()
+    before = None  # the slots at the last forward (lazy steps run the rows changed since)
+    left = slots.count(run.a.mask_id)
+    if spec is not None:
+        spec.reset()
+    while left:
+        if should_stop is not None and should_stop():
+            run.out.cancelled = True
+            run.out.steps_ms += (time.perf_counter() - t0) * 1e3
+            return False
+        if step > 0 and spec is not None:
+            spec.forward(slots)
+        elif step > 0:
+            refresh = run.full_every_step or (cfg.refresh_every > 0 and step % cfg.refresh_every == 0)
+            run.full() if refresh else run.cached_step(before, slots)
+        before = slots
+        slots, left = run.commit(slots, left)
+        step += 1
+        if spec is not None:  # commit on through the drafts that held
+            slots, left = spec.follow(slots, left)
+        if cfg.loop_guard:
+            slots, left = run.cut_loops(slots, left)
+        if run.min_indent is not None and left:
+            slots, left = run.cut_dedent(slots, left)
+        if left and run.short_of_masks(slots):
+            break
+    run.out.steps_ms += (time.perf_counter() - t0) * 1e3
+    return True
+
+
+def _keep_caches(run: _Run) -> None:
+    """What a check after the run reads (`engine.rerank`): the run's cache, the base reading's
+    where it covers the prefix, and the base's choices at the fill's slots."""
+    run.out.cache = run.cache
+    b = run.base
+    if b is not None and not b.broken and b.state.fed[:run.hole_span[0]] == run.ids[:run.hole_span[0]]:
+        run.out.base_cache = b.state.cache
+    read = run.record.read() if run.record is not None and b is not None else None
+    if read is not None:
+        run.out.base_best, run.out.base_lp = read
+        run.out.base_fed = list(b.state.fed[run.hole_span[0]:])

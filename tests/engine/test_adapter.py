@@ -8,8 +8,15 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from engine.adapter import (AdapterConfig, LoRALinear, adapter_tensors, add_lora, load_adapter_tensors, merge_into,
-                            merge_lora)
+from engine.adapter import (
+    AdapterConfig,
+    LoRALinear,
+    adapter_tensors,
+    add_lora,
+    load_adapter_tensors,
+    merge_into,
+    merge_lora,
+)
 from engine.config import FAMILIES, ModelArgs
 from engine.model import Transformer
 from engine.training.objective import DiffusionLoss, ObjectiveConfig, corrupt

@@ -137,7 +137,8 @@ def test_half_right_drafts(mixed, monkeypatch):
 
 
 def test_speculation_only_where_it_is_exact(mixed):
-    from engine.generate import _Holes, _Run
+    from engine.fills import Holes as _Holes
+    from engine.generate import _Run
 
     model, segs = mixed
 
