@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from engine.runtime import (
     release_cold_code,
     release_freed_memory,
 )
-from engine.samplers import CONFIDENCE
+from engine.sampling_checks import check_sampling, checkpoint_sampling
 from engine.tokenizer import Tokenizer
 from engine.types import ContextSegment, InfillRequest, InfillResult, SamplingConfig
 
@@ -57,8 +57,6 @@ IDLE_CACHE_DTYPE = torch.float16
 ANCHOR_CHARS = 48  # text of the window's start remembered to keep it in place across keystrokes
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
-SAMPLERS = ("fast", "naive")
-
 log = logging.getLogger(__name__)
 
 
@@ -89,43 +87,6 @@ def stored_dtype(ckpt: Path) -> torch.dtype:
         return names[kinds.pop()] if len(kinds) == 1 and kinds <= names.keys() else torch.float32
     except (IndexError, OSError, ValueError, KeyError):
         return torch.float32
-
-
-def checkpoint_sampling(ckpt: Path) -> SamplingConfig:
-    """Decoding defaults a checkpoint recommends (`"dlsp_sampling"` in its config.json, chosen by
-    `dlsp eval` for the shipped model); unknown keys are ignored, anything else stays default.
-    Raises CheckpointError naming the file when a value is invalid (at load time, so a bad
-    checkpoint never loads as "ready" and then fails every request)."""
-    path = ckpt / "config.json"
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8")).get("dlsp_sampling") or {}
-    except (OSError, ValueError, AttributeError):
-        return SamplingConfig()  # an unreadable config.json is reported by the model loader
-    if not isinstance(rec, dict):
-        raise CheckpointError(path, "dlsp_sampling must be a JSON object")
-    known = {f.name for f in fields(SamplingConfig)} - {"sampler"}
-    cfg = SamplingConfig(**{k: v for k, v in rec.items() if k in known})
-    problem = sampling_problem(cfg)
-    if problem:
-        raise CheckpointError(path, f"invalid dlsp_sampling: {problem}")
-    return cfg
-
-
-def sampling_problem(cfg: SamplingConfig) -> str | None:
-    """What is wrong with a sampling config (a value's type or range), or None."""
-    for f in fields(SamplingConfig):
-        value, default = getattr(cfg, f.name), f.default
-        kinds = ((bool,) if isinstance(default, bool) else (int,) if isinstance(default, int)
-                 else (str,) if isinstance(default, str) else (int, float))
-        if value is None and default is None:
-            continue
-        if isinstance(value, bool) != (kinds == (bool,)) or not isinstance(value, kinds):
-            return f"{f.name} must be {' or '.join(k.__name__ for k in kinds)}, not {value!r}"
-    try:
-        Engine._check_sampling(cfg)
-    except InvalidRequestError as exc:
-        return str(exc)
-    return None
 
 
 class Engine:
@@ -255,34 +216,7 @@ class Engine:
         if req.min_indent is not None and not (isinstance(req.min_indent, int) and 0 <= req.min_indent <= 4096):
             raise InvalidRequestError("min_indent must be None or 0..4096 columns")
 
-    @staticmethod
-    def _check_sampling(cfg: SamplingConfig) -> None:
-        if cfg.sampler not in SAMPLERS:
-            raise InvalidRequestError(f"unknown sampler {cfg.sampler!r}; known: {', '.join(SAMPLERS)}")
-        if cfg.confidence not in CONFIDENCE:
-            raise InvalidRequestError(f"unknown confidence {cfg.confidence!r}; known: {', '.join(CONFIDENCE)}")
-        if cfg.steps is not None and cfg.steps < 1:
-            raise InvalidRequestError("steps must be >= 1")
-        if cfg.temperature < 0:
-            raise InvalidRequestError("temperature must be >= 0")
-        if cfg.min_per_step < 1:
-            raise InvalidRequestError("min_per_step must be >= 1")
-        if not 0 <= cfg.draft <= 64:
-            raise InvalidRequestError("draft must be in 0..64")
-        if cfg.loop_guard < 0 or cfg.loop_guard == 1:
-            raise InvalidRequestError("loop_guard must be 0 (off) or >= 2")
-        if not (cfg.lookahead == 0 or 2 <= cfg.lookahead <= 256):
-            raise InvalidRequestError("lookahead must be 0 (off) or in 2..256")
-        if not 0.0 <= cfg.end_penalty <= 20.0:  # also false for NaN
-            raise InvalidRequestError("end_penalty must be in 0..20")
-        if not 0.0 <= cfg.end_mass <= 1.0:  # also false for NaN
-            raise InvalidRequestError("end_mass must be in 0..1")
-        if not 0 <= cfg.close_brackets <= 256:
-            raise InvalidRequestError("close_brackets must be in 0..256 (0 = off)")
-        if not 0.0 <= cfg.base_weight <= 16.0:  # also false for NaN
-            raise InvalidRequestError("base_weight must be in 0..16 (0 = off)")
-        if cfg.factor is not None and (cfg.factor <= 0 or cfg.confidence not in ("max_prob", "margin")):
-            raise InvalidRequestError("factor must be > 0 and needs confidence 'max_prob' or 'margin'")
+    _check_sampling = staticmethod(check_sampling)
 
     def _segments(self, req: InfillRequest, session: Session | None) -> tuple[list[list[int]], int, Clipped, str]:
         """Tokenize and clip once, in this model's tokens, within its positions: the cursor window

@@ -30,11 +30,11 @@ from typing import Any
 import torch
 
 from engine.engine import DEFAULT_MODEL_DIR, Engine
-from engine.engine import SAMPLERS as ENGINE_SAMPLERS
 from engine.evaluation.metrics import Outcome, aggregate, score
 from engine.evaluation.paired import floor_checks, lines
 from engine.evaluation.tasks import KINDS, FimTask, after_indent, load_documents, make_tasks
 from engine.model import Transformer
+from engine.sampling_checks import SAMPLERS as ENGINE_SAMPLERS
 from engine.types import InfillRequest, SamplingConfig, parse_sampling
 
 HOLE_TOKENS = {"single_line": 16, "multi_line": 48, "span": 48}

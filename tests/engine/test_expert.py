@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from engine import generate as gen_mod
-from engine.engine import Engine, sampling_problem
+from engine.engine import Engine
 from engine.expert import BaseReading, BaseRun, build_base_reading
 from engine.generate import generate
 from engine.quantize import Int8Linear
 from engine.reuse import Session
+from engine.sampling_checks import sampling_problem
 from engine.types import InfillRequest, SamplingConfig
 
 CFG = SamplingConfig(block=1, lazy_rows=True, nonempty=False, base_weight=1.0)
