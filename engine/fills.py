@@ -1,15 +1,37 @@
 """What a hole's fill is between denoising rounds: where it stops, whether it grows, what is
-returned. Works on token id lists only (host side of `engine.generate`)."""
+returned (`GenOutput`, the result of `engine.generate.generate`). Works on token id lists only (host side of `engine.generate`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.config import ModelArgs
+from engine.kv_cache import KVCache
 from engine.types import SamplingConfig
 
 FirstStops = Sequence["set[int] | None"]  # per leading slot of a fill, its own stop tokens (None: the usual)
+
+
+@dataclass
+class GenOutput:
+    fills: list[list[int]]  # per hole, cut at the first EOS/pad
+    forward_passes: int = 0
+    tokens_per_step: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    prefill_ms: float = 0.0
+    steps_ms: float = 0.0
+    reused_tokens: int = 0  # canvas rows of the first forward whose keys/values were reused
+    # for a check after the run (`engine.rerank`): the run's cache, and the base reading's
+    # keys/values where they cover the prefix (None otherwise)
+    cache: KVCache | None = None
+    base_cache: KVCache | None = None
+    # with `cfg.rerank` and the base mixed in: the base's own greedy choice at each slot of the
+    # fill, from slot 0 through the last slot it read (`engine.rerank` starts from them instead of
+    # reading the fill again); None when the base read no slot
+    base_best: list[int] | None = None
+    base_lp: list[float] | None = None  # the base's log-probability of the fill's token at those slots
+    base_fed: list[int] | None = None  # the tokens the caches' rows from the hole's start were last fed
 
 
 @dataclass

@@ -1,29 +1,29 @@
 """The denoising loop. Works on token ids only: no text, no tokenizer.
 
-Canvas: `[bos] prefix [hole 0] middle ... [hole N] suffix [eos]`, holes start fully masked.
-Two samplers share the loop:
+Canvas (`engine.fills.canvas`): `[bos] prefix [hole 0] ... [hole N] suffix [eos]`, holes start
+fully masked. Two samplers share the loop:
   * naive (reference): a full forward over the canvas at every step, one commit per step;
   * fast: one prefill that caches keys/values of the whole canvas, then each step runs the
     transformer on the hole rows only (plus the shift neighbour for shifted families) against
     the cache, and commits every position whose confidence passes the threshold.
-Both commit at least ceil(remaining / steps_left) per hole (fast, also at least `min_per_step`,
-and optionally Fast-dLLM's factor rule) or one per step (naive), so every position is committed
-by the last step. An EOS inside a hole ends that fill; a full hole
-with no EOS grows by `grow_tokens` while the budget allows.
+Both commit at least ceil(remaining / steps_left) per hole (fast: also `min_per_step`, optionally
+Fast-dLLM's factor rule) or one per step (naive), so every position is committed by the last step.
+An EOS inside a hole ends that fill; a full hole with no EOS grows by `grow_tokens` while the
+budget allows.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
 from engine.cuda_graphs import StepGraphs
 from engine.end_rules import EndRules
 from engine.expert import BaseReading, BaseRecord, BaseRun, never_ids
-from engine.fills import Holes, canvas, short_of_masks
+from engine.fills import GenOutput, Holes, canvas, short_of_masks
 from engine.fills import grow as _grow
 from engine.fills import strip as _strip
 from engine.healing import FirstSlot
@@ -41,27 +41,6 @@ from engine.samplers import (
 )
 from engine.speculate import Speculator, applies
 from engine.types import SamplingConfig
-
-
-@dataclass
-class GenOutput:
-    fills: list[list[int]]  # per hole, cut at the first EOS/pad
-    forward_passes: int = 0
-    tokens_per_step: list[int] = field(default_factory=list)
-    cancelled: bool = False
-    prefill_ms: float = 0.0
-    steps_ms: float = 0.0
-    reused_tokens: int = 0  # canvas rows of the first forward whose keys/values were reused
-    # for a check after the run (`engine.rerank`): the run's cache, and the base reading's
-    # keys/values where they cover the prefix (None otherwise)
-    cache: KVCache | None = None
-    base_cache: KVCache | None = None
-    # with `cfg.rerank` and the base mixed in: the base's own greedy choice at each slot of the
-    # fill, from slot 0 through the last slot it read (`engine.rerank` starts from them instead of
-    # reading the fill again); None when the base read no slot
-    base_best: list[int] | None = None
-    base_lp: list[float] | None = None  # the base's log-probability of the fill's token at those slots
-    base_fed: list[int] | None = None  # the tokens the caches' rows from the hole's start were last fed
 
 
 class _Run(EndRules):
@@ -427,7 +406,6 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
 def _denoise(run: _Run, spec: Speculator | None, should_stop: Callable[[], bool] | None) -> bool:
     """One round of steps over the laid-out, encoded canvas until no mask is left (or a rule
     stops it for a growth round). False when `should_stop` cancelled the run (marked in `run.out`)."""
-    cfg = run.cfg
     t0, step = time.perf_counter(), 0
     slots = run.slots()
     before = None  # the slots at the last forward (lazy steps run the rows changed since)
@@ -442,14 +420,14 @@ def _denoise(run: _Run, spec: Speculator | None, should_stop: Callable[[], bool]
         if step > 0 and spec is not None:
             spec.forward(slots)
         elif step > 0:
-            refresh = run.full_every_step or (cfg.refresh_every > 0 and step % cfg.refresh_every == 0)
+            refresh = run.full_every_step or (run.cfg.refresh_every > 0 and step % run.cfg.refresh_every == 0)
             run.full() if refresh else run.cached_step(before, slots)
         before = slots
         slots, left = run.commit(slots, left)
         step += 1
         if spec is not None:  # commit on through the drafts that held
             slots, left = spec.follow(slots, left)
-        if cfg.loop_guard:
+        if run.cfg.loop_guard:
             slots, left = run.cut_loops(slots, left)
         if run.min_indent is not None and left:
             slots, left = run.cut_dedent(slots, left)

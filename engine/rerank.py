@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from engine.config import ModelArgs
 from engine.expert import BaseReading, never_ids
-from engine.generate import GenOutput
+from engine.fills import GenOutput
 from engine.kv_cache import KVCache
 from engine.speculate import lookup
 from engine.tokenizer import Tokenizer
