@@ -224,6 +224,33 @@ def test_a_trained_mask_row_assembles_into_the_embedding(tmp_path, monkeypatch):
 
 @needs_base
 @pytest.mark.slow
+def test_training_the_mask_row_gives_it_its_own_pace_and_resumes_it(tmp_path):
+    """`dlsp train --mask-row`: the row is trained at MASK_ROW_LR times the schedule's rate and
+    without weight decay, and a resumed run carries the row it had."""
+    from engine.training.train import MASK_ROW_LR, Trainer, parse
+
+    data = tmp_path / "tok"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        rng.integers(1, 4000, 4096).astype(np.uint16).tofile(data / f"{split}.bin")
+    argv = ["--base", "smollm2", "--data", str(data), "--out", str(tmp_path / "r"), "--mask-row", "--seq-len", "32",
+            "--batch-size", "2", "--max-steps", "1", "--eval-every", "100", "--eval-batches", "1", "--open-steps", "0",
+            "--fim-rate", "1.0", "--warmup", "1", "--lr", "1e-3"]
+    t = Trainer(parse(argv))
+    group = next(g for g in t.opt.param_groups if any(p is t.model.tok_emb.row for p in g["params"]))
+    assert group["lr_mult"] == MASK_ROW_LR and group["weight_decay"] == 0.0 and len(group["params"]) == 1
+    before = t.model.tok_emb.row.detach().clone()
+    t.run()
+    moved = t.model.tok_emb.row.detach().clone()
+    assert not torch.equal(moved, before)
+    again = Trainer(parse(argv))  # the same run folder: resumes from its checkpoint
+    assert again.step == 1
+    assert torch.equal(again.model.tok_emb.row.detach(), moved)
+
+
+@needs_base
+@pytest.mark.slow
 def test_int8_model_is_kept_beside_the_assembly_and_reloaded_exactly(tmp_path, monkeypatch, caplog):
     """The first int8 load quantizes and writes the file; the next one reads it (no calibration)
     and computes the same; a corrupt file is said in the log, quantized again and rewritten."""

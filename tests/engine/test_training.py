@@ -213,3 +213,12 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     st = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert st["step"] == 4 and st["tokens_seen"] == 4 * 4 * 32 * 2  # both ranks counted
+
+
+def test_mask_row_needs_the_pretrained_base(tmp_path):
+    """`--mask-row` trains a row of the pretrained base's embedding: a model trained from scratch
+    trains its whole embedding already, and the flag says so instead of being ignored."""
+    base = _data(tmp_path)
+    assert parse(base).mask_row is False
+    with pytest.raises(SystemExit, match="--mask-row needs --base"):
+        Trainer(parse(base + ["--out", str(tmp_path / "r"), "--mask-row"]))
