@@ -333,7 +333,8 @@ class Trainer:
                                          lora_rank=self.a.lora_rank, open_steps=self.a.open_steps,
                                          holes_per_row=self.a.holes_per_row, max_pad=self.a.max_pad,
                                          ltr_rate=self.a.ltr_rate, kind_weights=self.a.kind_weights,
-                                         frontier_weight=self.a.frontier_weight, base_mix=self.a.base_mix)
+                                         frontier_weight=self.a.frontier_weight, base_mix=self.a.base_mix,
+                                         mask_row=self.a.mask_row)
             adapt.export(self.model, self.args, self.adapter, Path(self.a.export), Path(self.a.tokenizer), meta)
             return
         save_checkpoint(self.model, self.a.export, tokenizer_json=self.a.tokenizer, extra_config=meta,
