@@ -2,7 +2,8 @@
 
 The embedded default model ships only what adaptation trained: LoRA factors for the linear maps of
 the upper (bidirectional) layers, plus any fully trained small tensors and, with `mask_row`, the
-mask token's input embedding (`tok_emb.mask_row`, one row), in `adapter.safetensors` beside a config.json that names its base (`dlsp_base`) and its adapter shape (`dlsp_adapter`).
+mask token's input embedding (`tok_emb.mask_row`, one row), in `adapter.safetensors` beside a
+config.json that names its base (`dlsp_base`) and its adapter shape (`dlsp_adapter`).
 `engine.assembly` merges them into the base weights on first load.
 
 Works on modules and tensors only; knows nothing about files of the base or about training loops.

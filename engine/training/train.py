@@ -43,24 +43,22 @@ def _weights(text: str) -> tuple[float, float, float]:
     return w  # type: ignore[return-value]
 
 
-def _positive(text: str) -> float:
+def _finite(text: str, zero_ok: bool) -> float:
     try:
         x = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(x) and x > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    if not (math.isfinite(x) and (x >= 0 if zero_ok else x > 0)):
+        raise argparse.ArgumentTypeError(f"expected a finite number {'>=' if zero_ok else '>'} 0, got {text!r}")
     return x
+
+
+def _positive(text: str) -> float:
+    return _finite(text, zero_ok=False)
 
 
 def _nonnegative(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(x) and x >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return x
+    return _finite(text, zero_ok=True)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -166,6 +164,8 @@ class Trainer:
             torch.set_num_threads(a.threads)
         torch.manual_seed(a.seed)
         self.adapter = None
+        if a.mask_row and not a.base:
+            raise SystemExit("--mask-row needs --base: it trains a row of the pretrained base's embedding")
         if a.base:
             self.model, self.args, self.adapter, trainable, tok_path = adapt.build(a, Path(a.out))
             a.tokenizer = str(tok_path)
@@ -178,8 +178,6 @@ class Trainer:
             self._init_weights()
             trainable = list(self.model.parameters())
         self.loss_mod = DiffusionLoss(self.model, shifted=FAMILIES[self.args.family].shifted)
-        if a.mask_row and not a.base:
-            raise SystemExit("--mask-row needs --base: it trains a row of the pretrained base's embedding")
         self.base_prior = None
         if a.base_mix > 0:
             if not a.base:
@@ -191,12 +189,12 @@ class Trainer:
             self.base_prior = BasePrior(ar.build(causal_layers=ar.args.n_layers, max_positions=self.args.max_positions)
                                         .to(self.device), a.base_mix)
         self.loss_ddp = torch.nn.parallel.DistributedDataParallel(self.loss_mod) if self.ddp else self.loss_mod
-        row = [self.model.tok_emb.row] if self.adapter is not None and self.adapter.mask_row else []
+        row = self.model.tok_emb.row if self.adapter is not None and self.adapter.mask_row else None
         decay = [p for p in trainable if p.dim() >= 2]
-        no_decay = [p for p in trainable if p.dim() < 2 and all(p is not r for r in row)]
+        no_decay = [p for p in trainable if p.dim() < 2 and p is not row]
         groups = [{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if row:  # one vector among millions of LoRA weights: it moves at its own pace (MASK_ROW_LR)
-            groups.append({"params": row, "weight_decay": 0.0, "lr_mult": MASK_ROW_LR})
+        if row is not None:  # one vector among millions of LoRA weights: it moves at its own pace
+            groups.append({"params": [row], "weight_decay": 0.0, "lr_mult": MASK_ROW_LR})
         self.opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95))
         self.train_data = PackedTokens(Path(a.data) / "train.bin")
         self.val = PackedTokens(Path(a.data) / "val.bin").fixed_batches(
