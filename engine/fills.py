@@ -1,5 +1,6 @@
 """What a hole's fill is between denoising rounds: where it stops, whether it grows, what is
-returned (`GenOutput`, the result of `engine.generate.generate`). Works on token id lists only (host side of `engine.generate`)."""
+returned (`GenOutput`, the result of `engine.generate.generate`). Works on token id lists only
+(host side of `engine.generate`)."""
 
 from __future__ import annotations
 
