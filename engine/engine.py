@@ -23,7 +23,6 @@ from engine.checkpoint import load_model, load_tokenizer, read_args
 from engine.clip import Clipped, Piece, clip, split_budget
 from engine.config import FAMILIES, ModelArgs
 from engine.cuda_graphs import StepGraphs
-from engine.draft_head import DraftHead, load_draft_head
 from engine.errors import CheckpointError, InvalidRequestError
 from engine.expert import BaseReading, build_base_reading
 from engine.generate import generate
@@ -117,7 +116,6 @@ class Engine:
                         if i < self.args.vocab_size and i not in (self.args.eos_id, self.args.pad_id)]
         self._healer: Healer | None = None
         self.drafts: NgramDrafts | None = None  # speculative drafts (`engine.ngram`), from the checkpoint
-        self.draft_head: DraftHead | None = None  # learned drafts (`engine.draft_head`), from the checkpoint
         self.base: BaseReading | None = None  # the pretrained base's upper layers (`engine.expert`)
         if reuse is None:  # auto: reuse when some layers are causal (their prefix keys/values stay exact)
             env = os.environ.get("DLSP_REUSE", "auto")
@@ -185,8 +183,6 @@ class Engine:
         engine.int8_cached = cached is not None
         engine.adapted_from_base = adapted
         engine.drafts = load_drafts(ckpt)
-        head = load_draft_head(ckpt, model.args.dim)
-        engine.draft_head = None if head is None else head.to(device)
         if base_blocks is not None:
             engine.base = BaseReading(model, base_blocks)
         elif want_base and cached is None:
@@ -339,7 +335,6 @@ class Engine:
                        stop_ids=self._newline_ids() if req.single_line else None,
                        first=heal[1] if heal is not None else None, session=session, policy=self.reuse,
                        banned=self._banned, blank_ids=self._blank_ids(), drafts=self.drafts,
-                       draft_head=self.draft_head,
                        texts=self.healer().texts, base=self.base if req.single_line or cfg.base_multiline else None,
                        min_indent=None if req.single_line else req.min_indent)
         t2 = time.perf_counter()

@@ -21,7 +21,6 @@ from dataclasses import replace
 import torch
 
 from engine.cuda_graphs import StepGraphs
-from engine.draft_head import DraftHead
 from engine.end_rules import EndRules
 from engine.expert import BaseReading, BaseRecord, BaseRun, never_ids
 from engine.fills import GenOutput, Holes, canvas, short_of_masks
@@ -312,8 +311,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
              session: Session | None = None, policy: ReusePolicy | None = None,
              banned: list[int] | None = None, blank_ids: torch.Tensor | None = None,
              drafts: NgramDrafts | None = None, texts: list[str] | None = None,
-             base: BaseReading | None = None, min_indent: int | None = None,
-             draft_head: DraftHead | None = None) -> GenOutput:
+             base: BaseReading | None = None, min_indent: int | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -345,8 +343,6 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             kept in the session like the model's.
         min_indent: multi-line fills (no `stop_ids`, with `texts`): a fill ends before its first
             line after the first that starts left of this many columns (`cut_dedent`).
-        draft_head: the model's learned drafter (`engine.draft_head`): speculative drafts from the
-            base's reading (so only where `base` is on), tried before the lookup.
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """
@@ -373,7 +369,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     if cfg.lookahead:
         run.short_of_masks = lambda slots: short_of_masks(a, slots, run.hole_host, n_holes, cfg.lookahead,
                                                           max_new_tokens, stop, first_stop)
-    spec = Speculator(run, cfg.draft, drafts, draft_head) if applies(run) else None
+    spec = Speculator(run, cfg.draft, drafts) if applies(run) else None
     prior = None
     if session is not None and session.canvas is not None and session.cache is not None:
         prior = (session.canvas, session.holes, session.cache, session.age, True)

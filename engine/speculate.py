@@ -29,10 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-HEAD_MIN_PROB = 0.0  # the head's chain stops at a guess less likely than this
-
 if TYPE_CHECKING:
-    from engine.draft_head import DraftHead
     from engine.generate import _Run
     from engine.ngram import NgramDrafts
 
@@ -50,16 +47,13 @@ class Speculator:
 
     Attributes:
         table: the model's trigram table (`engine.ngram`): drafts where the lookup finds none.
-        head: the model's learned drafter (`engine.draft_head`), read from the base's hidden state
-            at the row before the frontier (`run.base`); None, or no base reading: not used.
         drafts: canvas position -> the token drafted for that (masked) slot.
         fed: the rows of the last speculative forward, (position, token fed) in order; None
             when the hidden states come from a prefill or reuse step (nothing to check).
     """
 
-    def __init__(self, run: _Run, width: int, table: NgramDrafts | None = None,
-                 head: DraftHead | None = None) -> None:
-        self.run, self.width, self.table, self.head = run, width, table, head
+    def __init__(self, run: _Run, width: int, table: NgramDrafts | None = None) -> None:
+        self.run, self.width, self.table = run, width, table
         self.drafts: dict[int, int] = {}
         self.fed: list[tuple[int, int]] | None = None
         self.prior: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -138,33 +132,17 @@ class Speculator:
             v[:, :, bad] = v_old[:, :, valid:]
 
     def _draft(self, slots: list[int]) -> None:
-        """Drafts for the next `width` masked slots: the learned head's chain where it has the
-        base's hidden state (`_head_drafts`), else what followed the last committed tokens where
-        they occur in the visible text (`lookup`), else what the trigram table says."""
+        """Drafts for the next `width` masked slots: what followed the last committed tokens
+        where they occur in the visible text (`lookup`), else what the trigram table says."""
         run = self.run
         first = slots.index(run.a.mask_id)
         targets = run.pos_host[first:first + self.width]
         lo, hi = run.hole_span
         before = run.ids[:lo] + slots[:first]
-        drafts = self._head_drafts(before, targets)
-        if not drafts:
-            drafts = lookup(before, run.ids[hi:], len(targets))
+        drafts = lookup(before, run.ids[hi:], len(targets))
         if not drafts and self.table is not None:
             drafts = self.table.draft(before, len(targets))
         self.drafts = dict(zip(targets, drafts))
-
-    def _head_drafts(self, before: list[int], targets: list[int]) -> list[int]:
-        """The head's chain from the base's final hidden state at the row before the frontier
-        token `before[-1]` (at position `targets[0] - 1`); empty when that row was not read."""
-        run = self.run
-        if self.head is None or run.base is None or not targets or len(before) < 2:
-            return []
-        feature = run.base.hidden_at(targets[0] - 2)  # (1, D): the row whose logits gave before[-1]
-        if feature is None:
-            return []
-        model = run.model
-        return self.head.chain(feature, before[-1], len(targets), model.tok_emb, model.logits,
-                               min_prob=HEAD_MIN_PROB, mask_id=run.a.mask_id)
 
 def lookup(before: list[int], after: list[int], n: int, orders: tuple[int, ...] = (3, 2, 1)) -> list[int]:
     """Prompt-lookup drafts (Saxena, 2023): the tokens that followed the last `order` tokens of
