@@ -17,7 +17,12 @@ Drafts come from the visible text (prompt lookup, Saxena 2023): code repeats its
 followed the last few committed tokens elsewhere in the file is often what follows now. The
 model's own predictions for slots two or more ahead of the frontier (conditioned on masks in
 between) were tried as drafts too and almost never held (1.08 -> 1.05 forwards per token on 12
-held-out fills, against 0.56 with lookup drafts). A forward over a few rows costs about what one
+held-out fills, against 0.56 with lookup drafts). So did a learned drafter (EAGLE-style, Li et al.,
+2024, arXiv:2401.15077: a 3.3M-parameter layer carrying the base's hidden state one token on,
+trained on 1.6M tokens; commit 3269766, reverted): it agreed with the base's next token at 35% of
+held-out positions but cannot copy the file's own names, where lookup drafts hold; on 100 held-out
+lines it gave 0.922 forwards per token first, 0.694 only where the lookup finds nothing, against
+0.699 without it. A forward over a few rows costs about what one
 row does on a CPU (the weights are read once per forward either way), and the forward runs only
 as many rows as there are drafts. This is speculative decoding (Leviathan et al., 2023,
 arXiv:2211.17192) with a drafter that needs no model.
