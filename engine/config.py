@@ -40,6 +40,12 @@ class ModelArgs:
         return self.dim // self.n_heads
 
     @property
+    def lead_id(self) -> int:
+        """The id every canvas and training row starts with: BOS, else EOS (a shifted family's
+        first slot needs a row before it)."""
+        return self.bos_id if self.bos_id is not None else self.eos_id
+
+    @property
     def special_ids(self) -> tuple[int, ...]:
         """mask, eos, pad, bos and expand ids that are set, sorted, without repeats."""
         return tuple(sorted({i for i in (self.mask_id, self.eos_id, self.pad_id, self.bos_id, self.expand_id)

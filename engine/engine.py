@@ -64,11 +64,6 @@ def best_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _lead_id(a: ModelArgs) -> int:
-    """The id a canvas starts with (BOS, else EOS)."""
-    return a.bos_id if a.bos_id is not None else a.eos_id
-
-
 def _clean(text: str) -> str:
     """Lone surrogates (from undecodable bytes) become U+FFFD so the tokenizer never fails."""
     return text.encode("utf-8", "replace").decode("utf-8")
@@ -163,7 +158,7 @@ class Engine:
         args = read_args(weights)  # a missing or bad config.json is named before the tokenizer
         tokenizer = load_tokenizer(ckpt)
         want_base = adapted and os.environ.get("DLSP_BASE_READING", "1") != "0" and args.causal_layers > 0
-        calibration = calibration_ids(tokenizer, _lead_id(args)) if int8 else None
+        calibration = calibration_ids(tokenizer, args.lead_id) if int8 else None
         cached, base_blocks, cache_file = None, None, None
         if calibration and adapted:  # the int8 model as quantized before, when its inputs have not changed
             cached, base_blocks, cache_file = int8_cache.lookup(ckpt, weights, args, calibration, want_base)
@@ -351,7 +346,7 @@ class Engine:
         t3 = time.perf_counter()
         if (cfg.rerank and req.single_line and req.n_holes == 1 and cfg.temperature == 0 and texts[0].strip()
                 and out.base_cache is not None and self.base is not None):
-            inputs = from_run(out, [_lead_id(self.args), *segments[0]], segments[-1], self.args, self.tokenizer,
+            inputs = from_run(out, [self.args.lead_id, *segments[0]], segments[-1], self.args, self.tokenizer,
                               self.base, self._banned, self._newline_ids(),
                               heal[1].allowed if heal is not None else None, cfg.draft)
             checked = rerank(inputs, heal[0] if heal is not None else "", texts[0], req.suffix,

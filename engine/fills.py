@@ -47,8 +47,7 @@ class Holes:
 def canvas(a: ModelArgs, segments: list[list[int]], fills: list[list[int]]) -> tuple[list[int], list[int]]:
     """Lay out the canvas `[lead] prefix [hole 0] middle ... [hole N] suffix [eos]`; return ids
     and the start position of each hole."""
-    lead = a.bos_id if a.bos_id is not None else a.eos_id
-    ids = [lead, *segments[0]]
+    ids = [a.lead_id, *segments[0]]
     starts = []
     for h, fill in enumerate(fills):
         starts.append(len(ids))

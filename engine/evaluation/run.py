@@ -122,8 +122,7 @@ def base_ar_engine(engine: Engine) -> Engine:
     if getattr(engine, "int8", False):  # the same arithmetic as the model it is the floor of
         from engine.quantize import calibration_ids, quantize_int8
 
-        quantize_int8(model, calibration_ids(engine.tokenizer, model.args.bos_id if model.args.bos_id is not None
-                                             else model.args.eos_id))
+        quantize_int8(model, calibration_ids(engine.tokenizer, model.args.lead_id))
     ar = Engine(model, engine.tokenizer, name="base_ar", default_sampling=SamplingConfig(block=1))
     ar.int8 = getattr(engine, "int8", False)
     return ar

@@ -198,9 +198,9 @@ class Trainer:
         self.opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.95))
         self.train_data = PackedTokens(Path(a.data) / "train.bin")
         self.val = PackedTokens(Path(a.data) / "val.bin").fixed_batches(
-            a.eval_batches, a.batch_size, a.seq_len, self.args.bos_id if self.args.bos_id is not None else self.args.eos_id)
+            a.eval_batches, a.batch_size, a.seq_len, self.args.lead_id)
         self.is_nl = torch.tensor(self.tok.newline_ids(self.args.vocab_size), dtype=torch.bool)  # line boundaries
-        self.lead = self.args.bos_id if self.args.bos_id is not None else self.args.eos_id
+        self.lead = self.args.lead_id
         self.obj = ObjectiveConfig(fim_rate=a.fim_rate, weighting=a.loss_weighting, region=a.region,
                                    holes_per_row=a.holes_per_row, max_pad=a.max_pad,
                                    ltr_rate=a.ltr_rate, kind_weights=a.kind_weights,

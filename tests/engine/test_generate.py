@@ -422,3 +422,15 @@ def test_a_partial_lead_is_offered_to_left_to_right_decodes_only():
     out = _run(ScriptedModel(script), [[3], [12]], SamplingConfig(sampler="naive"), hole_tokens=4,
                max_new_tokens=4, first=_chain())
     assert out.fills[0][0] == 6
+
+
+def test_the_canvas_leads_with_bos_else_eos():
+    """Inference canvases and training rows start with one lead id (`ModelArgs.lead_id`): BOS, or
+    EOS for a vocabulary without BOS (SmolLM2's), so a shifted family's first slot has a row."""
+    from engine.fills import canvas
+
+    with_bos, without = ModelArgs(bos_id=2, eos_id=1), ModelArgs(bos_id=None, eos_id=7)
+    assert (with_bos.lead_id, without.lead_id) == (2, 7)
+    ids, starts = canvas(without, [[10, 11], [12]], [[0, 0]])
+    assert ids == [7, 10, 11, 0, 0, 12, 7] and starts == [3]
+    assert canvas(with_bos, [[10], [12]], [[0]])[0][0] == 2
