@@ -22,9 +22,8 @@ held-out fills, against 0.56 with lookup drafts). So did a learned drafter (EAGL
 trained on 1.6M tokens; commit 3269766, reverted): it agreed with the base's next token at 35% of
 held-out positions but cannot copy the file's own names, where lookup drafts hold; on 100 held-out
 lines it gave 0.922 forwards per token first, 0.694 only where the lookup finds nothing, against
-0.699 without it. A forward over a few rows costs about what one
-row does on a CPU (the weights are read once per forward either way), and the forward runs only
-as many rows as there are drafts. This is speculative decoding (Leviathan et al., 2023,
+0.699 without it. A forward over a few rows costs about what one row does on a CPU (the weights
+are read once per forward either way), and the forward runs only as many rows as there are drafts. This is speculative decoding (Leviathan et al., 2023,
 arXiv:2211.17192) with a drafter that needs no model.
 """
 
