@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +106,7 @@ class Transformer(nn.Module):
 
     # ---- full forward ------------------------------------------------------------------
     def prefill(self, ids: torch.Tensor, keep_cache: bool = True,
-                open_frac: float | None = None) -> tuple[torch.Tensor, KVCache]:
+                open_frac: float | None = None, drafts: DraftRows | None = None) -> tuple[torch.Tensor, KVCache]:
         """Full forward (the first `args.causal_layers` layers causal, the rest bidirectional).
 
         Args:
@@ -113,6 +114,7 @@ class Transformer(nn.Module):
             open_frac: training only: in the bidirectional layers, attention to keys ahead of the
                 query is scaled by this factor (0 = causal, 1 or None = fully open); attention is
                 opened gradually while an AR-initialised model adapts.
+            drafts: rows checked in the same forward (see `DraftRows`); needs `keep_cache`.
         Returns:
             hidden (B, L, D) after the final norm, and the per-layer cache (empty if not kept).
         """
@@ -125,13 +127,17 @@ class Transformer(nn.Module):
             bias = torch.zeros(n, n, device=ids.device).masked_fill(ahead, math.log(max(open_frac, 1e-12)))
         x = self.tok_emb(ids)
         cache = KVCache.empty()
+        after = None if drafts is None else _DraftPass(self, drafts)
         for i in range(len(self.layers)):
             if i == self.tap:
                 self.tapped = x
             x, k, v = self.layer_forward(i, x, cos, sin, bias)
             if keep_cache:
                 cache.append(k, v, dtype=self.cache_dtype)
-        return self.norm(x), cache
+            if after is not None:
+                after.layer(i, cache)
+        h = self.norm(x)
+        return (h, cache) if after is None else (after.finish(h), cache)
 
     def layer_forward(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -155,7 +161,8 @@ class Transformer(nn.Module):
     # ---- cached step -------------------------------------------------------------------
     def step(self, ids: torch.Tensor, index: torch.Tensor, cache: KVCache,
              kv_len: torch.Tensor | None = None,
-             prior: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+             prior: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+             drafts: DraftRows | None = None) -> torch.Tensor:
         """Forward of selected canvas rows against the cache.
 
         Args:
@@ -169,6 +176,8 @@ class Transformer(nn.Module):
                 it as they were (`ordered_rows_attention`), so row i computes exactly what it
                 would in a step of its own before rows i+1.. changed (speculative checking).
                 Causal layers never see later rows. Not with `kv_len`.
+            drafts: rows checked in the same forward (see `DraftRows`), their positions among
+                `index`; not with `kv_len` or `prior`.
         Returns:
             hidden (B, Q, D) after the final norm.
         """
@@ -180,6 +189,7 @@ class Transformer(nn.Module):
         if kv_len is None and index.device.type == "cpu" and self.args.causal_layers > 0:
             upto = int(index.max()) + 1
             causal_mask = None if index.numel() == 1 else future_mask(index, upto)
+        after = None if drafts is None else _DraftPass(self, drafts, index)
         for i, (layer, (kc, vc)) in enumerate(zip(self.layers, cache)):
             if i == self.tap:
                 self.tapped = x
@@ -195,7 +205,10 @@ class Transformer(nn.Module):
             else:
                 o = attention(q, kc, vc, kv_len)
             x = layer.finish(x, o)
-        return self.norm(x)
+            if after is not None:
+                after.layer(i, cache)
+        h = self.norm(x)
+        return h if after is None else after.finish(h)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """LM head: (..., D) -> (..., V) in float32."""
@@ -214,6 +227,76 @@ class Transformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@dataclass
+class DraftRows:
+    """Rows a forward checks after its own, layer by layer (speculative decoding's check folded
+    into the forward that encodes the canvas: `engine.speculate`). They hold drafted tokens at
+    canvas positions the forward runs too (as masks): after each layer's own rows, the draft rows
+    run against the cache as a `step(prior=...)` of them would (each sees the rows after it as
+    the forward left them) and overwrite the keys/values at their positions. The forward returns
+    its hidden states with the draft rows' in place of those positions' (and so does `tapped`),
+    and `prior` holds what the draft rows overwrote, per layer, for putting back the rows whose
+    drafts do not hold. The weights are read once for both: on a CPU the rows cost what a step
+    of their own adds to a forward's rows, not a forward.
+
+    Attributes:
+        ids: (1, Q) the drafted tokens; index: (Q,) their canvas positions, ascending.
+        prior: set by the forward: per layer, (k, v) (1, Hkv, Q, hd) at `index` before the drafts.
+    """
+
+    ids: torch.Tensor
+    index: torch.Tensor
+    prior: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
+class _DraftPass:
+    """The draft rows of one forward, carried through its layers (`DraftRows`)."""
+
+    def __init__(self, model: Transformer, drafts: DraftRows, rows: torch.Tensor | None = None) -> None:
+        self.m, self.d = model, drafts
+        index = drafts.index
+        self.cos, self.sin = rope_tables(model.args.head_dim, index, model.args.rope_theta)
+        self.x = model.tok_emb(drafts.ids)
+        self.tapped: torch.Tensor | None = None
+        # the causal layers as `step` runs them (the same kernels: a right draft's row is the
+        # one a check of its own would compute)
+        self.upto = int(index.max()) + 1 if index.device.type == "cpu" else None
+        self.mask = None if self.upto is None or index.numel() == 1 else future_mask(index, self.upto)
+        # where the draft rows sit among the forward's own rows (None: the whole canvas, 0..L-1)
+        self.at = index if rows is None else torch.searchsorted(rows, index)
+        drafts.prior = []
+
+    def layer(self, i: int, cache: KVCache) -> None:
+        m, d = self.m, self.d
+        if i == m.tap:
+            self.tapped = self.x
+        kc, vc = cache.keys[i], cache.values[i]
+        layer = m.layers[i]
+        k_old, v_old = kc[:, :, d.index].clone(), vc[:, :, d.index].clone()
+        d.prior.append((k_old, v_old))
+        q, k, v = layer.qkv(self.x, self.cos, self.sin)
+        kc[:, :, d.index] = k.to(kc.dtype)
+        vc[:, :, d.index] = v.to(vc.dtype)
+        if i < m.args.causal_layers and self.upto is not None:
+            o = grouped_sdpa(q, kc[:, :, :self.upto], vc[:, :, :self.upto], self.mask)
+        elif i < m.args.causal_layers:
+            o = causal_attention(q, kc, vc, d.index)
+        else:
+            o = ordered_rows_attention(q, kc, vc, d.index, k_old, v_old,
+                                       spare=_spare_rows(cache, i, len(d.index)))
+        self.x = layer.finish(self.x, o)
+
+    def finish(self, h: torch.Tensor) -> torch.Tensor:
+        """The forward's hidden states (and `tapped`) with the draft rows' in their places."""
+        h = h.clone()
+        h[:, self.at] = self.m.norm(self.x)
+        if self.tapped is not None and self.m.tapped is not None:
+            tapped = self.m.tapped.clone()
+            tapped[:, self.at] = self.tapped
+            self.m.tapped = tapped
+        return h
 
 
 def _spare_rows(cache: KVCache, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -26,12 +26,12 @@ class ScriptedModel(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.calls = 0
 
-    def prefill(self, ids, keep_cache=True):
+    def prefill(self, ids, keep_cache=True, drafts=None):
         self.calls += 1
         pos = torch.arange(ids.shape[1], dtype=torch.float32)
         return torch.stack([pos, torch.ones_like(pos)], -1)[None], [] if not keep_cache else [None]
 
-    def step(self, ids, index, cache):
+    def step(self, ids, index, cache, drafts=None):
         self.calls += 1
         return torch.stack([index.float(), torch.ones(len(index))], -1)[None]
 

@@ -20,7 +20,7 @@ class CountingModel(ScriptedModel):
         super().__init__(script)
         self.masks_seen: list[int] = []
 
-    def prefill(self, ids, keep_cache=True):
+    def prefill(self, ids, keep_cache=True, drafts=None):
         self.masks_seen.append(int((ids == A.mask_id).sum()))
         return super().prefill(ids, keep_cache)
 

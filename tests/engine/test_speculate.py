@@ -15,7 +15,9 @@ from engine.reuse import Session
 from engine.types import SamplingConfig
 from kernels.attention import attention_ref, ordered_rows_attention
 
-CFG = SamplingConfig(block=1, lazy_rows=True, eos_fill=False, eos_frontier=False, nonempty=False)
+# the checks after the encoding forward; the opening's own tests turn `draft_opening` on
+CFG = SamplingConfig(block=1, lazy_rows=True, eos_fill=False, eos_frontier=False, nonempty=False,
+                     draft_opening=False)
 HOLE = 12
 
 
@@ -173,16 +175,18 @@ def test_engine_text_is_the_same_with_and_without_drafts(tmp_path):
     engine = Engine.from_pretrained(str(ckpt), device="cpu", int8=False)
     text = "def area(w, h):\n    return w * h\n\n\ndef volume(w, h, d):\n    return area(w, h) * d\n\n\ndef perimeter(w, h):\n    return "
     runs = {}
-    for draft in (0, 4):
-        cfg = replace(engine.default_sampling, block=1, lazy_rows=True, draft=draft)
+    for draft, opening in ((0, False), (4, False), (4, True)):
+        cfg = replace(engine.default_sampling, block=1, lazy_rows=True, draft=draft, draft_opening=opening)
         outs = []
         for typed in ("", "2", "2 * (w"):  # keystrokes in one session: the cache is reused
             req = InfillRequest(prefix=text + typed, suffix="\n", hole_tokens=8, max_new_tokens=16,
-                                sampling=cfg, single_line=bool(typed), session=f"doc{draft}")
+                                sampling=cfg, single_line=bool(typed), session=f"doc{draft}{opening}")
             outs.append(engine.infill(req))
-        runs[draft] = outs
-    assert [o.text for o in runs[4]] == [o.text for o in runs[0]]
-    assert sum(o.forward_passes for o in runs[4]) < sum(o.forward_passes for o in runs[0])  # drafts held
+        runs[draft, opening] = outs
+    texts = {k: [o.text for o in v] for k, v in runs.items()}
+    assert texts[4, False] == texts[0, False] and texts[4, True] == texts[0, False]
+    passes = {k: sum(o.forward_passes for o in v) for k, v in runs.items()}
+    assert passes[4, True] <= passes[4, False] < passes[0, False]  # drafts held
 
 
 def test_a_prefill_cache_lends_its_spare_rows_to_the_check(mixed):
@@ -212,3 +216,142 @@ def test_drafts_keep_the_one_row_decode_with_lookahead(mixed, lookahead):
     spec = generate(model, segs, replace(cfg, draft=4), True, hole_tokens=6, max_new_tokens=40)
     assert spec.fills == one.fills and len(one.fills[0]) > 20
     assert spec.forward_passes < one.forward_passes
+
+
+# ---- the opening: drafts checked by the forward that encodes the canvas ---------------------
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("encode", ["prefill", "step"])
+def test_a_forward_checks_draft_rows_as_a_check_of_their_own_would(mixed, encode):
+    """`DraftRows`: the forward's own rows come out as without them; the draft rows' hidden
+    states, keys/values and layer inputs are those of a `step(prior=...)` of them run after it,
+    and `prior` is what they overwrote."""
+    from engine.model import DraftRows
+
+    model, segs = mixed
+    a = model.args
+    s = 1 + len(segs[0])
+    ids = torch.tensor([[a.bos_id, *segs[0], *[a.mask_id] * 6, *segs[1]]])
+    index = torch.tensor([s, s + 1, s + 2])
+    dr = torch.tensor([[5, 9, 7]])
+    model.tap = 1
+    try:
+        with torch.no_grad():
+            h_ref, cache = model.prefill(ids)
+            rows = torch.arange(s - 3, s + 6)
+            if encode == "step":  # a reuse step over the hole's rows and a few before it
+                h_ref = model.step(ids[:, rows], rows, cache)
+            tapped_ref = model.tapped.clone()
+            prior = [(k[:, :, index].clone(), v[:, :, index].clone()) for k, v in cache]
+            h_step = model.step(dr, index, cache, prior=prior)
+            tapped_step = model.tapped.clone()
+            d = DraftRows(dr, index)
+            if encode == "prefill":
+                h, cache_d = model.prefill(ids, drafts=d)
+                at = index
+            else:
+                _, cache_d = model.prefill(ids)
+                h = model.step(ids[:, rows], rows, cache_d, drafts=d)
+                at = index - rows[0]
+    finally:
+        model.tap = None
+    keep = torch.ones(h.shape[1], dtype=torch.bool)
+    keep[at] = False
+    _close(h[:, keep], h_ref[:, keep])
+    _close(h[:, at], h_step)
+    assert model.tapped is not None
+    _close(model.tapped[:, at], tapped_step)
+    _close(model.tapped[:, keep], tapped_ref[:, keep])
+    model.tapped = None
+    for (k, v), (k_ref, v_ref), (k_old, v_old), (pk, pv) in zip(cache_d, cache, prior, d.prior):
+        _close(k, k_ref)
+        _close(v, v_ref)
+        _close(pk, k_old)
+        _close(pv, v_old)
+
+
+def _run_open(model, segs, cfg, first, rest, monkeypatch, session=None):
+    """generate() with the opening on; `first(p)` / `rest(p)`: the draft at canvas position p
+    for the first masked slot / any other (replacing the lookup's, the line rule's and the table's)."""
+    monkeypatch.setattr(speculate.Speculator, "_first_draft", lambda self, before, after, i: first(len(before)))
+    monkeypatch.setattr(speculate.Speculator, "_guess",
+                        lambda self, before, after, n: [rest(p) for p in range(len(before), len(before) + n)])
+    session = session or Session()
+    out = generate(model, segs, replace(cfg, draft_opening=True), True, hole_tokens=HOLE,
+                   max_new_tokens=HOLE, session=session)
+    return out, session
+
+
+def test_a_right_opening_saves_the_first_check(mixed, monkeypatch):
+    """Right drafts from the first slot: the prefill commits the first slot and goes on through
+    the `draft` slots after it (5 tokens with draft=3), then 4 per forward: 12 tokens in
+    1 + ceil(7 / 4) forwards instead of 1 + ceil(11 / 4). Fill and cache are the one-row decode's."""
+    model, segs = mixed
+    lazy, s_lazy = _run(model, segs, CFG)
+    truth = dict(enumerate(lazy.fills[0], 1 + len(segs[0])))
+    eos = model.args.eos_id
+    spec, s_spec = _run_open(model, segs, replace(CFG, draft=3), lambda p: truth.get(p, eos),
+                             lambda p: truth.get(p, eos), monkeypatch)
+    assert spec.fills == lazy.fills
+    assert spec.forward_passes == 1 + -(-(HOLE - 5) // 4)
+    _assert_same_cache(s_lazy, s_spec)
+
+
+def test_a_wrong_opening_costs_nothing_but_rows(mixed, monkeypatch):
+    """A wrong first draft: the forwards of the checks without the opening, the same fill, and
+    the draft rows' keys/values put back (the cache is the one-row decode's)."""
+    model, segs = mixed
+    lazy, s_lazy = _run(model, segs, CFG)
+    truth = dict(enumerate(lazy.fills[0], 1 + len(segs[0])))
+    eos = model.args.eos_id
+    wrong = next(t for t in range(3, model.args.vocab_size) if t not in lazy.fills[0])
+    cfg = replace(CFG, draft=3)
+    shut, _ = _run(model, segs, cfg, drafts=lambda p: truth.get(p, eos), monkeypatch=monkeypatch)
+    spec, s_spec = _run_open(model, segs, cfg, lambda p: wrong, lambda p: truth.get(p, eos), monkeypatch)
+    assert spec.fills == lazy.fills
+    assert spec.forward_passes == shut.forward_passes == 1 + -(-(HOLE - 1) // 4)
+    _assert_same_cache(s_lazy, s_spec)
+
+
+def test_a_reuse_step_checks_the_opening_too(mixed, monkeypatch):
+    """A keystroke later (the session's cache reused: one step over the edited rows and the
+    hole), right opening drafts save that round's first check as a prefill's do; the fill and
+    the cache are the one-row decode's from the same session."""
+    model, segs = mixed
+    typed = [segs[0] + segs[0][-2:], segs[1]]  # two more tokens typed before the hole
+    eos = model.args.eos_id
+
+    def keystroke(cfg, opening=None):
+        session = Session()
+        generate(model, segs, CFG, True, hole_tokens=HOLE, max_new_tokens=HOLE, session=session)
+        if opening is None:
+            out = generate(model, typed, cfg, True, hole_tokens=HOLE, max_new_tokens=HOLE, session=session)
+        else:
+            out, _ = _run_open(model, typed, cfg, opening, opening, monkeypatch, session=session)
+        assert out.reused_tokens > 0
+        return out, session
+
+    lazy, s_lazy = keystroke(CFG)
+    truth = dict(enumerate(lazy.fills[0], 1 + len(typed[0])))
+    shut, _ = keystroke(replace(CFG, draft=3))
+    spec, s_spec = keystroke(replace(CFG, draft=3), lambda p: truth.get(p, eos))
+    assert spec.fills == shut.fills == lazy.fills
+    assert spec.forward_passes == 1 + -(-(HOLE - 5) // 4) < shut.forward_passes
+    _assert_same_cache(s_lazy, s_spec)
+
+
+def test_line_start_drafts_the_indentation_of_the_line_above():
+    """The token that opens a line indented like the last non-blank line above (one unit deeper
+    after a `:`), BPE-style: the line break's token holds all but the indentation's last space."""
+    texts = ["<mask>", "    def f(x):", "\n", "\n       ", "\n   ", "        y = 1", "\n\n   ", "\t", "\n\t\t",
+             "\tif x:", "\n\n"]
+    assert speculate.line_start([1], "\n", texts) == [3]  # "def" at 4 columns, ":" -> 8: "\n" + 7 spaces
+    assert speculate.line_start([5], "\n", texts) == [3]  # the same depth as "        y = 1"
+    assert speculate.line_start([5, 2, 2], "\n", texts) == [3]  # blank lines above are skipped
+    assert speculate.line_start([1], "\n\n", texts) == []  # no "\n\n" + 7 spaces in this vocabulary
+    assert speculate.line_start([9], "\n", texts) == [8]  # tabs: the whole indentation
+    assert speculate.line_start([1], "", texts) == []  # not a line's start
+    assert speculate.line_start([1], "\n", ["<mask>", "    def f(x):"]) == []  # no such token
