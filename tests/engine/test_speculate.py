@@ -355,3 +355,29 @@ def test_line_start_drafts_the_indentation_of_the_line_above():
     assert speculate.line_start([9], "\n", texts) == [8]  # tabs: the whole indentation
     assert speculate.line_start([1], "", texts) == []  # not a line's start
     assert speculate.line_start([1], "\n", ["<mask>", "    def f(x):"]) == []  # no such token
+
+
+def test_the_first_draft_is_the_lookups_else_the_line_rules_else_the_tables_that_healing_allows():
+    from types import SimpleNamespace
+
+    from engine.healing import FirstSlot
+
+    texts = ["<m>", "    if x:", "\n", "\n       ", "a", "b", "c", "\n\n"]
+
+    class Table:
+        def draft(self, before, n):
+            return [4]
+
+    run = SimpleNamespace(first=None, first_at=0, texts=texts)
+    spec = speculate.Speculator(run, 4, Table())
+    assert spec._first_draft([1, 7, 1], [], 0) == 7  # the lookup: a blank line followed "    if x:"
+    assert spec._first_draft([1], [], 0) == 4  # nothing to look up, no healing: the table
+    starts = torch.tensor([t.startswith("\n") for t in texts])
+    run.first = FirstSlot(allowed=starts, lead="\n")
+    assert spec._first_draft([1, 7, 1], [], 0) == 7  # allowed
+    assert spec._first_draft([1], [], 0) == 3  # the table's "a" is not: the line above, one level in
+    run.first = FirstSlot(allowed=starts & (torch.arange(len(texts)) != 7), lead="\n")
+    assert spec._first_draft([1, 7, 1], [], 0) == 3
+    assert spec._first_draft([1, 7, 1], [], 1) == 7  # another slot than the constrained one
+    run.first = FirstSlot(allowed=torch.zeros(len(texts), dtype=torch.bool), lead="\n")
+    assert spec._first_draft([1], [], 0) is None  # nothing it allows
