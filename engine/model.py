@@ -127,6 +127,8 @@ class Transformer(nn.Module):
             bias = torch.zeros(n, n, device=ids.device).masked_fill(ahead, math.log(max(open_frac, 1e-12)))
         x = self.tok_emb(ids)
         cache = KVCache.empty()
+        if drafts is not None and not keep_cache:
+            raise ValueError("draft rows are checked against the cache: prefill(keep_cache=True)")
         after = None if drafts is None else _DraftPass(self, drafts)
         for i in range(len(self.layers)):
             if i == self.tap:

@@ -258,6 +258,9 @@ def test_a_forward_checks_draft_rows_as_a_check_of_their_own_would(mixed, encode
                 at = index - rows[0]
     finally:
         model.tap = None
+    if encode == "prefill":
+        with pytest.raises(ValueError, match="keep_cache"):
+            model.prefill(ids, keep_cache=False, drafts=DraftRows(dr, index))
     keep = torch.ones(h.shape[1], dtype=torch.bool)
     keep[at] = False
     _close(h[:, keep], h_ref[:, keep])
