@@ -146,20 +146,19 @@ class _Run(EndRules):
         self.out.prefill_ms += (time.perf_counter() - t0) * 1e3
 
     def reuse(self, old_ids: list[int], old_span: tuple[int, int], old_cache: KVCache, age: int,
-              edit: bool, policy: ReusePolicy, drafts: DraftRows | None = None) -> bool:
+              edit: bool, policy: ReusePolicy) -> bool:
         """Instead of a prefill: splice the old canvas's cache (in place: the session or the run
         owns it) and run one step over the rows in between (edited tokens, holes, the shift
         neighbour). False when the plan says prefill.
-        `age`: reuses of edits behind the old cache; `edit`: this is one more (not a growth round);
-        `drafts`: rows the step checks as it goes, at hole slots (`engine.speculate`)."""
+        `age`: reuses of edits behind the old cache; `edit`: this is one more (not a growth round)."""
         t0 = time.perf_counter()
         p = plan(old_ids, old_span, self.ids, self.hole_span, policy, age)
         if p is None or old_cache.length != len(old_ids):
             return False
         self.cache = splice_in_place(old_cache, p.length, p.head, p.tail, self.a.rope_theta)
         rows = torch.unique(torch.cat([torch.arange(p.head, p.length - p.tail, device=self.device), self.rows]))
-        self.hidden = self.model.step(self.canvas[:, rows], rows, self.cache, drafts=drafts)
-        self.fed(rows, drafts)
+        self.hidden = self.model.step(self.canvas[:, rows], rows, self.cache)
+        self.fed(rows)
         self.row_of, self.hidden_is_full, self.age = self._row_map(rows), False, age + edit
         self.out.forward_passes += 1
         self.out.reused_tokens = p.reused
@@ -184,11 +183,10 @@ class _Run(EndRules):
         self.hidden_is_full, self.row_of = False, self.step_row_of
         self.out.forward_passes += 1
 
-    def fed(self, rows: torch.Tensor, drafts: DraftRows | None = None) -> None:
+    def fed(self, rows: torch.Tensor) -> None:
         """After a forward of canvas rows `rows`: the base's reading of them, if it is on."""
         if self.base is not None:
-            positions = rows.tolist()
-            self.base.feed(positions, _with_drafts(self.canvas[0, rows].tolist(), drafts, positions))
+            self.base.feed(rows.tolist(), self.canvas[0, rows].tolist())
 
     def _lazy_rows(self, before: list[int], slots: list[int]) -> torch.Tensor:
         """Canvas rows a lazy step runs (sorted): slots whose token changed since the last forward,
@@ -387,14 +385,15 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             run.base.relayout(run.hole_span)
         if session is not None:
             session.canvas = None  # the splice below edits its cache in place: invalid until updated
-        opening = None  # drafts the forward encoding the canvas checks for the first slots
         if spec is not None:
             spec.reset()
-            opening = spec.opening(run.slots()) if cfg.draft_opening else None
-        if run.full_every_step or prior is None or not run.reuse(*prior, policy, drafts=opening):
+        if run.full_every_step or prior is None or not run.reuse(*prior, policy):
+            # a prefill checks drafts for the first slots as it goes (`draft_opening`); a reuse
+            # step does not: on a CPU its few rows cost less than the draft rows would add
+            opening = spec.opening(run.slots()) if spec is not None and cfg.draft_opening else None
             run.full(opening)
-        if opening is not None:
-            spec.adopt(opening, run.slots())
+            if opening is not None:
+                spec.adopt(opening, run.slots())
         if session is not None and not run.full_every_step:
             session.canvas, session.holes, session.cache, session.age = run.ids, run.hole_span, run.cache, run.age
         if not _denoise(run, spec, should_stop):
@@ -444,15 +443,12 @@ def _denoise(run: _Run, spec: Speculator | None, should_stop: Callable[[], bool]
     return True
 
 
-def _with_drafts(tokens: list[int], drafts: DraftRows | None, positions: list[int] | None = None) -> list[int]:
-    """The tokens a forward of canvas rows `positions` (None: 0..) ran: `tokens`, with the drafts
-    it checked in their places (`engine.model.DraftRows`: its hidden states and layer inputs hold
-    the draft rows' there)."""
-    if drafts is None:
-        return tokens
-    at = {p: i for i, p in enumerate(positions)} if positions is not None else None
-    for p, t in zip(drafts.index.tolist(), drafts.ids[0].tolist()):
-        tokens[p if at is None else at[p]] = t
+def _with_drafts(tokens: list[int], drafts: DraftRows | None) -> list[int]:
+    """The tokens a prefill ran: the canvas's `tokens`, with the drafts it checked in their places
+    (`engine.model.DraftRows`: its hidden states and layer inputs hold the draft rows' there)."""
+    if drafts is not None:
+        for p, t in zip(drafts.index.tolist(), drafts.ids[0].tolist()):
+            tokens[p] = t
     return tokens
 
 

@@ -129,17 +129,23 @@ class Transformer(nn.Module):
         cache = KVCache.empty()
         if drafts is not None and not keep_cache:
             raise ValueError("draft rows are checked against the cache: prefill(keep_cache=True)")
-        after = None if drafts is None else _DraftPass(self, drafts)
-        for i in range(len(self.layers)):
+        after = None if drafts is None else _DraftPass(self, drafts, cos, sin)
+        for i, layer in enumerate(self.layers):
             if i == self.tap:
                 self.tapped = x
-            x, k, v = self.layer_forward(i, x, cos, sin, bias)
-            if keep_cache:
-                cache.append(k, v, dtype=self.cache_dtype)
-            if after is not None:
-                after.layer(i, cache)
+                if after is not None:
+                    after.tapped = after.x
+            if after is None:
+                x, k, v = self.layer_forward(i, x, cos, sin, bias)
+                if keep_cache:
+                    cache.append(k, v, dtype=self.cache_dtype)
+                continue
+            q, k, v, n = after.qkv(layer, x)  # the canvas's rows and the drafts', in one call
+            o = self._full_attention(i, q[:, :, :n], k[:, :, :n], v[:, :, :n], bias)
+            cache.append(k[:, :, :n], v[:, :, :n], dtype=self.cache_dtype)
+            x = after.finish(i, layer, x, o, q, k, v, cache)
         h = self.norm(x)
-        return (h, cache) if after is None else (after.finish(h), cache)
+        return (h, cache) if after is None else (after.hidden(h), cache)
 
     def layer_forward(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,14 +153,16 @@ class Transformer(nn.Module):
         (B, Hkv, L, hd) after RoPE. `bias`: see `prefill`'s `open_frac`."""
         layer = self.layers[i]
         q, k, v = layer.qkv(x, cos, sin)
+        return layer.finish(x, self._full_attention(i, q, k, v, bias)), k, v
+
+    def _full_attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        bias: torch.Tensor | None) -> torch.Tensor:
         if i < self.args.causal_layers:
-            o = causal_attention(q, k, v)
-        elif bias is not None:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
-                                               enable_gqa=k.shape[1] != q.shape[1])
-        else:
-            o = attention(q, k, v)
-        return layer.finish(x, o), k, v
+            return causal_attention(q, k, v)
+        if bias is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                                  enable_gqa=k.shape[1] != q.shape[1])
+        return attention(q, k, v)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits for every position: (B, L) -> (B, L, V). Used by tests and the naive sampler."""
@@ -191,11 +199,17 @@ class Transformer(nn.Module):
         if kv_len is None and index.device.type == "cpu" and self.args.causal_layers > 0:
             upto = int(index.max()) + 1
             causal_mask = None if index.numel() == 1 else future_mask(index, upto)
-        after = None if drafts is None else _DraftPass(self, drafts, index)
+        after = None if drafts is None else _DraftPass(self, drafts, cos, sin, index)
         for i, (layer, (kc, vc)) in enumerate(zip(self.layers, cache)):
             if i == self.tap:
                 self.tapped = x
-            q, k, v = layer.qkv(x, cos, sin)
+                if after is not None:
+                    after.tapped = after.x
+            if after is None:
+                q, k, v = layer.qkv(x, cos, sin)
+            else:  # the rows' and the drafts' in one call
+                qa, ka, va, n = after.qkv(layer, x)
+                q, k, v = qa[:, :, :n], ka[:, :, :n], va[:, :, :n]
             kc[:, :, index] = k.to(kc.dtype)
             vc[:, :, index] = v.to(vc.dtype)
             if i < self.args.causal_layers and upto is not None:
@@ -206,11 +220,9 @@ class Transformer(nn.Module):
                 o = ordered_rows_attention(q, kc, vc, index, *prior[i], spare=_spare_rows(cache, i, len(index)))
             else:
                 o = attention(q, kc, vc, kv_len)
-            x = layer.finish(x, o)
-            if after is not None:
-                after.layer(i, cache)
+            x = layer.finish(x, o) if after is None else after.finish(i, layer, x, o, qa, ka, va, cache)
         h = self.norm(x)
-        return h if after is None else after.finish(h)
+        return h if after is None else after.hidden(h)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """LM head: (..., D) -> (..., V) in float32."""
@@ -233,15 +245,17 @@ class Transformer(nn.Module):
 
 @dataclass
 class DraftRows:
-    """Rows a forward checks after its own, layer by layer (speculative decoding's check folded
-    into the forward that encodes the canvas: `engine.speculate`). They hold drafted tokens at
-    canvas positions the forward runs too (as masks): after each layer's own rows, the draft rows
-    run against the cache as a `step(prior=...)` of them would (each sees the rows after it as
-    the forward left them) and overwrite the keys/values at their positions. The forward returns
-    its hidden states with the draft rows' in place of those positions' (and so does `tapped`),
-    and `prior` holds what the draft rows overwrote, per layer, for putting back the rows whose
-    drafts do not hold. The weights are read once for both: on a CPU the rows cost what a step
-    of their own adds to a forward's rows, not a forward.
+    """Rows a forward checks beside its own, layer by layer (speculative decoding's check folded
+    into the prefill that encodes the canvas: `engine.speculate`). They hold drafted tokens at
+    canvas positions the forward runs too (as masks). At each layer they share the forward's
+    matmuls (one call over both sets of rows: the weights are read once); after the forward's
+    rows have attended and written their keys/values, the draft rows attend against the cache as
+    a `step(prior=...)` of them would (each sees the rows after it as the forward left them) and
+    overwrite the keys/values at their positions. The forward returns its hidden states with the
+    draft rows' in place of those positions' (and so does `tapped`), and `prior` holds what the
+    draft rows overwrote, per layer, for putting back the rows whose drafts do not hold. Their
+    own attention is ~8 small ops per layer: on a CPU about what a one-row step of their own
+    costs, so they pay where the forward is long (a prefill), not beside a few-row step.
 
     Attributes:
         ids: (1, Q) the drafted tokens; index: (Q,) their canvas positions, ascending.
@@ -254,13 +268,18 @@ class DraftRows:
 
 
 class _DraftPass:
-    """The draft rows of one forward, carried through its layers (`DraftRows`)."""
+    """The draft rows of one forward, carried through its layers (`DraftRows`). At each layer they
+    share the forward's matmuls (q/k/v, output projection, MLP: one call over both sets of rows,
+    so the weights are read once); only their attention is their own, run after the forward's
+    rows have written their keys/values."""
 
-    def __init__(self, model: Transformer, drafts: DraftRows, rows: torch.Tensor | None = None) -> None:
+    def __init__(self, model: Transformer, drafts: DraftRows, cos: torch.Tensor, sin: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> None:
         self.m, self.d = model, drafts
         index = drafts.index
-        self.cos, self.sin = rope_tables(model.args.head_dim, index, model.args.rope_theta)
-        self.x = model.tok_emb(drafts.ids)
+        dcos, dsin = rope_tables(model.args.head_dim, index, model.args.rope_theta)
+        self.cos, self.sin = torch.cat([cos, dcos]), torch.cat([sin, dsin])  # (R + Q, hd)
+        self.x = model.tok_emb(drafts.ids)  # (1, Q, D)
         self.tapped: torch.Tensor | None = None
         # the causal layers as `step` runs them (the same kernels: a right draft's row is the
         # one a check of its own would compute)
@@ -270,27 +289,35 @@ class _DraftPass:
         self.at = index if rows is None else torch.searchsorted(rows, index)
         drafts.prior = []
 
-    def layer(self, i: int, cache: KVCache) -> None:
-        m, d = self.m, self.d
-        if i == m.tap:
-            self.tapped = self.x
+    def qkv(self, layer: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """q, k, v of the forward's rows `x` (B, R, D) followed by the drafts' (R + Q along dim 2),
+        and R."""
+        return (*layer.qkv(torch.cat([x, self.x], 1), self.cos, self.sin), x.shape[1])
+
+    def finish(self, i: int, layer: Block, x: torch.Tensor, o: torch.Tensor, q: torch.Tensor,
+               k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """After the forward's rows attended (`o`, their keys/values in the cache): the drafts'
+        attention, then the layer's output projection and MLP over both. Returns the forward's
+        rows; the drafts' are kept."""
+        m, d, n = self.m, self.d, x.shape[1]
         kc, vc = cache.keys[i], cache.values[i]
-        layer = m.layers[i]
         k_old, v_old = kc[:, :, d.index].clone(), vc[:, :, d.index].clone()
         d.prior.append((k_old, v_old))
-        q, k, v = layer.qkv(self.x, self.cos, self.sin)
+        q, k, v = q[:, :, n:], k[:, :, n:], v[:, :, n:]
         kc[:, :, d.index] = k.to(kc.dtype)
         vc[:, :, d.index] = v.to(vc.dtype)
         if i < m.args.causal_layers and self.upto is not None:
-            o = grouped_sdpa(q, kc[:, :, :self.upto], vc[:, :, :self.upto], self.mask)
+            od = grouped_sdpa(q, kc[:, :, :self.upto], vc[:, :, :self.upto], self.mask)
         elif i < m.args.causal_layers:
-            o = causal_attention(q, kc, vc, d.index)
+            od = causal_attention(q, kc, vc, d.index)
         else:
-            o = ordered_rows_attention(q, kc, vc, d.index, k_old, v_old,
-                                       spare=_spare_rows(cache, i, len(d.index)))
-        self.x = layer.finish(self.x, o)
+            od = ordered_rows_attention(q, kc, vc, d.index, k_old, v_old,
+                                        spare=_spare_rows(cache, i, len(d.index)))
+        out = layer.finish(torch.cat([x, self.x], 1), torch.cat([o, od.to(o.dtype)], 2))
+        self.x = out[:, n:]
+        return out[:, :n]
 
-    def finish(self, h: torch.Tensor) -> torch.Tensor:
+    def hidden(self, h: torch.Tensor) -> torch.Tensor:
         """The forward's hidden states (and `tapped`) with the draft rows' in their places."""
         h = h.clone()
         h[:, self.at] = self.m.norm(self.x)

@@ -26,17 +26,22 @@ lines it gave 0.922 forwards per token first, 0.694 only where the lookup finds 
 are read once per forward either way), and the forward runs only as many rows as there are drafts. This is speculative decoding (Leviathan et al., 2023,
 arXiv:2211.17192) with a drafter that needs no model.
 
-The forward that encodes the canvas (the prefill, or the step that reuses a session's cache after
-a keystroke) checks drafts too (`SamplingConfig.draft_opening`, `Speculator.opening`): the first
-masked slot and the `draft` slots after it are drafted before that forward, which runs those rows
-after its own at each layer (`engine.model.DraftRows`). Before, it only gave the first slot's
-logits, and checking the slots after it took a forward of its own, once per fill. In a fill that
+A prefill checks drafts too (`SamplingConfig.draft_opening`, `Speculator.opening`): the first
+masked slot and the `draft` slots after it are drafted before it, and it runs those rows with its
+own at each layer (`engine.model.DraftRows`: the same matmuls, their own attention). Before, it
+only gave the first slot's logits, and checking the slots after it took a forward of its own,
+once per fill. In a fill that
 starts a line the first slot holds the line break that token healing moved out of the prefix plus
 the new line's indentation, which the indentation of the line above drafts (`line_start`: the
 first token of 70 of 100 held-out lines, the lookup 42). 100 held-out single lines (`dlsp eval
 --seed 36`, int8, context 1024, one run): 0.715 -> 0.622 forwards per generated token, exact
 match 0.13 both, 99 fills the same (one int8 rounding flip in the base's reading, which now reads
-the drafted rows with the whole canvas).
+the drafted rows with the whole canvas). In wall time it is even on this CPU: 40 more lines in one
+process, each filled both ways in turn (seed 40, int8, 2 threads): prefill +23 ms, steps -17 ms,
+median -6 ms per fill apart (0.609 -> 0.533 forwards per token); the draft rows' attention is
+~8 small ops per layer, about what the check they save costs. A step reusing a session's cache
+(a keystroke) runs without them: there the same rows added ~20 ms to a ~45 ms step (p50 at typing
+pauses 147-167 ms against 137-145 ms, `benchmarks/latency.py`, alternating runs).
 """
 
 from __future__ import annotations
@@ -108,8 +113,8 @@ class Speculator:
         run.out.forward_passes += 1
 
     def opening(self, slots: list[int]) -> DraftRows | None:
-        """Drafts for the forward that encodes the canvas (a prefill or a reuse step): the first
-        masked slot and the `width` after it, for that forward to check as it goes
+        """Drafts for the prefill that encodes the canvas: the first masked slot and the `width`
+        after it, for that forward to check as it goes
         (`engine.model.DraftRows`), so a right first draft saves the forward that would check the
         slots after it. None when there is no draft for the first slot.
 
@@ -146,8 +151,8 @@ class Speculator:
         return None
 
     def adopt(self, drafts: DraftRows, slots: list[int]) -> None:
-        """After the forward that encoded the canvas checked `drafts` (from `opening`): the
-        commit from its frontier row goes on through them as after a speculative forward."""
+        """After the prefill checked `drafts` (from `opening`): the commit from its frontier row
+        goes on through them as after a speculative forward."""
         run = self.run
         first = slots.index(run.a.mask_id)
         start = run.pos_host[first] - 1

@@ -65,11 +65,12 @@ class SamplingConfig:
             through every draft that turns out to be what it would have committed anyway. The
             fill is the one-row-per-step decode's (`lazy_rows`), in fewer forwards; a forward of
             a few rows costs about what one row does on a CPU (weights are read once).
-        draft_opening: with `draft`, the forward that encodes the canvas (a prefill, or a step
-            reusing a session's cache) also checks drafts for the first masked slot and the
-            `draft` after it, layer by layer (`engine.model.DraftRows`): a right first draft
+        draft_opening: with `draft`, a prefill also checks drafts for the first masked slot and
+            the `draft` after it, layer by layer (`engine.model.DraftRows`): a right first draft
             (the lookup's, or the indentation of the line above for a slot that starts a line)
-            saves the forward that would have checked the slots after it. Same fill.
+            saves the forward that would have checked the slots after it. Same fill. A step that
+            reuses a session's cache does not: on a CPU the draft rows cost it more than the
+            check they save.
         loop_guard: end a fill whose decoded head has fallen into a loop (0 = off): once it ends
             with the same span of 1-16 tokens this many times in a row, 12 tokens or more
             (`engine.samplers.loop_start`), the fill is cut after the span's first copy. A small
