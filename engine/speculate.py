@@ -38,7 +38,7 @@ first token of 70 of 100 held-out lines, the lookup 42). 100 held-out single lin
 match 0.13 both, 99 fills the same (one int8 rounding flip in the base's reading, which now reads
 the drafted rows with the whole canvas). In wall time it is even on this CPU: 40 more lines in one
 process, each filled both ways in turn (seed 40, int8, 2 threads): prefill +23 ms, steps -17 ms,
-median -6 ms per fill apart (0.609 -> 0.533 forwards per token); the draft rows' attention is
++6 ms median and +3 ms mean per fill (0.609 -> 0.533 forwards per token); the draft rows' attention is
 ~8 small ops per layer, about what the check they save costs. A step reusing a session's cache
 (a keystroke) runs without them: there the same rows added ~20 ms to a ~45 ms step (p50 at typing
 pauses 147-167 ms against 137-145 ms, `benchmarks/latency.py`, alternating runs).
