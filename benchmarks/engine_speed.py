@@ -9,7 +9,12 @@ the two samplers produce the same text, and checks the targets:
   * fast >= 5x faster than naive per infill (mean ms);
   * fast <= 0.3 forward passes per generated token.
 
-    python benchmarks/engine_speed.py --n 20 [--model DIR] [--fast SPEC] [--threads 2] [--out F.json] [--strict]
+    python benchmarks/engine_speed.py --n 20 [--model DIR] [--fast SPEC] [--also SPEC ...] [--threads 2]
+        [--out F.json] [--strict]
+
+`--also SPEC` runs more samplers on the same cases, interleaved with the two (e.g.
+`--also fast:draft_opening=0`, the fast sampler without the prefill's opening drafts): each gets a
+row, and its ms per infill and forwards per token as ratios over the fast sampler's.
 
 Exit 0 whatever the targets say, unless --strict (then 1 on any FAIL).
 """
@@ -42,7 +47,6 @@ STDLIB_FILES = (
     "textwrap.py", "typing.py", "zipfile.py", "tarfile.py", "threading.py", "unittest/case.py",
     "collections/__init__.py",
 )
-SAMPLERS = ("naive", "fast")
 TARGET_SPEEDUP = 5.0
 TARGET_PASSES_PER_TOKEN = 0.3
 BEFORE_CHARS, AFTER_CHARS = 4000, 2000  # more than the model keeps: the engine clips to its budget
@@ -121,15 +125,28 @@ def targets(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def versus(s: dict[str, Any], fast: dict[str, Any], runs: list[dict[str, Any]],
+           fast_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Another sampler against the fast one on the same cases: ratios of mean ms per infill and of
+    forwards per generated token, the median of the per-case ms differences, and how often the
+    two wrote the same text."""
+    a, b = s["forward_passes_per_generated_token"], fast["forward_passes_per_generated_token"]
+    return {"ms_ratio": s["ms_per_infill"] / fast["ms_per_infill"],
+            "ms_paired_median": statistics.median(x["ms"] - y["ms"] for x, y in zip(runs, fast_runs)),
+            "forward_passes_per_token_ratio": a / b if a is not None and b else None,
+            "same_text_rate": sum(x["text"] == y["text"] for x, y in zip(runs, fast_runs)) / len(runs)}
+
+
 def table(stats: dict[str, dict[str, Any]]) -> str:
     def fmt(v: float | None, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    head = (f"{'sampler':<8} {'n':>4} {'ms/infill':>10} {'median':>8} {'fwd/infill':>10} "
+    w = max(8, *map(len, stats))
+    head = (f"{'sampler':<{w}} {'n':>4} {'ms/infill':>10} {'median':>8} {'fwd/infill':>10} "
             f"{'fwd/gen tok':>11} {'commit/fwd':>10} {'ctx tok':>8}")
     rows = [head, "-" * len(head)]
     for name, s in stats.items():
-        rows.append(f"{name:<8} {s['n']:>4} {s['ms_per_infill']:>10.1f} {s['ms_per_infill_median']:>8.1f} "
+        rows.append(f"{name:<{w}} {s['n']:>4} {s['ms_per_infill']:>10.1f} {s['ms_per_infill_median']:>8.1f} "
                     f"{s['forward_passes_per_infill']:>10.2f} {fmt(s['forward_passes_per_generated_token'], '11.3f')} "
                     f"{fmt(s['tokens_committed_per_forward'], '10.2f')} {s['context_tokens_mean']:>8.0f}")
     return "\n".join(rows)
@@ -146,6 +163,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results/engine_speed.json")
     p.add_argument("--fast", default="fast", help="the fast sampler's settings as a spec, e.g. "
                    "'fast:min_per_step=4' (see engine.types.parse_sampling; default: the engine's defaults)")
+    p.add_argument("--also", action="append", default=[], metavar="SPEC",
+                   help="another sampler run on the same cases (repeatable), e.g. 'fast:draft_opening=0'")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     return p.parse_args(argv)
 
@@ -157,28 +176,38 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine.from_pretrained(a.model, device=a.device)
     configs = {"naive": parse_sampling("naive", engine.default_sampling),
                "fast": parse_sampling(a.fast, engine.default_sampling)}
+    for spec in a.also:
+        if spec in configs:
+            raise SystemExit(f"engine_speed: --also {spec!r} names a sampler already run")
+        configs[spec] = parse_sampling(spec, engine.default_sampling)
+    names = list(configs)
     cases = make_cases(a.n, a.seed)
-    for sampler in SAMPLERS:  # warm-up: first calls pay for allocation and dispatch caches
+    for sampler in names:  # warm-up: first calls pay for allocation and dispatch caches
         run_case(engine, cases[0], configs[sampler])
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SAMPLERS}
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in names}
     t0 = time.perf_counter()
-    for case in cases:  # interleaved, so a change in machine load hits both samplers alike
-        for sampler in SAMPLERS:
+    for case in cases:  # interleaved, so a change in machine load hits every sampler alike
+        for sampler in names:
             runs[sampler].append(run_case(engine, case, configs[sampler]))
     stats = {s: summarize(r) for s, r in runs.items()}
     same = sum(x["text"] == y["text"] for x, y in zip(runs["naive"], runs["fast"])) / len(cases)
     check = targets(stats)
+    versus_fast = {spec: versus(stats[spec], stats["fast"], runs[spec], runs["fast"]) for spec in a.also}
     report = {
         "settings": vars(a) | {"threads_used": torch.get_num_threads(),
                                "sampling": {k: asdict(v) for k, v in configs.items()}, "files": [c.source for c in cases],
                                "hole_tokens": [c.hole_tokens for c in cases]},
         "model": engine.info(), "elapsed_s": round(time.perf_counter() - t0, 2),
-        "samplers": stats, "same_text_rate": same, **check,
+        "samplers": stats, "same_text_rate": same, **check, "versus_fast": versus_fast,
         "cases": [{"source": c.source, "hole_tokens": c.hole_tokens,
-                   **{s: {k: v for k, v in runs[s][i].items()} for s in SAMPLERS}} for i, c in enumerate(cases)],
+                   **{s: {k: v for k, v in runs[s][i].items()} for s in names}} for i, c in enumerate(cases)],
     }
     print(table(stats))
     print(f"same text (naive vs fast): {same:.0%}   speedup (naive/fast ms): {check['speedup']:.2f}x")
+    for spec, v in versus_fast.items():
+        fwd = "-" if v["forward_passes_per_token_ratio"] is None else f"{v['forward_passes_per_token_ratio']:.3f}x"
+        print(f"{spec} over fast: ms per infill {v['ms_ratio']:.3f}x (paired median {v['ms_paired_median']:+.1f} ms), "
+              f"forwards per token {fwd}, same text {v['same_text_rate']:.0%}")
     failed = False
     for name in ("speedup_target", "passes_per_token_target"):
         t = check[name]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import engine_speed
 
 
@@ -52,3 +54,26 @@ def test_fast_spec_sets_the_fast_sampler(tiny_ckpt, tmp_path):
     case = r["cases"][0]
     assert case["fast"]["forward_passes"] <= -(-case["hole_tokens"] // 4)  # >= 4 commits per forward
     assert case["naive"]["forward_passes"] == case["naive"]["committed"]  # naive: one per forward
+
+
+def test_also_runs_more_samplers_on_the_same_cases(tiny_ckpt, tmp_path, capsys):
+    """`--also SPEC`: a row of its own on the same cases, with ratios over the fast sampler;
+    a spec that repeats one already run is refused."""
+    out = tmp_path / "speed.json"
+    rc = engine_speed.main(["--n", "2", "--model", str(tiny_ckpt), "--threads", "1", "--device", "cpu",
+                            "--also", "fast:min_per_step=4", "--out", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert list(r["samplers"]) == ["naive", "fast", "fast:min_per_step=4"]
+    assert r["settings"]["sampling"]["fast:min_per_step=4"]["min_per_step"] == 4
+    v = r["versus_fast"]["fast:min_per_step=4"]
+    s, f = r["samplers"]["fast:min_per_step=4"], r["samplers"]["fast"]
+    assert v["ms_ratio"] == s["ms_per_infill"] / f["ms_per_infill"]
+    assert v["forward_passes_per_token_ratio"] == (s["forward_passes_per_generated_token"]
+                                                   / f["forward_passes_per_generated_token"])
+    for case in r["cases"]:  # four commits a forward: never more forwards than the default's
+        assert case["fast:min_per_step=4"]["forward_passes"] <= -(-case["hole_tokens"] // 4)
+    assert "fast:min_per_step=4 over fast" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="already run"):
+        engine_speed.main(["--n", "1", "--model", str(tiny_ckpt), "--device", "cpu", "--also", "fast",
+                           "--out", ""])
