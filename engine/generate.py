@@ -139,7 +139,8 @@ class _Run(EndRules):
         t0 = time.perf_counter()
         self.hidden, self.cache = self.model.prefill(self.canvas, keep_cache=not self.full_every_step, drafts=drafts)
         if self.base is not None:
-            self.base.feed(list(range(self.canvas.shape[1])), _with_drafts(self.canvas[0].tolist(), drafts))
+            tokens = self.canvas[0].tolist()
+            self.base.feed(list(range(len(tokens))), tokens if drafts is None else drafts.placed(tokens))
         self.hidden_is_full = True
         self.age = 0
         self.out.forward_passes += 1
@@ -441,15 +442,6 @@ def _denoise(run: _Run, spec: Speculator | None, should_stop: Callable[[], bool]
             break
     run.out.steps_ms += (time.perf_counter() - t0) * 1e3
     return True
-
-
-def _with_drafts(tokens: list[int], drafts: DraftRows | None) -> list[int]:
-    """The tokens a prefill ran: the canvas's `tokens`, with the drafts it checked in their places
-    (`engine.model.DraftRows`: its hidden states and layer inputs hold the draft rows' there)."""
-    if drafts is not None:
-        for p, t in zip(drafts.index.tolist(), drafts.ids[0].tolist()):
-            tokens[p] = t
-    return tokens
 
 
 def _keep_caches(run: _Run) -> None:

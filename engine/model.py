@@ -266,6 +266,14 @@ class DraftRows:
     index: torch.Tensor
     prior: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
+    def placed(self, tokens: list[int]) -> list[int]:
+        """A canvas's `tokens` (from position 0) with the drafted ones in their places: what a
+        prefill that checked these rows ran there (its hidden states and `tapped` hold theirs)."""
+        out = list(tokens)
+        for p, t in zip(self.index.tolist(), self.ids[0].tolist()):
+            out[p] = t
+        return out
+
 
 class _DraftPass:
     """The draft rows of one forward, carried through its layers (`DraftRows`). At each layer they

@@ -121,6 +121,40 @@ def test_every_commit_reads_the_base_exactly(pair, monkeypatch, draft):
     assert session.base is not None and len(session.base.fed) > len(segs[0])
 
 
+def test_a_prefill_checking_right_opening_drafts_reads_the_base_exactly(pair, monkeypatch):
+    """The prefill checks the opening drafts (`draft_opening`) and the base reads the drafted rows
+    with the canvas: with drafts that hold, the commits read from those rows use the base's own
+    reading of the fill, and the prefill commits several tokens."""
+    from engine import speculate
+
+    model, base, upper, _, segs = pair
+    a = model.args
+    reading = build_base_reading(model, upper)
+    cfg = replace(CFG, draft=4)
+    one = generate(model, segs, replace(cfg, draft=0), True, hole_tokens=8, max_new_tokens=8, base=reading)
+    truth = dict(enumerate(one.fills[0], 1 + len(segs[0])))
+    monkeypatch.setattr(speculate.Speculator, "_first_draft", lambda self, before, after, i: truth[len(before)])
+    monkeypatch.setattr(speculate.Speculator, "_guess", lambda self, before, after, n: [
+        truth.get(p, a.eos_id) for p in range(len(before), len(before) + n)])
+    lps = []
+    orig = BaseRun.logprobs
+
+    def logprobs(self, position, ends, never=None, logits=None):
+        lp = orig(self, position, ends, never, logits)
+        lps.append((position, lp))
+        return lp
+
+    monkeypatch.setattr(BaseRun, "logprobs", logprobs)
+    out = generate(model, segs, cfg, True, hole_tokens=8, max_new_tokens=8, base=reading)
+    assert out.fills == one.fills
+    assert out.forward_passes < one.forward_passes and out.forward_passes <= 2
+    canvas = [a.bos_id, *segs[0], *one.fills[0]]
+    ends = torch.tensor(sorted({a.eos_id, a.pad_id}))
+    assert len(lps) >= 5
+    for position, lp in lps:
+        torch.testing.assert_close(lp, _reference(base, canvas[:position + 1], ends, segs[1][0]), atol=1e-4, rtol=1e-4)
+
+
 def test_weight_zero_is_the_model_alone(pair):
     model, _, upper, _, segs = pair
     reading = build_base_reading(model, upper)
