@@ -330,7 +330,8 @@ class Engine:
                        stop_ids=self._newline_ids() if req.single_line else None,
                        first=heal[1] if heal is not None else None, session=session, policy=self.reuse,
                        banned=self._banned, blank_ids=self._blank_ids(), drafts=self.drafts,
-                       texts=self.healer().texts, base=self.base if req.single_line or cfg.base_multiline else None,
+                       texts=self.healer().texts, text_ids=self.healer().id_of,
+                       base=self.base if req.single_line or cfg.base_multiline else None,
                        min_indent=None if req.single_line else req.min_indent)
         t2 = time.perf_counter()
         if threads is not None and out.forward_passes and not out.cancelled:

@@ -69,6 +69,7 @@ class _Run(EndRules):
         self.base: BaseRun | None = None  # the base's reading of the frontier, mixed in (`engine.expert`)
         self.record: BaseRecord | None = None  # what it read at each slot, for the check (set by `generate`)
         self.texts: list[str] | None = None  # token texts (`close_brackets`, loops of lines), set by `generate`
+        self.text_ids: dict[str, int] | None = None  # text -> id (the opening's line starts), set by `generate`
         self.min_indent: int | None = None  # `cut_dedent`, set by `generate`
         self.out = GenOutput(fills=[])
         # `lookahead`: whether the slots leave some hole short of masks (set by `generate`); the
@@ -313,7 +314,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
              session: Session | None = None, policy: ReusePolicy | None = None,
              banned: list[int] | None = None, blank_ids: torch.Tensor | None = None,
              drafts: NgramDrafts | None = None, texts: list[str] | None = None,
-             base: BaseReading | None = None, min_indent: int | None = None) -> GenOutput:
+             text_ids: dict[str, int] | None = None, base: BaseReading | None = None,
+             min_indent: int | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -339,6 +341,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         drafts: the model's trigram table: speculative drafts where the prompt lookup has none.
         texts: the text of every token id, for `cfg.close_brackets` and `cfg.loop_guard`'s loops of
             lines (both off without it).
+        text_ids: text -> id (`texts` inverted, `engine.healing.Healer.id_of`): with `texts`, the
+            prefill's opening drafts a slot that starts a line by the line above's indentation.
         base: the pretrained base's upper layers over this model's causal lower ones: with
             `cfg.base_weight` > 0 (one hole, `block=1`, the fast sampler, a shifted family, no
             CUDA graphs) every commit also reads the base (`engine.expert`); its keys/values are
@@ -356,7 +360,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     holes = Holes([[a.mask_id] * n0 for _ in range(n_holes)], [cfg.steps or n0] * n_holes, [0] * n_holes)
     run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids, first,
                banned, blank_ids)
-    run.texts = texts
+    run.texts, run.text_ids = texts, text_ids
     # a block fill ends where it leaves its block (multi-line fills with token texts only)
     run.min_indent = min_indent if (min_indent is not None and stop_ids is None and texts is not None) else None
     if not (cfg.base_weight > 0 and n_holes == 1 and cfg.block == 1 and shifted and not run.naive

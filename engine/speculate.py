@@ -30,10 +30,9 @@ A prefill checks drafts too (`SamplingConfig.draft_opening`, `Speculator.opening
 masked slot and the `draft` slots after it are drafted before it, and it runs those rows with its
 own at each layer (`engine.model.DraftRows`: the same matmuls, their own attention). Before, it
 only gave the first slot's logits, and checking the slots after it took a forward of its own,
-once per fill. In a fill that
-starts a line the first slot holds the line break that token healing moved out of the prefix plus
-the new line's indentation, which the indentation of the line above drafts (`line_start`: the
-first token of 70 of 100 held-out lines, the lookup 42). 100 held-out single lines (`dlsp eval
+once per fill. In a fill that starts a line the first slot holds the line break that token
+healing moved out of the prefix plus the new line's indentation, which the indentation of the
+line above drafts (`line_start`: the first token of 70 of 100 held-out lines, the lookup 42). 100 held-out single lines (`dlsp eval
 --seed 36`, int8, context 1024, one run): 0.715 -> 0.622 forwards per generated token, exact
 match 0.13 both, 99 fills the same (one int8 rounding flip in the base's reading, which now reads
 the drafted rows with the whole canvas). In wall time it is even on this CPU: 40 more lines in one
@@ -114,9 +113,9 @@ class Speculator:
 
     def opening(self, slots: list[int]) -> DraftRows | None:
         """Drafts for the prefill that encodes the canvas: the first masked slot and the `width`
-        after it, for that forward to check as it goes
-        (`engine.model.DraftRows`), so a right first draft saves the forward that would check the
-        slots after it. None when there is no draft for the first slot.
+        after it, for the prefill to check as it goes (`engine.model.DraftRows`), so a right first
+        draft saves the forward that would check the slots after it. None when there is no draft
+        for the first slot.
 
         The first slot is drafted by the lookup, else, when it starts a new line (token healing
         moved a line break into it), by the indentation of the line above (`line_start`), else
@@ -141,8 +140,8 @@ class Speculator:
         run = self.run
         constrained = run.first if run.first is not None and run.first_at == first else None
         candidates = lookup(before, after, 1)
-        if constrained is not None and "\n" in constrained.lead and run.texts is not None:
-            candidates += line_start(before, constrained.lead, run.texts)
+        if constrained is not None and "\n" in constrained.lead and run.texts and run.text_ids:
+            candidates += line_start(before, constrained.lead, run.texts, run.text_ids)
         if self.table is not None:
             candidates += self.table.draft(before, 1)
         for t in candidates:
@@ -221,23 +220,8 @@ class Speculator:
             drafts = self.table.draft(before, n)
         return drafts
 
-_LINE_STARTS: dict[int, tuple[list[str], dict[str, int]]] = {}
 
-
-def _line_starts(texts: list[str]) -> dict[str, int]:
-    """text -> id of the tokens that are a line break and whitespace only (built once per list)."""
-    hit = _LINE_STARTS.get(id(texts))
-    if hit is None or hit[0] is not texts:
-        starts: dict[str, int] = {}
-        for i, t in enumerate(texts):
-            if t and t.isspace() and ("\n" in t or "\r" in t):
-                starts.setdefault(t, i)
-        _LINE_STARTS.clear()
-        _LINE_STARTS[id(texts)] = hit = (texts, starts)
-    return hit[1]
-
-
-def line_start(before: list[int], lead: str, texts: list[str], unit: str = "    ",
+def line_start(before: list[int], lead: str, texts: list[str], id_of: dict[str, int], unit: str = "    ",
                tail: int = 96) -> list[int]:
     """Drafts for a slot whose token begins with `lead`, text that ends a line (token healing moved
     the prefix's last token, holding a line break, into the slot): the token of `lead` up to its
@@ -249,8 +233,8 @@ def line_start(before: list[int], lead: str, texts: list[str], unit: str = "    
     lines (`dlsp eval --seed 34`, the cursor at the line's start): the first token of 70 fills.
 
     Args:
-        before: the ids up to the slot; texts: the text of every id; tail: how many ids of
-            `before` to read back.
+        before: the ids up to the slot; texts: the text of every id; id_of: text -> id
+            (`engine.healing.Healer.id_of`); tail: how many ids of `before` to read back.
     """
     brk = lead.rfind("\n")
     if brk < 0:
@@ -261,10 +245,9 @@ def line_start(before: list[int], lead: str, texts: list[str], unit: str = "    
     indent = line[:len(line) - len(line.lstrip(" \t"))]
     if line.rstrip().endswith(":"):
         indent += "\t" if indent.endswith("\t") else unit
-    starts = _line_starts(texts)
     head = lead[:brk + 1]
     wanted = [head + indent[:-1], head + indent] if indent.endswith(" ") else [head + indent]
-    return [starts[t] for t in wanted if t in starts and t.startswith(lead)]
+    return [id_of[t] for t in wanted if t in id_of and t.startswith(lead)]
 
 
 def lookup(before: list[int], after: list[int], n: int, orders: tuple[int, ...] = (3, 2, 1)) -> list[int]:

@@ -347,13 +347,18 @@ def test_line_start_drafts_the_indentation_of_the_line_above():
     after a `:`), BPE-style: the line break's token holds all but the indentation's last space."""
     texts = ["<mask>", "    def f(x):", "\n", "\n       ", "\n   ", "        y = 1", "\n\n   ", "\t", "\n\t\t",
              "\tif x:", "\n\n"]
-    assert speculate.line_start([1], "\n", texts) == [3]  # "def" at 4 columns, ":" -> 8: "\n" + 7 spaces
-    assert speculate.line_start([5], "\n", texts) == [3]  # the same depth as "        y = 1"
-    assert speculate.line_start([5, 2, 2], "\n", texts) == [3]  # blank lines above are skipped
-    assert speculate.line_start([1], "\n\n", texts) == []  # no "\n\n" + 7 spaces in this vocabulary
-    assert speculate.line_start([9], "\n", texts) == [8]  # tabs: the whole indentation
-    assert speculate.line_start([1], "", texts) == []  # not a line's start
-    assert speculate.line_start([1], "\n", ["<mask>", "    def f(x):"]) == []  # no such token
+    ids = {t: i for i, t in enumerate(texts)}
+
+    def draft(before, lead, vocab=texts):
+        return speculate.line_start(before, lead, vocab, {t: i for i, t in enumerate(vocab)})
+
+    assert draft([1], "\n") == [ids["\n       "]]  # "def" at 4 columns, ":" -> 8: "\n" + 7 spaces
+    assert draft([5], "\n") == [ids["\n       "]]  # the same depth as "        y = 1"
+    assert draft([5, 2, 2], "\n") == [ids["\n       "]]  # blank lines above are skipped
+    assert draft([1], "\n\n") == []  # no "\n\n" + 7 spaces in this vocabulary
+    assert draft([9], "\n") == [ids["\n\t\t"]]  # tabs: the whole indentation
+    assert draft([1], "") == []  # not a line's start
+    assert draft([1], "\n", ["<mask>", "    def f(x):"]) == []  # no such token
 
 
 def test_the_first_draft_is_the_lookups_else_the_line_rules_else_the_tables_that_healing_allows():
@@ -367,7 +372,7 @@ def test_the_first_draft_is_the_lookups_else_the_line_rules_else_the_tables_that
         def draft(self, before, n):
             return [4]
 
-    run = SimpleNamespace(first=None, first_at=0, texts=texts)
+    run = SimpleNamespace(first=None, first_at=0, texts=texts, text_ids={t: i for i, t in enumerate(texts)})
     spec = speculate.Speculator(run, 4, Table())
     assert spec._first_draft([1, 7, 1], [], 0) == 7  # the lookup: a blank line followed "    if x:"
     assert spec._first_draft([1], [], 0) == 4  # nothing to look up, no healing: the table
