@@ -171,8 +171,7 @@ class Transformer(nn.Module):
     # ---- cached step -------------------------------------------------------------------
     def step(self, ids: torch.Tensor, index: torch.Tensor, cache: KVCache,
              kv_len: torch.Tensor | None = None,
-             prior: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-             drafts: DraftRows | None = None) -> torch.Tensor:
+             prior: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Forward of selected canvas rows against the cache.
 
         Args:
@@ -186,8 +185,6 @@ class Transformer(nn.Module):
                 it as they were (`ordered_rows_attention`), so row i computes exactly what it
                 would in a step of its own before rows i+1.. changed (speculative checking).
                 Causal layers never see later rows. Not with `kv_len`.
-            drafts: rows checked in the same forward (see `DraftRows`), their positions among
-                `index`; not with `kv_len` or `prior`.
         Returns:
             hidden (B, Q, D) after the final norm.
         """
@@ -199,17 +196,10 @@ class Transformer(nn.Module):
         if kv_len is None and index.device.type == "cpu" and self.args.causal_layers > 0:
             upto = int(index.max()) + 1
             causal_mask = None if index.numel() == 1 else future_mask(index, upto)
-        after = None if drafts is None else _DraftPass(self, drafts, cos, sin, index)
         for i, (layer, (kc, vc)) in enumerate(zip(self.layers, cache)):
             if i == self.tap:
                 self.tapped = x
-                if after is not None:
-                    after.tapped = after.x
-            if after is None:
-                q, k, v = layer.qkv(x, cos, sin)
-            else:  # the rows' and the drafts' in one call
-                qa, ka, va, n = after.qkv(layer, x)
-                q, k, v = qa[:, :, :n], ka[:, :, :n], va[:, :, :n]
+            q, k, v = layer.qkv(x, cos, sin)
             kc[:, :, index] = k.to(kc.dtype)
             vc[:, :, index] = v.to(vc.dtype)
             if i < self.args.causal_layers and upto is not None:
@@ -220,9 +210,8 @@ class Transformer(nn.Module):
                 o = ordered_rows_attention(q, kc, vc, index, *prior[i], spare=_spare_rows(cache, i, len(index)))
             else:
                 o = attention(q, kc, vc, kv_len)
-            x = layer.finish(x, o) if after is None else after.finish(i, layer, x, o, qa, ka, va, cache)
-        h = self.norm(x)
-        return h if after is None else after.hidden(h)
+            x = layer.finish(x, o)
+        return self.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """LM head: (..., D) -> (..., V) in float32."""
@@ -245,17 +234,18 @@ class Transformer(nn.Module):
 
 @dataclass
 class DraftRows:
-    """Rows a forward checks beside its own, layer by layer (speculative decoding's check folded
+    """Rows a prefill checks beside its own, layer by layer (speculative decoding's check folded
     into the prefill that encodes the canvas: `engine.speculate`). They hold drafted tokens at
-    canvas positions the forward runs too (as masks). At each layer they share the forward's
-    matmuls (one call over both sets of rows: the weights are read once); after the forward's
-    rows have attended and written their keys/values, the draft rows attend against the cache as
-    a `step(prior=...)` of them would (each sees the rows after it as the forward left them) and
-    overwrite the keys/values at their positions. The forward returns its hidden states with the
-    draft rows' in place of those positions' (and so does `tapped`), and `prior` holds what the
-    draft rows overwrote, per layer, for putting back the rows whose drafts do not hold. Their
+    canvas positions the prefill runs too (as masks). At each layer they share the prefill's
+    matmuls (one call over both sets of rows: the weights are read once); after the canvas's
+    rows have attended and their keys/values are cached, the draft rows attend against the cache
+    as a `step(prior=...)` of them would (each sees the rows after it as the prefill left them)
+    and overwrite the keys/values at their positions. The prefill returns its hidden states with
+    the draft rows' in place of those positions' (and so does `tapped`), and `prior` holds what
+    the draft rows overwrote, per layer, for putting back the rows whose drafts do not hold. Their
     own attention is ~8 small ops per layer: on a CPU about what a one-row step of their own
-    costs, so they pay where the forward is long (a prefill), not beside a few-row step.
+    costs, so they pay beside a long forward (a prefill), not beside a few-row step (a reuse step
+    after a keystroke measured ~20 ms slower with them, and `step` takes none).
 
     Attributes:
         ids: (1, Q) the drafted tokens; index: (Q,) their canvas positions, ascending.
@@ -281,8 +271,7 @@ class _DraftPass:
     so the weights are read once); only their attention is their own, run after the forward's
     rows have written their keys/values."""
 
-    def __init__(self, model: Transformer, drafts: DraftRows, cos: torch.Tensor, sin: torch.Tensor,
-                 rows: torch.Tensor | None = None) -> None:
+    def __init__(self, model: Transformer, drafts: DraftRows, cos: torch.Tensor, sin: torch.Tensor) -> None:
         self.m, self.d = model, drafts
         index = drafts.index
         dcos, dsin = rope_tables(model.args.head_dim, index, model.args.rope_theta)
@@ -293,8 +282,6 @@ class _DraftPass:
         # one a check of its own would compute)
         self.upto = int(index.max()) + 1 if index.device.type == "cpu" else None
         self.mask = None if self.upto is None or index.numel() == 1 else future_mask(index, self.upto)
-        # where the draft rows sit among the forward's own rows (None: the whole canvas, 0..L-1)
-        self.at = index if rows is None else torch.searchsorted(rows, index)
         drafts.prior = []
 
     def qkv(self, layer: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -327,11 +314,12 @@ class _DraftPass:
 
     def hidden(self, h: torch.Tensor) -> torch.Tensor:
         """The forward's hidden states (and `tapped`) with the draft rows' in their places."""
+        at = self.d.index
         h = h.clone()
-        h[:, self.at] = self.m.norm(self.x)
+        h[:, at] = self.m.norm(self.x)
         if self.tapped is not None and self.m.tapped is not None:
             tapped = self.m.tapped.clone()
-            tapped[:, self.at] = self.tapped
+            tapped[:, at] = self.tapped
             self.m.tapped = tapped
         return h
 
