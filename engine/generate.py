@@ -395,10 +395,13 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         if run.full_every_step or prior is None or not run.reuse(*prior, policy):
             # a prefill checks drafts for the first slots as it goes (`draft_opening`); a reuse
             # step does not: on a CPU its few rows cost less than the draft rows would add
-            opening = spec.opening(run.slots()) if spec is not None and cfg.draft_opening else None
+            opening, slots = None, []
+            if spec is not None and cfg.draft_opening:
+                slots = run.slots()
+                opening = spec.opening(slots)
             run.full(opening)
-            if opening is not None:
-                spec.adopt(opening, run.slots())
+            if spec is not None and opening is not None:  # a prefill commits nothing: the same slots
+                spec.adopt(opening, slots)
         if session is not None and not run.full_every_step:
             session.canvas, session.holes, session.cache, session.age = run.ids, run.hole_span, run.cache, run.age
         if not _denoise(run, spec, should_stop):

@@ -32,13 +32,14 @@ own at each layer (`engine.model.DraftRows`: the same matmuls, their own attenti
 only gave the first slot's logits, and checking the slots after it took a forward of its own,
 once per fill. In a fill that starts a line the first slot holds the line break that token
 healing moved out of the prefix plus the new line's indentation, which the indentation of the
-line above drafts (`line_start`: the first token of 70 of 100 held-out lines, the lookup 42). 100 held-out single lines (`dlsp eval
---seed 36`, int8, context 1024, one run): 0.715 -> 0.622 forwards per generated token, exact
-match 0.13 both, 99 fills the same (one int8 rounding flip in the base's reading, which now reads
-the drafted rows with the whole canvas). In wall time it is even on this CPU: 40 more lines in one
-process, each filled both ways in turn (seed 40, int8, 2 threads): prefill +23 ms, steps -17 ms,
-+6 ms median and +3 ms mean per fill (0.609 -> 0.533 forwards per token); the draft rows' attention is
-~8 small ops per layer, about what the check they save costs. A step reusing a session's cache
+line above drafts (`line_start`: the first token of 70 of 100 held-out lines, the lookup 42).
+100 held-out single lines (`dlsp eval --seed 36`, int8, context 1024, one run): 0.715 -> 0.622
+forwards per generated token, exact match 0.13 both, 99 fills the same (one int8 rounding flip in
+the base's reading, which now reads the drafted rows with the whole canvas). In wall time it is
+even on this CPU: 40 more lines in one process, each filled both ways in turn (seed 40, int8, 2
+threads): prefill +23 ms, steps -17 ms, +6 ms median and +3 ms mean per fill (0.609 -> 0.533
+forwards per token); the draft rows' attention is ~8 small ops per layer, about what the check
+they save costs. A step reusing a session's cache
 (a keystroke) runs without them: there the same rows added ~20 ms to a ~45 ms step (p50 at typing
 pauses 147-167 ms against 137-145 ms, `benchmarks/latency.py`, alternating runs).
 """
@@ -89,13 +90,9 @@ class Speculator:
         """One forward of the frontier row (the last committed slot, or the prefix's last token)
         and the drafted slots after it (at most `width`, up to the first without a draft)."""
         run = self.run
-        mask = run.a.mask_id
-        first = slots.index(mask)
-        pos = run.pos_host
-        start = pos[first] - 1  # the row the next commit reads
-        fed = [int(run.canvas[0, start])] if first == 0 else [slots[first - 1]]
-        positions = [start]
-        for p in pos[first:first + self.width]:  # the drafted run of slots after the frontier
+        first, start, token = self._frontier(slots)
+        fed, positions = [token], [start]
+        for p in run.pos_host[first:first + self.width]:  # the drafted run of slots after the frontier
             if p not in self.drafts:
                 break
             positions.append(p)
@@ -152,12 +149,17 @@ class Speculator:
     def adopt(self, drafts: DraftRows, slots: list[int]) -> None:
         """After the prefill checked `drafts` (from `opening`): the commit from its frontier row
         goes on through them as after a speculative forward."""
+        _, start, token = self._frontier(slots)
+        self.fed = [(start, token), *zip(drafts.index.tolist(), drafts.ids[0].tolist())]
+        self.rows, self.prior = drafts.index, drafts.prior
+
+    def _frontier(self, slots: list[int]) -> tuple[int, int, int]:
+        """The first masked slot's index, the row the next commit reads (the one before it) and
+        the token there (the last committed slot's, or the prefix's last)."""
         run = self.run
         first = slots.index(run.a.mask_id)
         start = run.pos_host[first] - 1
-        frontier = int(run.canvas[0, start]) if first == 0 else slots[first - 1]
-        self.fed = [(start, frontier), *zip(drafts.index.tolist(), drafts.ids[0].tolist())]
-        self.rows, self.prior = drafts.index, drafts.prior
+        return first, start, int(run.canvas[0, start]) if first == 0 else slots[first - 1]
 
     def _confirmed(self, slots: list[int]) -> bool:
         """Whether the row the next commit reads holds what the canvas holds now (every row
