@@ -15,7 +15,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine import ContextSegment
 from lsp_server.crossfile import related_definitions
@@ -47,6 +47,9 @@ class Context:
             "block" (statements on an empty line), "body" (after a block header).
         line_before, line_after: the cursor's line split at the cursor.
         indent_unit: one level of indentation in this document.
+        new_line: the line break the suggestion ends with ("" = none): a cursor at the start of
+            a line of code asks for a line of its own above it (`opens_line`), built as if the
+            line break were already typed there.
     """
 
     prefix: str
@@ -58,13 +61,15 @@ class Context:
     line_after: str
     indent_unit: str = "    "
     segments: tuple[ContextSegment, ...] = ()
+    new_line: str = ""
 
     @property
     def multiline(self) -> bool:
         return self.mode not in SINGLE_LINE
 
     def key(self) -> tuple:
-        return (self.prefix, self.suffix, self.segments, self.mode, self.hole_tokens, self.max_new_tokens)
+        return (self.prefix, self.suffix, self.segments, self.mode, self.hole_tokens, self.max_new_tokens,
+                self.new_line)
 
 
 _RATIOS: OrderedDict[tuple[int, str], float] = OrderedDict()  # (counter, sample) -> chars per token
@@ -246,11 +251,33 @@ def ranked_segments(text: str, lo: int, spans: Sequence[tuple[int, int, int]], r
     return tuple(out)
 
 
+def opens_line(text: str, cursor: int) -> str:
+    """The line break a suggestion at `cursor` ends with: where the cursor sits at the start of a
+    line that holds code (not only closers), text typed there goes on a line of its own above
+    that line (a statement cannot start left of the line's own indentation, in front of it), so
+    the suggestion is a whole line and its line break (the document's: `\\r\\n` or `\\n`). ""
+    elsewhere."""
+    if cursor > 0 and text[cursor - 1] != "\n":
+        return ""
+    after = text[cursor:line_end(text, cursor)].rstrip("\r\n")
+    if not after.strip() or set(after) <= CLOSERS:
+        return ""
+    return "\r\n" if text[max(0, cursor - 2):cursor] == "\r\n" else "\n"
+
+
 def build_context(text: str, cursor: int, spec: LangSpec | None, budget_tokens: int, max_tokens: int,
                   count: Callable[[str], int] | None = None, others: Sequence[Document] = ()) -> Context:
     """Everything the engine needs for a completion at `cursor` in `text`; `others` are the other
-    open documents (definitions they hold may join the context)."""
+    open documents (definitions they hold may join the context). At the start of a line of code
+    (`opens_line`) the context is the one of an empty line typed above it, and the suggestion
+    ends with a line break (`Context.new_line`): the shape a held-out single line has in `dlsp
+    eval`, where before the model saw the line's code right after the cursor and the suggestion
+    was cut at its line break, joining the line in front of the code."""
     cursor = max(0, min(cursor, len(text)))
+    eol = opens_line(text, cursor)
+    if eol:
+        ctx = build_context(text[:cursor] + eol + text[cursor:], cursor, spec, budget_tokens, max_tokens, count, others)
+        return replace(ctx, new_line=eol)
     budget = int(max(16, budget_tokens) * chars_per_token(text, cursor, count) * 0.9)
     window = max(32768, budget * 8)
     lo = line_start(text, max(0, cursor - window))

@@ -18,7 +18,7 @@ def postprocess(text: str, ctx: Context) -> str:
     text = balance(text, ctx)
     text = fit_indent(text, ctx)
     text = text.rstrip()
-    return text if text.strip() else ""
+    return text + ctx.new_line if text.strip() else ""
 
 
 def fit_first_line(text: str, ctx: Context) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from lsp_server.context import build_context, clip_suffix, decide_mode, indent_unit
+from lsp_server.context import build_context, clip_suffix, decide_mode, indent_unit, opens_line
 from lsp_server.documents import Document
 from lsp_server.languages import spec_for
+from lsp_server.postprocess import postprocess
 from lsp_server.syntax import Syntax
 
 
@@ -259,3 +260,41 @@ def test_incremental_parse_equals_a_fresh_parse(lang):
         fresh = Syntax(text, 0, spec)
         assert str(inc.tree.root_node) == str(fresh.tree.root_node)
     assert syntax_mod.common_head(b"abcdef", b"abcxef") == 3 and syntax_mod.common_head(b"", b"a") == 0
+
+
+@pytest.mark.parametrize("source, eol", [
+    ("def f(x):\n    a = 1\n<C>    return a\n", "\n"),  # before a line's indentation
+    ("import os\n<C>import sys\n", "\n"),  # before code at column 0
+    ("<C>import sys\n", "\n"),  # the document's first line
+    ("def f(x):\r\n    a = 1\r\n<C>    return a\r\n", "\r\n"),  # the document's own line break
+    ("def f(x):\n    a = 1\n    <C>return a\n", ""),  # after the indentation: text before the code
+    ("def f(x):\n    a = 1\n<C>\n    return a\n", ""),  # an empty line: the line break is there
+    ("x = foo(\n<C>)\n", ""),  # only a closer on the line: the fill may end on it
+    ("x = 1\n<C>", ""),  # the end of the document
+])
+def test_a_cursor_at_the_start_of_a_line_of_code_asks_for_a_line_above_it(source, eol):
+    cursor = source.index("<C>")
+    text = source.replace("<C>", "")
+    assert opens_line(text, cursor) == eol
+
+
+def test_the_line_above_has_the_context_of_an_empty_line_typed_there():
+    """A held-out line removed with its line break leaves the cursor at the start of the next
+    line: the model gets the shape `dlsp eval` measures (an empty line between prefix and the
+    code after), and the suggestion brings its own line break, so it goes in above the code
+    instead of joining it."""
+    text = "def mean(values):\n    total = sum(values)\n    return total / len(values)\n"
+    cursor = text.index("    return")
+    gap = text[:cursor] + "\n" + text[cursor:]
+    ctx = build_context(text, cursor, spec_for("python"), 1024, 64)
+    typed = build_context(gap, cursor, spec_for("python"), 1024, 64)
+    assert ctx.new_line == "\n" and typed.new_line == ""
+    assert (ctx.prefix, ctx.suffix, ctx.mode, ctx.line_before, ctx.line_after) == \
+        (typed.prefix, typed.suffix, typed.mode, typed.line_before, typed.line_after)
+    assert ctx.suffix.startswith("\n    return total") and ctx.mode == "line" and not ctx.multiline
+    assert ctx.key() != typed.key()  # a cached suggestion of one is not the other's
+    assert postprocess("    x = 1", ctx) == "    x = 1\n"
+    assert postprocess("    x = 1", typed) == "    x = 1"
+    assert postprocess("   ", ctx) == ""  # nothing worth showing stays nothing
+    crlf = build_context(text.replace("\n", "\r\n"), cursor + 2, spec_for("python"), 1024, 64)
+    assert crlf.new_line == "\r\n" and postprocess("    x = 1", crlf) == "    x = 1\r\n"

@@ -368,3 +368,18 @@ def test_a_block_suggestion_tells_the_engine_where_the_block_ends():
     assert not req.single_line and req.min_indent == 1  # past the header's column
     assert spans[0][2] == "y = x\n    return y"
     svc.scheduler.shutdown()
+
+
+def test_a_suggestion_at_the_start_of_a_line_of_code_is_a_line_above_it():
+    """The cursor before `    return a`: the engine fills an empty line typed above it (single
+    line), and the edit inserts the line with its line break, leaving the code below intact."""
+    engine = FakeEngine(fill=lambda req: ("    a = 1",))
+    svc = _service(engine)
+    svc.docs.open("file:///w/c.py", "python", 1, "def f():\n    return a\n")
+    index, spans = asyncio.run(svc.suggest("file:///w/c.py", _pos(1, 0)))
+    req = engine.calls[-1]
+    assert req.single_line is True and req.prefix.endswith("def f():\n") and req.suffix.startswith("\n    return a")
+    (start, end, text), = spans
+    assert start == end == len("def f():\n") and text == "    a = 1\n"
+    assert index.text[:start] + text + index.text[end:] == "def f():\n    a = 1\n    return a\n"
+    svc.scheduler.shutdown()
