@@ -212,7 +212,7 @@ class EndRules:
         for idx, head, ended in self._heads(slots):
             at = loop_start(head, self.cfg.loop_guard)
             if at is None and self.stop is None and self.texts is not None:
-                at = line_loop_start(head, self.texts, self.cfg.loop_guard, ended=ended)
+                at = line_loop_start(head, self.texts, ended=ended)
                 if at is None:
                     at = phrase_loop_start(head, self.texts, self.cfg.loop_guard)
             if at is not None:

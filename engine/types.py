@@ -76,7 +76,7 @@ class SamplingConfig:
             (`engine.samplers.loop_start`), the fill is cut after the span's first copy. A small
             model sometimes repeats a fragment until the budget runs out (`op(op(op(...`). In a
             multi-line fill the same goes for its last complete lines, whitespace aside: a block
-            of 2-8 lines twice in a row, or one line this many times (`line_loop_start`).
+            of 1-8 lines twice in a row (`line_loop_start`).
         lookahead: keep at least `lookahead // 2` masks ahead of a fill's decoded head (0 = off):
             when fewer are left and the fill has not ended, the hole is topped up to `lookahead`
             masks (a growth round). The number of masks between the head and the suffix tells a

@@ -51,16 +51,18 @@ def test_line_loop_start_finds_a_block_repeated_one_level_deeper():
 
     block = [5, 6, 3, 9, 4, 6]  # "# parse it" / "if not arg:" / "return", deeper each line
     head = [8, 7] + block + block + [5]  # the second copy ends its last line, then the third starts
-    at = line_loop_start(head, TEXTS, 3)
+    at = line_loop_start(head, TEXTS)
     assert at == 2 + len(block) - 1  # the line break that ends the first copy
     text = "".join(TEXTS[t] for t in head[:at])
     assert text == "x = 1\n# parse it\n    if not arg:\n        return"
-    assert line_loop_start([8, 7] + block + [5], TEXTS, 3) is None  # one copy
-    assert line_loop_start([8, 7, 8, 7], TEXTS, 3) is None  # one short line twice: code
-    assert line_loop_start([3, 7] * 3, TEXTS, 3) == 1  # one line three times: keep one
-    assert line_loop_start([3, 7] * 3, TEXTS, 4) is None
-    assert line_loop_start([3, 7, 4, 7, 3, 9, 4], TEXTS, 3) is None  # the repeat's last line is unfinished
-    assert line_loop_start([3, 7, 4, 7, 3, 9, 4], TEXTS, 3, ended=True) == 3  # unless the fill ended there
+    assert line_loop_start([8, 7] + block + [5], TEXTS) is None  # one copy
+    assert line_loop_start([8, 7, 8, 7], TEXTS) is None  # one short line twice: code
+    assert line_loop_start([3, 7] * 3, TEXTS) == 1  # one line three times: keep one
+    assert line_loop_start([8, 7, 3, 7, 3, 7], TEXTS) == 3  # a line of 8+ characters twice: keep one
+    assert line_loop_start([3, 7, 3], TEXTS) is None  # the second copy's line is unfinished
+    assert line_loop_start([3, 7, 3], TEXTS, ended=True) == 1  # unless the fill ended there
+    assert line_loop_start([3, 7, 4, 7, 3, 9, 4], TEXTS) is None  # the repeat's last line is unfinished
+    assert line_loop_start([3, 7, 4, 7, 3, 9, 4], TEXTS, ended=True) == 3  # unless the fill ended there
 
 
 def test_a_multi_line_fill_repeating_its_lines_one_level_deeper_is_cut():
