@@ -28,7 +28,7 @@ from lsprotocol import types
 from engine import InfillRequest, SamplingConfig
 from lsp_server import actions
 from lsp_server.cache import ContextCache, TypeThrough
-from lsp_server.context import build_context, indent_unit
+from lsp_server.context import Context, build_context, indent_unit
 from lsp_server.convert import UTF16, LineIndex, range_offsets, to_offset
 from lsp_server.documents import DocumentStore
 from lsp_server.errors import BadParams, ModelNotReady, StaleDocument, cancelled
@@ -64,6 +64,14 @@ class _Shared:
         self.task = task
         self.waiters = 0
 
+
+def engine_request(ctx: Context, context_tokens: int, **extra: Any) -> InfillRequest:
+    """The engine request of an inline completion at `ctx` (`extra`: session, sampling,
+    should_stop); `benchmarks/server_eval.py` sends the same."""
+    return InfillRequest(prefix=ctx.prefix, suffix=ctx.suffix, hole_tokens=ctx.hole_tokens,
+                         max_new_tokens=ctx.max_new_tokens, max_context_tokens=context_tokens,
+                         context=ctx.segments, single_line=not ctx.multiline,
+                         min_indent=block_floor(ctx) if ctx.multiline else None, **extra)
 
 class Service:
     def __init__(self, host: ModelHost, settings: Settings | None = None) -> None:
@@ -235,11 +243,8 @@ class Service:
         timings = {"context": _ms(t)}
         raw = self.cache.get(ctx.key())
         if raw is None:
-            req = InfillRequest(prefix=ctx.prefix, suffix=ctx.suffix, hole_tokens=ctx.hole_tokens,
-                                max_new_tokens=ctx.max_new_tokens, max_context_tokens=s.context_tokens,
-                                context=ctx.segments, session=uri, sampling=self._sampling(),
-                                single_line=not ctx.multiline, should_stop=job.should_stop,
-                                min_indent=block_floor(ctx) if ctx.multiline else None)
+            req = engine_request(ctx, s.context_tokens, session=uri, sampling=self._sampling(),
+                                 should_stop=job.should_stop)
             result = await self.scheduler.run(job, lambda stop: engine.infill(req))
             if result is None or result.cancelled:
                 raise Stopped(job.reason or "cancelled")
