@@ -190,6 +190,14 @@ def copy_prior(logits: torch.Tensor, canvas: torch.Tensor, pos: torch.Tensor, us
     return torch.log(mixed.clamp(min=1e-30))
 
 
+def _tail_copies(seq: list, period: int) -> int:
+    """How many times in a row `seq` ends with its last `period` items (1: once)."""
+    n, unit, copies = len(seq), seq[len(seq) - period:], 1
+    while (copies + 1) * period <= n and seq[n - (copies + 1) * period:n - copies * period] == unit:
+        copies += 1
+    return copies
+
+
 def loop_start(tokens: list[int], repeats: int, min_tokens: int = 12, max_period: int = 16) -> int | None:
     """Where a fill's degenerate loop starts repeating, or None.
 
@@ -202,10 +210,7 @@ def loop_start(tokens: list[int], repeats: int, min_tokens: int = 12, max_period
     """
     n = len(tokens)
     for period in range(1, min(max_period, n // max(repeats, 1)) + 1):
-        unit = tokens[n - period:]
-        copies = 1
-        while (copies + 1) * period <= n and tokens[n - (copies + 1) * period:n - copies * period] == unit:
-            copies += 1
+        copies = _tail_copies(tokens, period)
         if copies >= repeats and copies * period >= min_tokens:
             return n - copies * period + period
     return None
@@ -238,13 +243,10 @@ def line_loop_start(tokens: list[int], texts: list[str], ended: bool = False,
     for period in range(1, max_lines + 1):
         if 2 * period > n:
             break
-        block = lines[n - period:]
-        if sum(map(len, block)) < min_chars:
+        if sum(map(len, lines[n - period:])) < min_chars:
             continue
-        if lines[n - 2 * period:n - period] == block:
-            copies = 2
-            while (copies + 1) * period <= n and lines[n - (copies + 1) * period:n - copies * period] == block:
-                copies += 1
+        copies = _tail_copies(lines, period)
+        if copies >= 2:
             newline = breaks[n - (copies - 1) * period - 1]  # ends the first copy
             return next(i for i, e in enumerate(ends) if e > newline)
     return None
