@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     tasks = [t for t in make_tasks(load_documents(a.corpus), a.n, a.seed, kinds=["single_line"])
              if t.suffix.startswith("\n")]
+    if not tasks:
+        print(f"server_eval: no single-line tasks in {a.corpus} (all files too short)", file=sys.stderr)
+        return 2
     engine = Engine.from_pretrained(a.model or str(DEFAULT_MODEL_DIR), device=a.device)
     report = run(engine, tasks, shapes, a.context_tokens, a.max_tokens)
     print(f"{'shape':<8} {'n':>4} {'document right':>15} {'line right':>11} {'ms/request':>11}  modes")

@@ -135,12 +135,22 @@ def _bracket_depth(s: str) -> int:
     return sum(s.count(c) for c in "([{") - sum(s.count(c) for c in ")]}")
 
 
+def text_after(text: str, cursor: int) -> str:
+    """The cursor's line right of the cursor, without its line break."""
+    return text[cursor:line_end(text, cursor)].rstrip("\r\n")
+
+
+def holds_code(after: str) -> bool:
+    """Text right of the cursor that a fill must end before: not blank, not only closers."""
+    return bool(after.strip()) and not set(after) <= CLOSERS
+
+
 def decide_mode(text: str, cursor: int, spec: LangSpec | None, syntax: Syntax | None) -> str:
     """Single-line or multi-line, from the syntax around the cursor."""
     ls = line_start(text, cursor)
-    after = text[cursor:line_end(text, cursor)].rstrip("\r\n")
+    after = text_after(text, cursor)
     before = text[ls:cursor]
-    if after.strip() and not set(after) <= CLOSERS:
+    if holds_code(after):
         return "fill"
     if before.strip():
         header, end = before.rstrip(), ls + len(before.rstrip())
@@ -259,8 +269,7 @@ def opens_line(text: str, cursor: int) -> str:
     elsewhere."""
     if cursor > 0 and text[cursor - 1] != "\n":
         return ""
-    after = text[cursor:line_end(text, cursor)].rstrip("\r\n")
-    if not after.strip() or set(after) <= CLOSERS:
+    if not holds_code(text_after(text, cursor)):
         return ""
     return "\r\n" if text[max(0, cursor - 2):cursor] == "\r\n" else "\n"
 
@@ -291,9 +300,9 @@ def build_context(text: str, cursor: int, spec: LangSpec | None, budget_tokens: 
     start = _next_line_start(text, max(lo, cursor - int(budget * _WINDOW)), cursor) if cursor - lo > budget else lo
     segments = ranked_segments(text, start, outline_spans(text, cursor, syntax, spec),
                                related, p_budget // 2)
-    ls, le = line_start(text, cursor), line_end(text, cursor)
+    ls = line_start(text, cursor)
     return Context(prefix=text[start:cursor], suffix=clip_suffix(text, cursor, int(s_budget * _WINDOW)), mode=mode,
                    hole_tokens=min(HOLE_TOKENS[mode], max_tokens),
                    max_new_tokens=min(max_tokens, 32) if mode in SINGLE_LINE else max_tokens,
-                   line_before=text[ls:cursor], line_after=text[cursor:le].rstrip("\r\n"),
+                   line_before=text[ls:cursor], line_after=text_after(text, cursor),
                    indent_unit=indent_unit(text, cursor), segments=segments)

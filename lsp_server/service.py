@@ -73,6 +73,7 @@ def engine_request(ctx: Context, context_tokens: int, **extra: Any) -> InfillReq
                          context=ctx.segments, single_line=not ctx.multiline,
                          min_indent=block_floor(ctx) if ctx.multiline else None, **extra)
 
+
 class Service:
     def __init__(self, host: ModelHost, settings: Settings | None = None) -> None:
         self.host = host

@@ -45,5 +45,8 @@ def test_main_writes_the_report(tiny_ckpt, tmp_path, capsys):
 def test_unknown_shape_and_missing_corpus_are_clear_errors(tmp_path, capsys):
     assert server_eval.main(["--shapes", "gap,sideways"]) == 2
     assert server_eval.main(["--corpus", str(tmp_path / "none.jsonl")]) == 2
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"package": "p", "path": "s.py", "text": "x = 1\n"}) + "\n", encoding="utf-8")
+    assert server_eval.main(["--corpus", str(short)]) == 2  # no task: said before any model loads
     err = capsys.readouterr().err
-    assert "--shapes" in err and "not found" in err
+    assert "--shapes" in err and "not found" in err and "no single-line tasks" in err
