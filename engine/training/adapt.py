@@ -57,13 +57,40 @@ def state(model: Transformer, acfg: AdapterConfig) -> dict[str, torch.Tensor]:
 
 
 def warm_start(model: Transformer, acfg: AdapterConfig, path: Path) -> dict[str, Any]:
-    """Load a shipped adapter directory's tensors; returns its `dlsp_training` (for totals)."""
+    """Load a shipped adapter directory's tensors; returns its `dlsp_training` (for totals).
+
+    A run may add the mask row to an adapter without one (it starts as the base's row), and may
+    raise the rank (`grow_rank`: the model starts as the shipped one computes)."""
     cfg, shipped, tensors = read_adapter(path)
-    # a run may add the mask row to an adapter without one (it starts as the base's row)
-    if replace(shipped, mask_row=shipped.mask_row or acfg.mask_row) != acfg:
+    like = replace(shipped, mask_row=shipped.mask_row or acfg.mask_row)
+    if shipped.rank < acfg.rank:
+        tensors = grow_rank(tensors, shipped, acfg, model)
+        like = replace(like, rank=acfg.rank, alpha=acfg.alpha)
+    if like != acfg:
         raise SystemExit(f"{path}: adapter shape {shipped} differs from this run's {acfg}")
     load_adapter_tensors(model, acfg, tensors)
     return cfg.get("dlsp_training", {}) or {}
+
+
+def grow_rank(tensors: dict[str, torch.Tensor], old: AdapterConfig, new: AdapterConfig,
+              model: Transformer) -> dict[str, torch.Tensor]:
+    """A shipped adapter's factors at a higher rank, computing the same maps: each `lora_A` takes
+    the old rows first and keeps `model`'s fresh (Kaiming) rows after them; each `lora_B` the old
+    columns rescaled by old scale / new scale, zeros after them, so B A * scale is unchanged and
+    the new directions start at zero with a gradient (their A rows are not zero)."""
+    params = dict(model.named_parameters())
+    out = {}
+    for name, t in tensors.items():
+        if ".lora_A" in name:
+            grown = params[name].detach().clone().to(t.dtype)
+            grown[:old.rank] = t
+        elif ".lora_B" in name:
+            grown = torch.zeros(t.shape[0], new.rank, dtype=t.dtype)
+            grown[:, :old.rank] = t * (old.scale / new.scale)
+        else:
+            grown = t
+        out[name] = grown
+    return out
 
 
 def export(model: Transformer, args: ModelArgs, acfg: AdapterConfig, out: Path, tokenizer: Path,

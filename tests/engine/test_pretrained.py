@@ -224,6 +224,35 @@ def test_a_trained_mask_row_assembles_into_the_embedding(tmp_path, monkeypatch):
 
 @needs_base
 @pytest.mark.slow
+def test_a_warm_start_may_raise_the_rank_and_starts_as_the_shipped_adapter(tmp_path):
+    """`--init-from` with a higher `--lora-rank`: the grown factors compute the shipped maps (the
+    old columns rescaled to the new alpha / rank), the new directions start at zero but train
+    (their A rows are not zero, so B's new columns get a gradient); a lower rank is refused."""
+    out = tmp_path / "adapter"
+    trained, old = _export_random_adapter(out)  # rank 4, alpha 8: scale 2
+    grown = read_base().build(causal_layers=28)
+    new = AdapterConfig(first_layer=28, rank=12, alpha=6.0)  # scale 0.5
+    add_lora(grown, new)
+    adapt.warm_start(grown, new, out)
+    ids = torch.tensor([[0, 1604, 29856, 24, 104, 727, 472]])
+    trained.eval(), grown.eval()
+    with torch.no_grad():
+        assert (grown(ids) - trained(ids)).abs().max() < 5e-2  # fp16 on disk
+    lin = grown.layers[29].wq
+    assert lin.lora_A.shape == (12, 576) and lin.lora_B.shape[1] == 12
+    assert torch.count_nonzero(lin.lora_B[:, 4:]) == 0 and torch.count_nonzero(lin.lora_A[4:]) > 0
+    grown.train()
+    grown(ids).logsumexp(-1).mean().backward()
+    assert lin.lora_B.grad[:, 4:].abs().sum() > 0
+    shrunk = read_base().build(causal_layers=28)
+    low = AdapterConfig(first_layer=28, rank=2, alpha=8.0)
+    add_lora(shrunk, low)
+    with pytest.raises(SystemExit, match="adapter shape"):
+        adapt.warm_start(shrunk, low, out)
+
+
+@needs_base
+@pytest.mark.slow
 def test_training_the_mask_row_gives_it_its_own_pace_and_resumes_it(tmp_path):
     """`dlsp train --mask-row`: the row is trained at MASK_ROW_LR times the schedule's rate and
     without weight decay, and a resumed run carries the row it had."""
