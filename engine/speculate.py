@@ -57,6 +57,9 @@ if TYPE_CHECKING:
     from engine.ngram import NgramDrafts
 
 
+LONG_ORDERS = (3, 2)  # lookup matches that come before the trigram table's drafts
+
+
 def applies(run: _Run) -> bool:
     """Whether the run can decode speculatively: a draft width, the fast sampler with a one-slot
     window, greedy, a shifted family, one hole, no periodic refresh."""
@@ -136,11 +139,12 @@ class Speculator:
     def _first_draft(self, before: list[int], after: list[int], first: int) -> int | None:
         run = self.run
         constrained = run.first if run.first is not None and run.first_at == first else None
-        candidates = lookup(before, after, 1)
+        candidates = lookup(before, after, 1, orders=LONG_ORDERS)
         if constrained is not None and "\n" in constrained.lead and run.texts and run.text_ids:
             candidates += line_start(before, constrained.lead, run.texts, run.text_ids)
         if self.table is not None:
             candidates += self.table.draft(before, 1)
+        candidates += lookup(before, after, 1, orders=(1,))
         for t in candidates:
             if constrained is None or bool(constrained.allowed[t]):
                 return t
@@ -214,13 +218,15 @@ class Speculator:
         self.drafts = dict(zip(targets, self._guess(before, run.ids[hi:], len(targets))))
 
     def _guess(self, before: list[int], after: list[int], n: int) -> list[int]:
-        """Up to `n` drafts after `before`: the lookup's, else the trigram table's."""
+        """Up to `n` drafts after `before`: the lookup's where the last two or three tokens occur
+        in the visible text, else the trigram table's, else the lookup's after the last token
+        alone (one token says less about what follows than the table's counts do)."""
         if n <= 0:
             return []
-        drafts = lookup(before, after, n)
+        drafts = lookup(before, after, n, orders=LONG_ORDERS)
         if not drafts and self.table is not None:
             drafts = self.table.draft(before, n)
-        return drafts
+        return drafts or lookup(before, after, n, orders=(1,))
 
 
 def line_start(before: list[int], lead: str, texts: list[str], id_of: dict[str, int], unit: str = "    ",
