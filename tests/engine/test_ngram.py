@@ -77,7 +77,7 @@ def test_table_drafts_cut_forwards_and_keep_the_fill(mixed, monkeypatch):
     model, segs = mixed
     cfg = SamplingConfig(block=1, lazy_rows=True, eos_fill=False, eos_frontier=False, nonempty=False)
     one = generate(model, segs, cfg, True, hole_tokens=12, max_new_tokens=12)
-    monkeypatch.setattr(speculate, "lookup", lambda before, after, n: [])
+    monkeypatch.setattr(speculate, "lookup", lambda before, after, n, orders=(3, 2, 1): [])
     vocab = model.args.vocab_size
     knows = NgramDrafts.count(np.array((segs[0] + one.fills[0]) * 3), vocab, min_count=1, min_share=0.0)
     spec = generate(model, segs, replace(cfg, draft=4), True, hole_tokens=12, max_new_tokens=12, drafts=knows)
