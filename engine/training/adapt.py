@@ -62,12 +62,14 @@ def warm_start(model: Transformer, acfg: AdapterConfig, path: Path) -> dict[str,
     A run may add the mask row to an adapter without one (it starts as the base's row), and may
     raise the rank (`grow_rank`: the model starts as the shipped one computes)."""
     cfg, shipped, tensors = read_adapter(path)
+    grows = shipped.rank < acfg.rank
     like = replace(shipped, mask_row=shipped.mask_row or acfg.mask_row)
-    if shipped.rank < acfg.rank:
-        tensors = grow_rank(tensors, shipped, acfg, model)
+    if grows:
         like = replace(like, rank=acfg.rank, alpha=acfg.alpha)
-    if like != acfg:
+    if like != acfg:  # checked before growing: other layers or maps get this error, not a KeyError
         raise SystemExit(f"{path}: adapter shape {shipped} differs from this run's {acfg}")
+    if grows:
+        tensors = grow_rank(tensors, shipped, acfg, model)
     load_adapter_tensors(model, acfg, tensors)
     return cfg.get("dlsp_training", {}) or {}
 
