@@ -28,7 +28,9 @@ class EditPlan:
     """Holes of one action. The document reads text[:spans[0][0]], hole 0, ..., text[spans[-1][1]:];
     each fill is written as lead + fill + trail over its span (the original is kept if empty).
     `block`: the fills belong inside a block (a body, a placeholder in one), so a fill is cut at
-    its first line that dedents below the hole's indentation (the model went on past the block)."""
+    its first line that dedents below the hole's indentation (the model went on past the block).
+    `hint`: per hole, text the model reads right before it that is not written back (a TODO
+    comment's own words, so the fill that replaces the comment does what it asks); empty by default."""
 
     spans: tuple[tuple[int, int], ...]
     lead: tuple[str, ...]
@@ -36,6 +38,10 @@ class EditPlan:
     hole_tokens: int
     max_new_tokens: int
     block: bool = False
+    hint: tuple[str, ...] = ()
+
+    def hint_at(self, i: int) -> str:
+        return self.hint[i] if i < len(self.hint) else ""
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,9 @@ def segments(text: str, plan: EditPlan, spec: LangSpec | None, budget_tokens: in
     s_budget = max(budget // 4, budget - (first - lo))
     prefix = clip_prefix(text, lo, first, budget - min(s_budget, len(text) - last),
                          outline_spans(text, first, syntax, spec))
-    middles = tuple(plan.trail[i] + text[plan.spans[i][1]:plan.spans[i + 1][0]] + plan.lead[i + 1]
-                    for i in range(len(plan.spans) - 1))
-    return Segments(prefix + plan.lead[0], middles, plan.trail[-1] + clip_suffix(text, last, s_budget))
+    middles = tuple(plan.trail[i] + text[plan.spans[i][1]:plan.spans[i + 1][0]] + plan.hint_at(i + 1)
+                    + plan.lead[i + 1] for i in range(len(plan.spans) - 1))
+    return Segments(prefix + plan.hint_at(0) + plan.lead[0], middles, plan.trail[-1] + clip_suffix(text, last, s_budget))
 
 
 def edits(text: str, plan: EditPlan, fills: Sequence[str], unit: str) -> list[tuple[int, int, str]]:
@@ -186,7 +192,17 @@ def fill_holes_plan(text: str, cursor: int, spec: LangSpec | None, syntax: Synta
         return None
     n = len(holes)
     return EditPlan(spans=tuple(holes), lead=("",) * n, trail=("",) * n,
-                    hole_tokens=min(16, max_tokens), max_new_tokens=max_tokens, block=True)
+                    hole_tokens=min(16, max_tokens), max_new_tokens=max_tokens, block=True,
+                    hint=tuple(_todo_hint(text, s, e) for s, e in holes))
+
+
+def _todo_hint(text: str, start: int, end: int) -> str:
+    """For an own-line TODO comment hole: the comment, a newline and its indentation, so the model
+    reads what the TODO asks on the line above the code that replaces it; else ""."""
+    hole = text[start:end]
+    if "TODO" not in hole or HOLE_MARKER in hole or text[line_start(text, start):start].strip():
+        return ""
+    return hole + "\n" + text[line_start(text, start):start]
 
 
 def _indent_of(text: str, offset: int) -> str:

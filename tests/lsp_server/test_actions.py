@@ -123,3 +123,28 @@ def test_hole_fills_are_cut_back_to_complete_lines_and_start_at_the_indentation(
     plan = actions.fill_holes_plan(text, text.index("if"), spec, syntax, 64)
     assert apply_edits(text, actions.edits(text, plan, [" raise ValueError(x)"], "    ")) == (
         "def f(x):\n    if x:\n        raise ValueError(x)\n")
+
+
+def test_a_todo_hole_shows_the_model_its_comment_and_the_fill_replaces_it():
+    """The model reads what an own-line TODO asks (the comment, then the hole on the next line at
+    the same indentation) and the accepted fill takes the comment's place; other holes, a TODO
+    trailing code and a `<|hole|>` marker get no hint."""
+    text = ("def remove(self, name):\n    item = self.items[name]\n    # TODO: take the quantity off\n"
+            "    if item.quantity <= 0:\n        ...\n")
+    spec, syntax = _parse(text, "python")
+    plan = actions.fill_holes_plan(text, text.index("item ="), spec, syntax, 64)
+    assert plan.hint == ("# TODO: take the quantity off\n    ", "")
+    seg = actions.segments(text, plan, spec, 1024, None)
+    assert seg.prefix.endswith("    item = self.items[name]\n    # TODO: take the quantity off\n    ")
+    assert seg.middles == ("\n    if item.quantity <= 0:\n        ",)
+    out = apply_edits(text, actions.edits(text, plan, ["item.quantity -= 1", "del self.items[name]"], "    "))
+    assert out == ("def remove(self, name):\n    item = self.items[name]\n    item.quantity -= 1\n"
+                   "    if item.quantity <= 0:\n        del self.items[name]\n")
+    text = "function f(a) {\n  // TODO double it\n  return <|hole|>;\n}\n"
+    spec, syntax = _parse(text, "javascript")
+    plan = actions.fill_holes_plan(text, 20, spec, syntax, 64)
+    assert plan.hint == ("// TODO double it\n  ", "")
+    assert actions.segments(text, plan, spec, 1024, None).middles == ("\n  return ",)
+    # a plan without hints (a selection, a body) reads as before
+    plan = actions.regenerate_plan(text, 2, 10, 16, None)
+    assert plan.hint == () and actions.segments(text, plan, spec, 1024, None).prefix == text[:2]
