@@ -190,8 +190,10 @@ def build_systems(engine: Engine, a: argparse.Namespace) -> dict[str, Callable[[
 # ---- the run -------------------------------------------------------------------------------
 
 def evaluate(tasks: list[FimTask], systems: dict[str, Callable[[FimTask], Prediction]],
-             limit_seconds: float | None = None) -> tuple[list[Outcome], bool]:
-    """Every system on every task, task by task, so a time limit leaves all systems on the same tasks."""
+             limit_seconds: float | None = None,
+             progress: Callable[[int, int, float, list[Outcome]], None] | None = None) -> tuple[list[Outcome], bool]:
+    """Every system on every task, task by task, so a time limit leaves all systems on the same tasks.
+    `progress(done, total, elapsed_s, outcomes)` is called after each task."""
     outcomes: list[Outcome] = []
     t0 = time.perf_counter()
     for i, task in enumerate(tasks):
@@ -201,7 +203,32 @@ def evaluate(tasks: list[FimTask], systems: dict[str, Callable[[FimTask], Predic
         for name, system in systems.items():
             text, ms, passes, tokens = system(task)
             outcomes.append(score(task.id, task.kind, name, text, task.middle, ms, passes, tokens))
+        if progress is not None:
+            progress(i + 1, len(tasks), time.perf_counter() - t0, outcomes)
     return outcomes, False
+
+
+def progress_printer(every_s: float = 60.0, out: Any = None) -> Callable[[int, int, float, list[Outcome]], None]:
+    """A `progress` callback that prints, at most once per `every_s` seconds and after the last
+    task, how many tasks are done, the time left at the rate so far and each system's exact match
+    so far (task counts and scores only: no source text)."""
+    last = [-every_s]
+
+    def report(done: int, total: int, elapsed: float, outcomes: list[Outcome]) -> None:
+        if elapsed - last[0] < every_s and done < total:
+            return
+        last[0] = elapsed
+        hits: dict[str, list[int]] = {}
+        for o in outcomes:
+            h = hits.setdefault(o.system, [0, 0])
+            h[0] += int(o.exact_match)
+            h[1] += 1
+        ems = ", ".join(f"{k} {h[0]}/{h[1]}" for k, h in hits.items())
+        left = elapsed / done * (total - done)
+        print(f"[dlsp eval] {done}/{total} tasks, {elapsed / 60:.1f} min, ~{left / 60:.1f} min left; "
+              f"exact so far: {ems}", file=out or sys.stderr, flush=True)
+
+    return report
 
 
 def bar_check(results: dict[str, Any]) -> dict[str, Any]:
@@ -289,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dlsp eval: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    outcomes, stopped = evaluate(tasks, systems, a.limit_seconds)
+    outcomes, stopped = evaluate(tasks, systems, a.limit_seconds, progress=progress_printer())
     results = aggregate(outcomes)
     done = {o.task_id for o in outcomes}
     report = {

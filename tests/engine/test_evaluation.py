@@ -242,7 +242,7 @@ def test_after_indent_moves_the_indentation_into_the_prefix():
 def test_cursor_option_evaluates_from_after_the_indentation(tiny_ckpt, corpus, tmp_path, monkeypatch):
     seen = []
 
-    def spy(tasks, systems, limit_seconds=None):
+    def spy(tasks, systems, limit_seconds=None, progress=None):
         seen.extend(tasks)
         return [], False
 
@@ -287,6 +287,23 @@ def test_limit_seconds_keeps_systems_on_the_same_tasks(docs):
     assert stopped and outs == []
     outs, stopped = run.evaluate(tasks, systems, limit_seconds=None)
     assert not stopped and len(outs) == len(systems) * len(tasks)
+
+
+def test_progress_reports_tasks_done_and_exact_match_so_far_without_source_text(docs):
+    import io
+
+    tasks = make_tasks(docs, 3, seed=0)
+    exact = {"exact": lambda t: (t.middle, 1.0, 1, 1), "wrong": lambda t: ("zzz", 1.0, 1, 1)}
+    calls = []
+    run.evaluate(tasks, exact, progress=lambda d, n, s, o: calls.append((d, n, len(o))))
+    assert calls == [(i + 1, len(tasks), 2 * (i + 1)) for i in range(len(tasks))]
+    buf = io.StringIO()
+    run.evaluate(tasks, exact, progress=run.progress_printer(every_s=3600, out=buf))
+    lines = buf.getvalue().splitlines()  # the first task (nothing printed before) and the last
+    n = len(tasks)
+    assert len(lines) == 2 and lines[0].startswith(f"[dlsp eval] 1/{n} tasks")
+    assert f"{n}/{n} tasks" in lines[1] and f"exact {n}/{n}, wrong 0/{n}" in lines[1]
+    assert not any(t.middle.strip() and t.middle.strip() in buf.getvalue() for t in tasks)
 
 
 def test_repetition_metric_flags_loops():
