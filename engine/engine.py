@@ -344,6 +344,7 @@ class Engine:
         if req.single_line:
             texts = [t.split("\n", 1)[0] for t in texts]
         passes = out.forward_passes
+        scores = list(out.scores) if len(out.scores) == len(texts) else [None] * len(texts)
         t3 = time.perf_counter()
         if (cfg.rerank and req.single_line and req.n_holes == 1 and cfg.temperature == 0 and texts[0].strip()
                 and out.base_cache is not None and self.base is not None):
@@ -353,6 +354,8 @@ class Engine:
             checked = rerank(inputs, heal[0] if heal is not None else "", texts[0], req.suffix,
                              should_stop=req.should_stop)
             if not (req.should_stop is not None and req.should_stop()):
+                if checked.text != texts[0]:
+                    scores[0] = None  # the base's line: the decode's score is not its
                 texts[0] = checked.text
                 passes += checked.forwards
         out.cache = out.base_cache = None
@@ -369,7 +372,8 @@ class Engine:
                             tokens_per_step=tuple(out.tokens_per_step),
                             generated_tokens=generated, cancelled=out.cancelled,
                             context_tokens=(len(segments[0]) + moved, len(segments[-1])),
-                            kept=clipped.kinds, reused_tokens=out.reused_tokens)
+                            kept=clipped.kinds, reused_tokens=out.reused_tokens,
+                            scores=tuple(None if out.cancelled else x for x in scores))
 
     def warm(self) -> None:
         """Build the vocabulary-sized tables (token texts, healing index, line-break and blank

@@ -33,6 +33,9 @@ class GenOutput:
     base_best: list[int] | None = None
     base_lp: list[float] | None = None  # the base's log-probability of the fill's token at those slots
     base_fed: list[int] | None = None  # the tokens the caches' rows from the hole's start were last fed
+    # per hole: the mean log-probability of the tokens the decode committed there (its end
+    # included) under the distribution it chose each from; None where it committed nothing
+    scores: list[float | None] = field(default_factory=list)
 
 
 @dataclass

@@ -234,6 +234,11 @@ class InfillResult:
         context_tokens: (prefix, suffix) tokens kept after clipping (prefix including segments).
         kept: the kinds of the context segments kept, in canvas order.
         reused_tokens: canvas positions whose keys/values came from the session's last run.
+        scores: per hole, the mean natural-log probability of the tokens the decode committed
+            there (the token that ended it included), each under the distribution it was chosen
+            from (the adapted model's, mixed with the base's where the decode reads it, after the
+            decoding rules): a fill's confidence, higher is surer (0 = certain). None where
+            nothing was committed, or where `rerank` put the base's line in place of the fill.
     """
 
     texts: tuple[str, ...]
@@ -245,10 +250,15 @@ class InfillResult:
     context_tokens: tuple[int, int] = (0, 0)
     kept: tuple[str, ...] = ()
     reused_tokens: int = 0
+    scores: tuple[float | None, ...] = ()
 
     @property
     def text(self) -> str:
         return self.texts[0] if self.texts else ""
+
+    @property
+    def score(self) -> float | None:
+        return self.scores[0] if self.scores else None
 
 
 @runtime_checkable

@@ -3,6 +3,7 @@ aggregation per task kind. Plain strings in, numbers out."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class Outcome:
 
     Attributes:
         forward_passes / generated_tokens: 0 for systems without a model (heuristics).
+        confidence: the engine's score of the fill (`InfillResult.score`, a mean log-probability);
+            None for systems without one and for fills it did not score.
     """
 
     task_id: str
@@ -68,13 +71,35 @@ class Outcome:
     forward_passes: int = 0
     generated_tokens: int = 0
     repetition: float = 0.0
+    confidence: float | None = None
 
 
 def score(task_id: str, kind: str, system: str, prediction: str, reference: str, ms: float = 0.0,
-          forward_passes: int = 0, generated_tokens: int = 0) -> Outcome:
+          forward_passes: int = 0, generated_tokens: int = 0, confidence: float | None = None) -> Outcome:
     return Outcome(task_id, kind, system, prediction, exact_match(prediction, reference),
                    edit_similarity(prediction, reference), ms, forward_passes, generated_tokens,
-                   repetition(prediction))
+                   repetition(prediction), confidence)
+
+
+COVERAGES = (0.25, 0.5, 0.75)  # shares of the tasks a confidence threshold would keep
+
+
+def selective(outcomes: list[Outcome], coverages: tuple[float, ...] = COVERAGES) -> dict[str, dict[str, float]] | None:
+    """Exact match and edit similarity of the fills a confidence threshold would show: for each
+    coverage c, the ceil(c * n) most confident outcomes (unscored fills count as the least
+    confident; ties keep task order), and the score threshold that keeps them. None when no
+    outcome has a confidence (a heuristic)."""
+    if not any(o.confidence is not None for o in outcomes):
+        return None
+    order = sorted(outcomes, key=lambda o: -o.confidence if o.confidence is not None else float("inf"))
+    out = {}
+    for c in coverages:
+        k = max(1, math.ceil(c * len(order) - 1e-9))
+        kept = order[:k]
+        out[f"{c:g}"] = {"n": k, "exact_match": sum(o.exact_match for o in kept) / k,
+                         "edit_similarity": sum(o.edit_similarity for o in kept) / k,
+                         "min_score": kept[-1].confidence}
+    return out
 
 
 def _summary(outcomes: list[Outcome]) -> dict[str, float | int | None]:
@@ -90,13 +115,15 @@ def _summary(outcomes: list[Outcome]) -> dict[str, float | int | None]:
         "generated_tokens": tokens,
         "repetition": sum(o.repetition for o in outcomes) / n,
         "looping": sum(o.repetition > 0.5 for o in outcomes) / n,  # share of fills that mostly repeat
+        "selective": selective(outcomes),
     }
 
 
 def aggregate(outcomes: Iterable[Outcome]) -> dict[str, dict[str, dict[str, float | int | None]]]:
     """system -> kind (and "all") -> n, exact_match, edit_similarity, ms_per_task,
     forward_passes_per_token (None when nothing was generated), generated_tokens, repetition
-    (mean repeated 4-gram share) and looping (share of fills over half repeats)."""
+    (mean repeated 4-gram share), looping (share of fills over half repeats) and selective (the
+    scores of the most confident fills at each of `COVERAGES`, None without confidences)."""
     groups: dict[str, dict[str, list[Outcome]]] = defaultdict(lambda: defaultdict(list))
     for o in outcomes:
         groups[o.system][o.kind].append(o)

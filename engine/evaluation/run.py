@@ -78,7 +78,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 # ---- systems: task -> (prediction, ms, forward passes, generated tokens) ----------------------
 
-Prediction = tuple[str, float, int, int]
+# (text, ms, forward passes, generated tokens[, confidence]): heuristics leave the confidence out
+Prediction = tuple[str, float, int, int] | tuple[str, float, int, int, float | None]
 
 
 def _line_above(task: FimTask, skip_blank: bool = False) -> str:
@@ -139,7 +140,7 @@ def model_system(engine: Engine, spec: str, max_new_tokens: int, see_suffix: boo
                                           max_new_tokens=max_new_tokens, sampling=cfg,
                                           max_context_tokens=context_tokens,
                                           single_line=task.kind == "single_line"))
-        return res.text, res.timings_ms["total"], res.forward_passes, res.generated_tokens
+        return res.text, res.timings_ms["total"], res.forward_passes, res.generated_tokens, res.score
 
     return run
 
@@ -201,8 +202,9 @@ def evaluate(tasks: list[FimTask], systems: dict[str, Callable[[FimTask], Predic
             print(f"[dlsp eval] time limit reached after {i} of {len(tasks)} tasks", file=sys.stderr)
             return outcomes, True
         for name, system in systems.items():
-            text, ms, passes, tokens = system(task)
-            outcomes.append(score(task.id, task.kind, name, text, task.middle, ms, passes, tokens))
+            text, ms, passes, tokens, *conf = system(task)
+            outcomes.append(score(task.id, task.kind, name, text, task.middle, ms, passes, tokens,
+                                  conf[0] if conf else None))
         if progress is not None:
             progress(i + 1, len(tasks), time.perf_counter() - t0, outcomes)
     return outcomes, False
@@ -287,6 +289,14 @@ def table(results: dict[str, Any]) -> str:
                             f"{r['edit_similarity']:>8.3f} {fmt(r['ms_per_task'], '9.1f')} "
                             f"{fmt(r['forward_passes_per_token'], '9.3f')} {r.get('repetition', 0.0):>6.3f} "
                             f"{r.get('looping', 0.0):>6.3f}")
+    sel = [(system, kind, kinds[kind]["selective"]) for system, kinds in results.items()
+           for kind in [*KINDS, "all"] if kind in kinds and kinds[kind].get("selective") and kind != "all"]
+    if sel:
+        rows += ["", "the most confident fills (a threshold on the engine's score keeping a share of the tasks):"]
+        for system, kind, by in sel:
+            cells = "   ".join(f"{float(c):.0%}: EM {v['exact_match']:.3f} ES {v['edit_similarity']:.3f}"
+                               f" (score >= {fmt(v['min_score'], '.2f')})" for c, v in by.items())
+            rows.append(f"{system:<30} {kind:<12} {cells}")
     return "\n".join(rows)
 
 

@@ -191,10 +191,31 @@ def test_main_end_to_end_writes_json(tiny_ckpt, corpus, tmp_path, capsys):
         assert 0.0 <= system["all"]["edit_similarity"] <= 1.0
     assert report["results"]["model/fast"]["all"]["ms_per_task"] > 0
     assert set(report["bar"]["checks"]) == {"model/fast", "model/naive"}
-    assert "model/fast" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "model/fast" in printed and "the most confident fills" in printed
     for o in report["outcomes"]:
         if o["kind"] == "single_line":
             assert "\n" not in o["prediction"]
+        # model systems carry the engine's score of each fill, heuristics none
+        assert (o["confidence"] is None) == o["system"].startswith("heuristic/")
+    assert report["results"]["heuristic/empty"]["all"]["selective"] is None
+    sel = report["results"]["model/fast"]["single_line"]["selective"]
+    assert set(sel) == {"0.25", "0.5", "0.75"} and sel["0.25"]["n"] == 1 and sel["0.75"]["n"] == 2
+
+
+def test_selective_scores_keep_the_most_confident_fills():
+    from engine.evaluation.metrics import selective
+
+    outs = [score(f"t{i}", "single_line", "m", pred, "x = 1", confidence=c)
+            for i, (pred, c) in enumerate([("x = 1", -0.1), ("y", -2.0), ("x = 1", -0.5), ("x = 2", None)])]
+    sel = selective(outs)
+    assert sel["0.25"] == {"n": 1, "exact_match": 1.0, "edit_similarity": 1.0, "min_score": -0.1}
+    assert sel["0.5"]["n"] == 2 and sel["0.5"]["exact_match"] == 1.0 and sel["0.5"]["min_score"] == -0.5
+    assert sel["0.75"]["n"] == 3 and sel["0.75"]["exact_match"] == pytest.approx(2 / 3)
+    assert selective([score("t", "single_line", "h", "x", "x")]) is None  # no confidences: nothing to rank
+    # the unscored fill is the least confident even when it is right
+    outs[3] = score("t3", "single_line", "m", "x = 1", "x = 1", confidence=None)
+    assert selective(outs, (1.0,))["1"]["n"] == 4 and selective(outs, (0.75,))["0.75"]["exact_match"] == pytest.approx(2 / 3)
 
 
 def test_heuristic_scores_one_on_repeated_lines(tiny_ckpt, tmp_path):

@@ -434,3 +434,43 @@ def test_the_canvas_leads_with_bos_else_eos():
     ids, starts = canvas(without, [[10, 11], [12]], [[0, 0]])
     assert ids == [7, 10, 11, 0, 0, 12, 7] and starts == [3]
     assert canvas(with_bos, [[10], [12]], [[0]])[0][0] == 2
+
+
+class SpreadModel(ScriptedModel):
+    """Like ScriptedModel, but each position has a distribution: `script(p)` -> {token: prob}."""
+
+    def logits(self, h):
+        out = torch.full((h.shape[0], self.args.vocab_size), -1e4)
+        for i, p in enumerate(h[:, 0].long().tolist()):
+            for t, prob in self.script(p).items():
+                out[i, t] = float(torch.log(torch.tensor(prob)))
+        return out
+
+
+def test_scores_are_the_mean_log_probability_of_each_holes_committed_tokens():
+    """Per hole: the committed tokens' log-probabilities under the distribution the decode chose
+    them from (after its rules: forbidden ids out, EOS only at the frontier), averaged; growth
+    rounds and the token that ends the fill count, the slots an end fills do not."""
+    import math
+
+    # hole 0 at canvas 2..: three slots where 5 has 0.5 and 6 has 0.25, then EOS 0.9 / 5 0.1
+    # (EOS ends the fill; the slots after it are filled without being chosen)
+    def script(p):
+        if p < 5:
+            return {5: 0.5, 6: 0.25}
+        if p == 5:
+            return {1: 0.9, 5: 0.1}
+        return {6: 0.4, 7: 0.4, A.mask_id: 0.2}  # hole 1's slots: the mask id is forbidden
+
+    for cfg in (SamplingConfig(block=1), SamplingConfig(block=1, draft=0, lazy_rows=False),
+                SamplingConfig(block=1, grow_tokens=2)):
+        hole = 2 if cfg.grow_tokens == 2 else 8
+        out = _run(SpreadModel(script), [[3], [9, 9], [9]], cfg, hole_tokens=hole, max_new_tokens=16)
+        assert out.fills[0] == [5, 5, 5]
+        assert out.scores[0] == pytest.approx((3 * math.log(0.5 / 0.75) + math.log(0.9)) / 4, abs=1e-4)
+        # hole 1: 6 and 7 tie at 0.4 each of the 0.8 left once the mask id is barred; no EOS
+        # there, so it grows to the budget
+        assert len(out.fills[1]) == 16 and set(out.fills[1]) <= {6, 7}
+        assert out.scores[1] == pytest.approx(math.log(0.5), abs=1e-4)
+    # nothing to fill: no scores
+    assert _run(SpreadModel(script), [[3], [9]], hole_tokens=0).scores == []

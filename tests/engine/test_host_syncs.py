@@ -51,4 +51,5 @@ def test_at_most_one_host_sync_per_step(tiny_ckpt, cfg):
             out = generate(model, segs, cfg, False, hole_tokens=12, max_new_tokens=12, stop_ids=stop)
     steps = len(out.tokens_per_step)
     assert steps >= 2
-    assert counter.count <= steps + 6, (counter.count, steps)  # + the per-run setup (layout, stop sets)
+    # + the per-run setup (layout, stop sets) and the one read of the fills' scores after the run
+    assert counter.count <= steps + 7, (counter.count, steps)

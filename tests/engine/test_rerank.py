@@ -179,6 +179,10 @@ def test_the_engine_counts_the_check_and_keeps_one_of_the_two(pair, monkeypatch)
     assert checked.forward_passes >= alone.forward_passes + 1
     inp, _ = _inputs(model, reading, tok, req.prefix, req.suffix)
     assert checked.text == rerank(inp, "", alone.text, req.suffix).text
+    # the fill's confidence stays where the check kept it, and is dropped where the base's line
+    # took its place (the decode did not score that line)
+    assert alone.score is not None and alone.score <= 0
+    assert checked.score == (alone.score if checked.text == alone.text else None)
     multi = engine.infill(replace(req, single_line=False, sampling=replace(CFG, rerank=True, base_multiline=True)))
     plain = engine.infill(replace(req, single_line=False, sampling=replace(CFG, base_multiline=True)))
     assert multi.text == plain.text and multi.forward_passes == plain.forward_passes
