@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,13 @@ class _Shared:
     def __init__(self, task: asyncio.Future) -> None:
         self.task = task
         self.waiters = 0
+
+
+def confident(score: float | None, minimum: float) -> bool:
+    """Whether a fill whose score (mean log-probability of its tokens) is `score` may be shown under
+    `minConfidence` = `minimum` (the least geometric-mean token probability; 0 shows everything).
+    A fill the engine did not score (the `rerank` check's base line) is shown."""
+    return minimum <= 0 or score is None or math.exp(score) >= minimum
 
 
 def engine_request(ctx: Context, context_tokens: int, **extra: Any) -> InfillRequest:
@@ -250,6 +258,9 @@ class Service:
             if result is None or result.cancelled:
                 raise Stopped(job.reason or "cancelled")
             raw = result.text
+            if not confident(result.score, s.min_confidence):
+                raw = ""  # held back: the setting asks for surer suggestions (the cache keeps the no)
+                self.stats.count("held_back")
             self.cache.put(ctx.key(), raw)
             timings.update({k: result.timings_ms[k] for k in ENGINE_STAGES if k in result.timings_ms})
             timings["engine"] = result.timings_ms.get("total", 0.0)

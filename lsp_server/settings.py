@@ -23,6 +23,7 @@ KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "baseWeight": ("base_weight", (int, float, type(None))),
     "baseMultiline": ("base_multiline", (bool, type(None))),
     "rerank": ("rerank", (bool, type(None))),
+    "minConfidence": ("min_confidence", (int, float)),
     "maxTokens": ("max_tokens", (int,)),
     "debounceMs": ("debounce_ms", (int, float)),
     "enabledLanguages": ("enabled_languages", (list, tuple)),
@@ -45,6 +46,9 @@ class Settings:
     base_weight: float | None = None
     base_multiline: bool | None = None
     rerank: bool | None = None
+    # inline suggestions whose tokens' geometric-mean probability under the decode is below this
+    # are not shown (0: all are; code actions always answer)
+    min_confidence: float = 0.0
     max_tokens: int = 64
     debounce_ms: float = 20.0
     enabled_languages: tuple[str, ...] = ()
@@ -88,7 +92,7 @@ class Settings:
 RANGES: dict[str, tuple[float, float]] = {
     "max_tokens": (1, 4096), "context_tokens": (16, 1 << 16), "debounce_ms": (0, 5000),
     "steps": (1, 4096), "min_per_step": (1, 256), "threshold": (0.0, 1.0),
-    "draft": (0, 64), "close_brackets": (0, 256), "base_weight": (0.0, 16.0),
+    "draft": (0, 64), "close_brackets": (0, 256), "base_weight": (0.0, 16.0), "min_confidence": (0.0, 1.0),
 }
 
 
@@ -105,6 +109,6 @@ def _clean(name: str, value: Any) -> Any:
         return tuple(str(v) for v in value if isinstance(v, str))
     if name in ("max_tokens", "context_tokens", "steps", "min_per_step", "draft", "close_brackets") and value is not None:
         return int(value)
-    if name in ("debounce_ms", "threshold", "base_weight") and value is not None:
+    if name in ("debounce_ms", "threshold", "base_weight", "min_confidence") and value is not None:
         return float(value)
     return value

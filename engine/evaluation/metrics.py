@@ -82,24 +82,35 @@ def score(task_id: str, kind: str, system: str, prediction: str, reference: str,
 
 
 COVERAGES = (0.25, 0.5, 0.75)  # shares of the tasks a confidence threshold would keep
+THRESHOLDS = (0.7, 0.8, 0.9)  # `minConfidence` values: geometric-mean token probabilities
 
 
-def selective(outcomes: list[Outcome], coverages: tuple[float, ...] = COVERAGES) -> dict[str, dict[str, float]] | None:
-    """Exact match and edit similarity of the fills a confidence threshold would show: for each
-    coverage c, the ceil(c * n) most confident outcomes (unscored fills count as the least
-    confident; ties keep task order), and the score threshold that keeps them. None when no
-    outcome has a confidence (a heuristic)."""
+def _share(kept: list[Outcome]) -> dict[str, float | int | None]:
+    n = len(kept)
+    return {"n": n, "exact_match": sum(o.exact_match for o in kept) / n if n else None,
+            "edit_similarity": sum(o.edit_similarity for o in kept) / n if n else None}
+
+
+def selective(outcomes: list[Outcome], coverages: tuple[float, ...] = COVERAGES,
+              thresholds: tuple[float, ...] = THRESHOLDS) -> dict[str, dict[str, dict]] | None:
+    """Exact match and edit similarity of the fills a confidence threshold would show. "coverage":
+    for each share c, the ceil(c * n) most confident outcomes (unscored fills count as the least
+    confident; ties keep task order) and the least score among them; "threshold": for each
+    `minConfidence` t, the outcomes whose exp(score) >= t ("shown", unscored ones included, as
+    the server shows them) and the rest ("held_back"). None when no outcome has a confidence."""
     if not any(o.confidence is not None for o in outcomes):
         return None
     order = sorted(outcomes, key=lambda o: -o.confidence if o.confidence is not None else float("inf"))
-    out = {}
+    cover = {}
     for c in coverages:
         k = max(1, math.ceil(c * len(order) - 1e-9))
-        kept = order[:k]
-        out[f"{c:g}"] = {"n": k, "exact_match": sum(o.exact_match for o in kept) / k,
-                         "edit_similarity": sum(o.edit_similarity for o in kept) / k,
-                         "min_score": kept[-1].confidence}
-    return out
+        cover[f"{c:g}"] = {**_share(order[:k]), "min_score": order[k - 1].confidence}
+    thresh = {}
+    for t in thresholds:
+        shown = [o.confidence is None or math.exp(o.confidence) >= t for o in outcomes]
+        thresh[f"{t:g}"] = {"shown": _share([o for o, s in zip(outcomes, shown) if s]),
+                            "held_back": _share([o for o, s in zip(outcomes, shown) if not s])}
+    return {"coverage": cover, "threshold": thresh}
 
 
 def _summary(outcomes: list[Outcome]) -> dict[str, float | int | None]:

@@ -295,7 +295,14 @@ def table(results: dict[str, Any]) -> str:
         rows += ["", "the most confident fills (a threshold on the engine's score keeping a share of the tasks):"]
         for system, kind, by in sel:
             cells = "   ".join(f"{float(c):.0%}: EM {v['exact_match']:.3f} ES {v['edit_similarity']:.3f}"
-                               f" (score >= {fmt(v['min_score'], '.2f')})" for c, v in by.items())
+                               f" (score >= {fmt(v['min_score'], '.2f')})" for c, v in by["coverage"].items())
+            rows.append(f"{system:<30} {kind:<12} {cells}")
+        rows += ["", "minConfidence t: the share shown, its EM / ES, and the EM of the fills held back:"]
+        for system, kind, by in sel:
+            n = sum(v["n"] for v in next(iter(by["threshold"].values())).values())
+            cells = "   ".join(f"{t}: {v['shown']['n'] / n:.0%} {fmt(v['shown']['exact_match'], '.3f')} / "
+                               f"{fmt(v['shown']['edit_similarity'], '.3f')}, {fmt(v['held_back']['exact_match'], '.3f')}"
+                               for t, v in by["threshold"].items())
             rows.append(f"{system:<30} {kind:<12} {cells}")
     return "\n".join(rows)
 

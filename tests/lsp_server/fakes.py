@@ -15,8 +15,10 @@ class FakeEngine:
     before the steps start, so tests can hold a generation in flight."""
 
     def __init__(self, fill: Callable[[InfillRequest], tuple[str, ...]] | None = None, steps: int = 4,
-                 step_s: float = 0.0, gate: threading.Event | None = None) -> None:
+                 step_s: float = 0.0, gate: threading.Event | None = None,
+                 score: Callable[[InfillRequest], float | None] | None = None) -> None:
         self.fill = fill or (lambda req: tuple(f"hole{i}" for i in range(req.n_holes)))
+        self.score = score or (lambda req: None)  # every hole's score (`InfillResult.scores`)
         self.steps, self.step_s, self.gate = steps, step_s, gate
         self.calls: list[InfillRequest] = []
         self.stopped = 0
@@ -52,4 +54,5 @@ class FakeEngine:
             time.sleep(self.step_s)
         timings = {"tokenize": 0.1, "prefill": 1.0, "steps": 2.0, "detokenize": 0.1, "total": 3.2}
         return InfillResult(texts=self.fill(req), timings_ms=timings, forward_passes=1 + self.steps,
-                            tokens_per_step=(1,) * self.steps, generated_tokens=self.steps)
+                            tokens_per_step=(1,) * self.steps, generated_tokens=self.steps,
+                            scores=(self.score(req),) * req.n_holes)

@@ -238,6 +238,47 @@ def test_settings_change_sampling_and_reload_flag():
     svc.scheduler.shutdown()
 
 
+def test_min_confidence_holds_back_unsure_suggestions_but_not_code_actions():
+    """`minConfidence`: an inline suggestion whose tokens' geometric-mean probability (exp of the
+    engine's score) is below it is not shown and counted as held back; sure ones, unscored ones
+    and code actions are unaffected; 0 (the default) shows everything."""
+    import math
+
+    score = {"now": math.log(0.5)}
+    engine = FakeEngine(fill=lambda req: ("a + b",) * req.n_holes, score=lambda req: score["now"])
+    svc = _service(engine)
+    assert svc.settings.min_confidence == 0.0
+
+    async def main():
+        _, spans = await svc.suggest(URI, _pos(3, 11))
+        assert spans[0][2] == "a + b"  # the default shows an unsure suggestion
+        svc.configure({"dlsp": {"minConfidence": 0.8}})
+        _insert(svc, 2, 3, 11, "z")  # a new context (typing "z" does not follow the one shown)
+        _, spans = await svc.suggest(URI, _pos(3, 12))
+        assert spans == [] and len(engine.calls) == 2
+        await svc.suggest(URI, _pos(3, 12))  # the no is cached like a suggestion
+        assert len(engine.calls) == 2
+        score["now"] = math.log(0.9)
+        svc.configure({"dlsp": {"minConfidence": 0.8}})  # (a settings change clears the cache)
+        _, spans = await svc.suggest(URI, _pos(3, 12))
+        assert spans[0][2] == "a + b" and len(engine.calls) == 3
+        score["now"] = None  # unscored (the check's base line): shown
+        _insert(svc, 3, 3, 12, "y")
+        _, spans = await svc.suggest(URI, _pos(3, 13))
+        assert spans[0][2] == "a + b" and len(engine.calls) == 4
+        score["now"] = math.log(0.1)
+        svc.docs.open("file:///w/b.py", "python", 1, "def f(x):\n    pass\n")
+        _, _, edits = await svc.edit(actions.COMPLETE_BODY, "file:///w/b.py", _rng((0, 5), (0, 5)))
+        assert edits  # an action the user asked for answers whatever the score
+
+    asyncio.run(main())
+    assert svc.snapshot_stats()["requests"]["held_back"] == 1
+    svc.configure({"dlsp": {"minConfidence": 1.5}})  # out of range: refused, the old value stays
+    svc.configure({"dlsp": {"minConfidence": True}})  # a switch is not a number
+    assert svc.settings.min_confidence == 0.8
+    svc.scheduler.shutdown()
+
+
 def test_single_line_contexts_ask_the_engine_to_stop_at_the_line_break():
     engine = FakeEngine(fill=lambda req: ("a + b",))
     svc = _service(engine)

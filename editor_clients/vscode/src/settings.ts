@@ -17,6 +17,7 @@ export interface ServerSettings {
   baseWeight: number | null;
   baseMultiline: boolean | null;
   rerank: boolean | null;
+  minConfidence: number | null;
   maxTokens: number | null;
   debounceMs: number | null;
   enabledLanguages: string[] | null;
@@ -102,6 +103,7 @@ export const SERVER_KEYS: Record<ServerKey, Check> = {
   baseWeight: number(0, 16),
   baseMultiline: boolean,
   rerank: boolean,
+  minConfidence: number(0, 1),
   maxTokens: integer(1, 65536),
   debounceMs: number(0, 5000),
   enabledLanguages: stringList,
@@ -112,7 +114,7 @@ export const SERVER_KEYS: Record<ServerKey, Check> = {
 /** The server's defaults for the keys it does not accept null for (lsp_server/settings.py). A key
  * reset in the editor is sent with this value, since the server ignores a null there. */
 export const SERVER_DEFAULTS: Partial<ServerSettings> = {
-  maxTokens: 64, debounceMs: 20, enabledLanguages: [], contextTokens: 1024, logLevel: "info",
+  minConfidence: 0, maxTokens: 64, debounceMs: 20, enabledLanguages: [], contextTokens: 1024, logLevel: "info",
 };
 
 export function emptyServerSettings(): ServerSettings {

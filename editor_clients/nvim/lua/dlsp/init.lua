@@ -13,7 +13,7 @@ M.defaults = {
     "go", "rust", "c", "cpp", "java", "lua", "sh" },
   root_markers = { ".git", "pyproject.toml", "package.json", "go.mod", "Cargo.toml" },
   -- Server settings (camelCase): modelPath, device, threshold, steps, minPerStep, draft, closeBrackets,
-  -- baseWeight, baseMultiline, rerank, maxTokens, debounceMs, enabledLanguages, contextTokens, logLevel. Sent as initializationOptions and as settings.dlsp.
+  -- baseWeight, baseMultiline, rerank, minConfidence, maxTokens, debounceMs, enabledLanguages, contextTokens, logLevel. Sent as initializationOptions and as settings.dlsp.
   settings = {},
   -- "native" (vim.lsp.inline_completion, 0.12+), "extmark" (own ghost text) or "auto".
   inline = "auto",

@@ -28,9 +28,9 @@ describe("readSettings", () => {
   });
 
   it("rejects invalid values with a message naming the key, falling back to the default", () => {
-    const r = readSettings(getter({ threshold: 1.5, steps: 2.5, minPerStep: 0, draft: 65, closeBrackets: -1, baseWeight: 17, baseMultiline: "yes", rerank: 1, maxTokens: "64", debounceMs: -1,
+    const r = readSettings(getter({ threshold: 1.5, steps: 2.5, minPerStep: 0, draft: 65, closeBrackets: -1, baseWeight: 17, baseMultiline: "yes", rerank: 1, minConfidence: 1.2, maxTokens: "64", debounceMs: -1,
       enabledLanguages: ["python", 3], contextTokens: 0, logLevel: "verbose" }));
-    const keys = ["threshold", "steps", "minPerStep", "draft", "closeBrackets", "baseWeight", "baseMultiline", "rerank", "maxTokens", "debounceMs", "enabledLanguages", "contextTokens", "logLevel"];
+    const keys = ["threshold", "steps", "minPerStep", "draft", "closeBrackets", "baseWeight", "baseMultiline", "rerank", "minConfidence", "maxTokens", "debounceMs", "enabledLanguages", "contextTokens", "logLevel"];
     assert.equal(r.problems.length, keys.length);
     for (const key of keys) {
       assert.ok(r.problems.some((p) => p.startsWith(`dlsp.${key}:`)), `no problem reported for ${key}`);
