@@ -6,6 +6,8 @@ sampler in `engine.generate` works on token ids and uses only `SamplingConfig`.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, runtime_checkable
@@ -259,6 +261,11 @@ class InfillResult:
     @property
     def score(self) -> float | None:
         return self.scores[0] if self.scores else None
+
+    @property
+    def confidence(self) -> float | None:
+        """exp(score): the geometric-mean probability of the first fill's tokens, in 0..1."""
+        return None if self.score is None else math.exp(self.score)
 
 
 @runtime_checkable

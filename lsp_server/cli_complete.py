@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -82,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"text": out, "raw": res.text, "mode": ctx.mode, "timings_ms": res.timings_ms,
                           "forward_passes": res.forward_passes, "tokens_per_step": list(res.tokens_per_step),
                           "generated_tokens": res.generated_tokens, "context_tokens": list(res.context_tokens),
-                          "score": res.score, "confidence": None if res.score is None else math.exp(res.score),
+                          "score": res.score, "confidence": res.confidence,
                           "sampling": asdict(cfg), "model": engine.info()}))
         return 0
     print(out)
     t = res.timings_ms
-    conf = "" if res.score is None else f"confidence {math.exp(res.score):.2f}, "
+    conf = "" if res.confidence is None else f"confidence {res.confidence:.2f}, "
     print(f"-- {res.generated_tokens} tokens, {conf}{res.forward_passes} forward passes, "
           + ", ".join(f"{k} {v:.1f} ms" for k, v in t.items()), file=sys.stderr)
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,11 +65,11 @@ class _Shared:
         self.waiters = 0
 
 
-def confident(score: float | None, minimum: float) -> bool:
-    """Whether a fill whose score (mean log-probability of its tokens) is `score` may be shown under
-    `minConfidence` = `minimum` (the least geometric-mean token probability; 0 shows everything).
-    A fill the engine did not score (the `rerank` check's base line) is shown."""
-    return minimum <= 0 or score is None or math.exp(score) >= minimum
+def confident(confidence: float | None, minimum: float) -> bool:
+    """Whether a fill of `confidence` (`InfillResult.confidence`, the geometric-mean probability of
+    its tokens) may be shown under `minConfidence` = `minimum` (0 shows everything). A fill the
+    engine did not score (the `rerank` check's base line) is shown."""
+    return minimum <= 0 or confidence is None or confidence >= minimum
 
 
 def engine_request(ctx: Context, context_tokens: int, **extra: Any) -> InfillRequest:
@@ -258,7 +257,7 @@ class Service:
             if result is None or result.cancelled:
                 raise Stopped(job.reason or "cancelled")
             raw = result.text
-            if not confident(result.score, s.min_confidence):
+            if not confident(result.confidence, s.min_confidence):
                 raw = ""  # held back: the setting asks for surer suggestions (the cache keeps the no)
                 self.stats.count("held_back")
             self.cache.put(ctx.key(), raw)

@@ -57,8 +57,8 @@ class Outcome:
 
     Attributes:
         forward_passes / generated_tokens: 0 for systems without a model (heuristics).
-        confidence: the engine's score of the fill (`InfillResult.score`, a mean log-probability);
-            None for systems without one and for fills it did not score.
+        confidence: the engine's confidence in the fill (`InfillResult.confidence`, the geometric-mean
+            probability of its tokens, 0..1); None for systems without one and fills it did not score.
     """
 
     task_id: str
@@ -95,8 +95,8 @@ def selective(outcomes: list[Outcome], coverages: tuple[float, ...] = COVERAGES,
               thresholds: tuple[float, ...] = THRESHOLDS) -> dict[str, dict[str, dict]] | None:
     """Exact match and edit similarity of the fills a confidence threshold would show. "coverage":
     for each share c, the ceil(c * n) most confident outcomes (unscored fills count as the least
-    confident; ties keep task order) and the least score among them; "threshold": for each
-    `minConfidence` t, the outcomes whose exp(score) >= t ("shown", unscored ones included, as
+    confident; ties keep task order) and the least confidence among them; "threshold": for each
+    `minConfidence` t, the outcomes whose confidence >= t ("shown", unscored ones included, as
     the server shows them) and the rest ("held_back"). None when no outcome has a confidence."""
     if not any(o.confidence is not None for o in outcomes):
         return None
@@ -104,10 +104,10 @@ def selective(outcomes: list[Outcome], coverages: tuple[float, ...] = COVERAGES,
     cover = {}
     for c in coverages:
         k = max(1, math.ceil(c * len(order) - 1e-9))
-        cover[f"{c:g}"] = {**_share(order[:k]), "min_score": order[k - 1].confidence}
+        cover[f"{c:g}"] = {**_share(order[:k]), "min_confidence": order[k - 1].confidence}
     thresh = {}
     for t in thresholds:
-        shown = [o.confidence is None or math.exp(o.confidence) >= t for o in outcomes]
+        shown = [o.confidence is None or o.confidence >= t for o in outcomes]
         thresh[f"{t:g}"] = {"shown": _share([o for o, s in zip(outcomes, shown) if s]),
                             "held_back": _share([o for o, s in zip(outcomes, shown) if not s])}
     return {"coverage": cover, "threshold": thresh}

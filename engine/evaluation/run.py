@@ -140,7 +140,7 @@ def model_system(engine: Engine, spec: str, max_new_tokens: int, see_suffix: boo
                                           max_new_tokens=max_new_tokens, sampling=cfg,
                                           max_context_tokens=context_tokens,
                                           single_line=task.kind == "single_line"))
-        return res.text, res.timings_ms["total"], res.forward_passes, res.generated_tokens, res.score
+        return res.text, res.timings_ms["total"], res.forward_passes, res.generated_tokens, res.confidence
 
     return run
 
@@ -292,10 +292,10 @@ def table(results: dict[str, Any]) -> str:
     sel = [(system, kind, kinds[kind]["selective"]) for system, kinds in results.items()
            for kind in [*KINDS, "all"] if kind in kinds and kinds[kind].get("selective") and kind != "all"]
     if sel:
-        rows += ["", "the most confident fills (a threshold on the engine's score keeping a share of the tasks):"]
+        rows += ["", "the most confident fills (a threshold on the engine's confidence keeping a share of the tasks):"]
         for system, kind, by in sel:
             cells = "   ".join(f"{float(c):.0%}: EM {v['exact_match']:.3f} ES {v['edit_similarity']:.3f}"
-                               f" (score >= {fmt(v['min_score'], '.2f')})" for c, v in by["coverage"].items())
+                               f" (conf >= {fmt(v['min_confidence'], '.2f')})" for c, v in by["coverage"].items())
             rows.append(f"{system:<30} {kind:<12} {cells}")
         rows += ["", "minConfidence t: the share shown, its EM / ES, and the EM of the fills held back:"]
         for system, kind, by in sel:

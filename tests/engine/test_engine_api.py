@@ -76,9 +76,9 @@ def test_several_holes(engine):
     assert len(res.texts) == 2
     # one confidence per hole: a mean log-probability (<= 0) of what the decode committed there
     assert len(res.scores) == 2 and all(x is not None and x <= 0 for x in res.scores)
-    assert res.score == res.scores[0]
+    assert res.score == res.scores[0] and 0 < res.confidence <= 1
     none = engine.infill(InfillRequest(prefix="x = ", suffix="\n", hole_tokens=4, max_new_tokens=0))
-    assert none.scores == (None,) and none.score is None
+    assert none.scores == (None,) and none.score is None and none.confidence is None
 
 
 def test_split_budget():

@@ -206,23 +206,21 @@ def test_main_end_to_end_writes_json(tiny_ckpt, corpus, tmp_path, capsys):
 
 
 def test_selective_scores_keep_the_most_confident_fills():
-    import math
-
     from engine.evaluation.metrics import selective
 
     outs = [score(f"t{i}", "single_line", "m", pred, "x = 1", confidence=c)
-            for i, (pred, c) in enumerate([("x = 1", -0.1), ("y", -2.0), ("x = 1", -0.5), ("x = 2", None)])]
+            for i, (pred, c) in enumerate([("x = 1", 0.9), ("y", 0.14), ("x = 1", 0.6), ("x = 2", None)])]
     sel = selective(outs, thresholds=(0.85, 0.5))
     cov = sel["coverage"]
-    assert cov["0.25"] == {"n": 1, "exact_match": 1.0, "edit_similarity": 1.0, "min_score": -0.1}
-    assert cov["0.5"]["n"] == 2 and cov["0.5"]["exact_match"] == 1.0 and cov["0.5"]["min_score"] == -0.5
+    assert cov["0.25"] == {"n": 1, "exact_match": 1.0, "edit_similarity": 1.0, "min_confidence": 0.9}
+    assert cov["0.5"]["n"] == 2 and cov["0.5"]["exact_match"] == 1.0 and cov["0.5"]["min_confidence"] == 0.6
     assert cov["0.75"]["n"] == 3 and cov["0.75"]["exact_match"] == pytest.approx(2 / 3)
-    # minConfidence 0.85: exp(-0.1) = 0.905 shown, exp(-0.5) = 0.61 and exp(-2) held back, the
-    # unscored fill shown (as the server does); 0.5: only exp(-2) = 0.14 held back
+    # minConfidence 0.85: 0.9 shown, 0.6 and 0.14 held back, the unscored fill shown (as the
+    # server does); 0.5: only 0.14 held back
     assert sel["threshold"]["0.85"]["shown"]["n"] == 2 and sel["threshold"]["0.85"]["shown"]["exact_match"] == 0.5
     assert sel["threshold"]["0.85"]["held_back"] == {"n": 2, "exact_match": 0.5,
                                                      "edit_similarity": pytest.approx((1.0 + 0.0) / 2)}
-    assert sel["threshold"]["0.5"]["held_back"]["n"] == 1 and math.exp(-2.0) < 0.5
+    assert sel["threshold"]["0.5"]["held_back"]["n"] == 1
     assert selective([score("t", "single_line", "h", "x", "x")]) is None  # no confidences: nothing to rank
     # the unscored fill is the least confident by coverage even when it is right
     outs[3] = score("t3", "single_line", "m", "x = 1", "x = 1", confidence=None)

@@ -28,8 +28,8 @@ def test_json_output_and_single_line(tiny_ckpt, tmp_path, capsys):
     assert "\n" not in out["text"] and out["forward_passes"] >= 1
     assert {"tokenize", "prefill", "steps", "detokenize", "total"} <= set(out["timings_ms"])
     assert sum(out["tokens_per_step"]) >= out["generated_tokens"]
-    # the fill's confidence: exp of its score, a mean log-probability
-    assert out["score"] <= 0 and abs(out["confidence"] - 2.718281828 ** out["score"]) < 1e-9
+    # the fill's score (a mean log-probability) and confidence (its exp)
+    assert out["score"] <= 0 and abs(out["confidence"] - 2.718281828459045 ** out["score"]) < 1e-9
 
 
 def test_errors_exit_1_with_a_message(tiny_ckpt, tmp_path, capsys):
