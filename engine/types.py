@@ -7,7 +7,6 @@ sampler in `engine.generate` works on token ids and uses only `SamplingConfig`.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, runtime_checkable
