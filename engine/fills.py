@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from engine.config import ModelArgs
 from engine.kv_cache import KVCache
 from engine.types import SamplingConfig
@@ -36,6 +38,29 @@ class GenOutput:
     # per hole: the mean log-probability of the tokens the decode committed there (its end
     # included) under the distribution it chose each from; None where it committed nothing
     scores: list[float | None] = field(default_factory=list)
+
+
+class FillScores:
+    """Per hole: the log-probabilities of the tokens committed in it (its end included), each
+    under the distribution it was chosen from, summed on the device as the decode commits (no read
+    back until `read`), and how many."""
+
+    def __init__(self, n_holes: int, device: torch.device | str) -> None:
+        self.sum = torch.zeros(n_holes, device=device)
+        self.count = torch.zeros(n_holes, device=device)
+
+    def add(self, logits: torch.Tensor, tokens: torch.Tensor, chosen: torch.Tensor, hole: torch.Tensor) -> None:
+        """logits (M, V) as the rules left them; tokens (M,) proposed; chosen (M,) bool committed;
+        hole (M,) each row's hole."""
+        logits = logits.float()
+        lp = logits.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(logits, -1)  # (M,)
+        self.sum.index_add_(0, hole, torch.where(chosen, lp, torch.zeros_like(lp)))
+        self.count.index_add_(0, hole, chosen.float())
+
+    def read(self) -> list[float | None]:
+        """Per hole, the mean log-probability of its committed tokens (None: nothing committed)."""
+        sums, counts = torch.stack([self.sum, self.count]).tolist()  # one read, after the run
+        return [None if n == 0 else s / n for s, n in zip(sums, counts)]
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 from engine.cuda_graphs import StepGraphs
 from engine.end_rules import EndRules
 from engine.expert import BaseReading, BaseRecord, BaseRun, never_ids
-from engine.fills import GenOutput, Holes, canvas, short_of_masks
+from engine.fills import FillScores, GenOutput, Holes, canvas, short_of_masks
 from engine.fills import grow as _grow
 from engine.fills import strip as _strip
 from engine.healing import FirstSlot
@@ -72,10 +72,7 @@ class _Run(EndRules):
         self.text_ids: dict[str, int] | None = None  # text -> id (the opening's line starts), set by `generate`
         self.min_indent: int | None = None  # `cut_dedent`, set by `generate`
         self.out = GenOutput(fills=[])
-        # per hole: the log-probabilities of the tokens committed in it (its end included) under
-        # the distribution each was chosen from, summed on the device, and how many (`GenOutput.scores`)
-        self.lp_sum = torch.zeros(len(holes.fills), device=device)
-        self.lp_n = torch.zeros(len(holes.fills), device=device)
+        self.scores = FillScores(len(holes.fills), device)  # what each commit's distribution gave its token
         # `lookahead`: whether the slots leave some hole short of masks (set by `generate`); the
         # decode, speculative follow-through included, stops there for a growth round
         self.short_of_masks: Callable[[list[int]], bool] = lambda slots: False
@@ -288,24 +285,11 @@ class _Run(EndRules):
         if self.cfg.contiguous and not self.naive:
             eligible, thr = frontier_run(conf, mhole, n_holes, thr, n_min_t), float("-inf")
         chosen = commit_rows(self.canvas[0], mpos, tokens, conf, group, thr, n_min_t, eligible)
-        self._score(logits, tokens, chosen, mhole)
+        self.scores.add(logits, tokens, chosen, mhole)
         for hh in {self.hole_host[i] for i in masked}:
             self.holes.used[hh] += 1
         if self.cfg.eos_fill or self.stop is not None:
             self._end_fill(mpos, mhole, tokens, chosen)
-
-    def _score(self, logits: torch.Tensor, tokens: torch.Tensor, chosen: torch.Tensor, mhole: torch.Tensor) -> None:
-        """Add the committed rows' log-probabilities (normalised over what the rules left
-        allowed) to their holes' sums, on the device (no read back)."""
-        logits = logits.float()
-        lp = logits.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(logits, -1)  # (M,)
-        self.lp_sum.index_add_(0, mhole, torch.where(chosen, lp, torch.zeros_like(lp)))
-        self.lp_n.index_add_(0, mhole, chosen.float())
-
-    def scores(self) -> list[float | None]:
-        """Per hole, the mean log-probability of its committed tokens (None: nothing committed)."""
-        sums, counts = torch.stack([self.lp_sum, self.lp_n]).tolist()  # one read, after the run
-        return [None if n == 0 else s / n for s, n in zip(sums, counts)]
 
     def _window(self, masked: list[int], n_holes: int) -> list[int]:
         """The first `block` masked slots of each hole (`masked` in position order): the only ones
@@ -431,7 +415,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
         if not _grow(a, holes, cfg, max_new_tokens, stop, first_stop):
             break
     run.out.fills = [_strip(a, f, stop, first_stop if h == 0 else None) for h, f in enumerate(holes.fills)]
-    run.out.scores = run.scores()
+    run.out.scores = run.scores.read()
     if not run.full_every_step:
         _keep_caches(run)
     model.tap = model.tapped = None
