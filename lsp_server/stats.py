@@ -14,7 +14,7 @@ from collections import Counter, defaultdict, deque
 from typing import Any
 
 log = logging.getLogger(__name__)
-REQUEST_COUNTERS = ("completed", "cancelled", "dropped", "cached", "empty", "errors")
+REQUEST_COUNTERS = ("completed", "cancelled", "dropped", "cached", "empty", "held_back", "errors")
 
 
 def percentile(values: list[float], q: float) -> float:

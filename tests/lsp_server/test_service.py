@@ -69,6 +69,7 @@ def test_suggest_cache_and_type_through():
     asyncio.run(main())
     snap = svc.snapshot_stats()
     assert snap["requests"]["cached"] == 2 and snap["requests"]["completed"] == 3
+    assert snap["requests"]["held_back"] == 0  # minConfidence is off by default
     assert {"context", "tokenize", "prefill", "steps", "postprocess", "total"} <= set(snap["stages"])
     assert snap["state"] == "ready" and snap["model"]["model"] == "fake"
     svc.scheduler.shutdown()
