@@ -289,17 +289,16 @@ def table(results: dict[str, Any]) -> str:
                             f"{r['edit_similarity']:>8.3f} {fmt(r['ms_per_task'], '9.1f')} "
                             f"{fmt(r['forward_passes_per_token'], '9.3f')} {r.get('repetition', 0.0):>6.3f} "
                             f"{r.get('looping', 0.0):>6.3f}")
-    sel = [(system, kind, kinds[kind]["selective"]) for system, kinds in results.items()
-           for kind in [*KINDS, "all"] if kind in kinds and kinds[kind].get("selective") and kind != "all"]
+    sel = [(system, kind, kinds[kind]["selective"], kinds[kind]["n"]) for system, kinds in results.items()
+           for kind in KINDS if kind in kinds and kinds[kind].get("selective")]
     if sel:
         rows += ["", "the most confident fills (a threshold on the engine's confidence keeping a share of the tasks):"]
-        for system, kind, by in sel:
+        for system, kind, by, _ in sel:
             cells = "   ".join(f"{float(c):.0%}: EM {v['exact_match']:.3f} ES {v['edit_similarity']:.3f}"
                                f" (conf >= {fmt(v['min_confidence'], '.2f')})" for c, v in by["coverage"].items())
             rows.append(f"{system:<30} {kind:<12} {cells}")
         rows += ["", "minConfidence t: the share shown, its EM / ES, and the EM of the fills held back:"]
-        for system, kind, by in sel:
-            n = sum(v["n"] for v in next(iter(by["threshold"].values())).values())
+        for system, kind, by, n in sel:
             cells = "   ".join(f"{t}: {v['shown']['n'] / n:.0%} {fmt(v['shown']['exact_match'], '.3f')} / "
                                f"{fmt(v['shown']['edit_similarity'], '.3f')}, {fmt(v['held_back']['exact_match'], '.3f')}"
                                for t, v in by["threshold"].items())
