@@ -403,3 +403,55 @@ def test_drafts_after_the_first_are_the_long_lookups_else_the_tables_else_the_on
     assert spec._guess([5, 7, 8, 6], [3, 6, 4, 1], 2) == [4, 1]  # no table draft: the one-token lookup
     assert spec._guess([5, 7, 8, 6], [], 2) == []
     assert spec._guess([5, 6, 7, 8, 5, 6], [], 0) == []
+
+
+def test_draft_accept_takes_drafts_within_the_share_of_the_best(mixed, monkeypatch):
+    """`draft_accept` below 1: a draft commits wherever the rules allow it and its score is within
+    log(1 / share) of the best, and the forward goes on through its row. With a share so small that
+    every draft wins, a draft that the decode would never write fills every drafted slot, four
+    tokens per forward (three drafts and the token after them), while the fill's score stays the model's
+    own reading of those tokens (far below the one-row decode's)."""
+    model, segs = mixed
+    lazy, _ = _run(model, segs, CFG)
+    a = model.args
+    wrong = next(t for t in range(3, a.vocab_size) if t not in lazy.fills[0])
+    spec, _ = _run(model, segs, replace(CFG, draft=3, draft_accept=1e-30), drafts=lambda p: wrong,
+                   monkeypatch=monkeypatch)
+    # the prefill checks no drafts here (`draft_opening` off): its commit is the model's own, and
+    # so is each forward's fourth, read from the last draft's row (no draft was fed after it)
+    fill = spec.fills[0]
+    assert fill[0] == lazy.fills[0][0]
+    assert [t for j, t in enumerate(fill) if j % 4] == [wrong] * (HOLE - HOLE // 4)
+    assert spec.forward_passes == 1 + -(-(HOLE - 1) // 4)
+    assert spec.scores[0] < lazy.scores[0] - 1.0
+    # a draft the rules bar (the mask token) is never taken, however small the share
+    barred, _ = _run(model, segs, replace(CFG, draft=3, draft_accept=1e-30), drafts=lambda p: a.mask_id,
+                     monkeypatch=monkeypatch)
+    assert barred.fills == lazy.fills
+
+
+def test_draft_accept_is_a_share_of_the_best_probability(mixed):
+    """p_draft above share * p_best commits the draft, below it the best; the scores passed in are
+    left as they were (the fill's score reads them)."""
+    from engine.fills import Holes as _Holes
+    from engine.generate import _Run
+
+    model, segs = mixed
+    holes = _Holes([[0] * 4], [4], [0])
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    for share, want in ((0.5, 1), (0.59, 1), (0.61, 0), (1.0, 0)):
+        run = _Run(model, True, replace(CFG, draft=2, draft_accept=share), holes, segs, torch.device("cpu"))
+        run.prefer = 1
+        before = logits.clone()
+        assert int(run._lean(logits).argmax()) == want, share
+        assert torch.equal(logits, before) and run.prefer is None  # one commit's, then cleared
+
+
+def test_draft_accept_is_validated():
+    from engine.engine import Engine
+    from engine.errors import InvalidRequestError
+
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(InvalidRequestError, match="draft_accept"):
+            Engine._check_sampling(SamplingConfig(draft_accept=bad))
+    Engine._check_sampling(SamplingConfig(draft_accept=0.5))
