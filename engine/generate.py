@@ -14,7 +14,6 @@ budget allows.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -72,7 +71,6 @@ class _Run(EndRules):
         self.texts: list[str] | None = None  # token texts (`close_brackets`, loops of lines), set by `generate`
         self.text_ids: dict[str, int] | None = None  # text -> id (the opening's line starts), set by `generate`
         self.min_indent: int | None = None  # `cut_dedent`, set by `generate`
-        self.prefer: int | None = None  # `draft_accept`: the draft at the slot the next commit reads (`engine.speculate`)
         self.out = GenOutput(fills=[])
         self.scores = FillScores(len(holes.fills), device)  # what each commit's distribution gave its token
         # `lookahead`: whether the slots leave some hole short of masks (set by `generate`); the
@@ -270,7 +268,7 @@ class _Run(EndRules):
             logits.sub_(self._ending(mpos, logits.shape[1]).to(logits.dtype) * self.cfg.end_penalty)
         if self.cfg.end_mass:
             self._decide_ends(logits, mpos)
-        tokens, conf = propose(self._lean(logits), self.cfg.confidence, self.cfg.temperature, self.gen)
+        tokens, conf = propose(logits, self.cfg.confidence, self.cfg.temperature, self.gen)
         if lp is not None and self.record is not None:  # the one row commits: what it takes
             self.record.lp[masked[0]] = lp[tokens[0]]  # (ends rescored: not a line's token)
         if self.naive:
@@ -292,17 +290,6 @@ class _Run(EndRules):
             self.holes.used[hh] += 1
         if self.cfg.eos_fill or self.stop is not None:
             self._end_fill(mpos, mhole, tokens, chosen)
-
-    def _lean(self, logits: torch.Tensor) -> torch.Tensor:
-        """The scores the choice reads (`draft_accept`): the drafted token's raised by
-        log(1 / draft_accept), so it wins where p_draft > draft_accept * p_best. The fill's
-        score (`FillScores`) reads the scores as they were."""
-        t, self.prefer = self.prefer, None
-        if t is None or self.cfg.draft_accept >= 1 or logits.shape[0] != 1:
-            return logits
-        lean = logits.clone()
-        lean[0, t] -= math.log(self.cfg.draft_accept)
-        return lean
 
     def _window(self, masked: list[int], n_holes: int) -> list[int]:
         """The first `block` masked slots of each hole (`masked` in position order): the only ones
@@ -453,8 +440,6 @@ def _denoise(run: _Run, spec: Speculator | None, should_stop: Callable[[], bool]
             refresh = run.full_every_step or (run.cfg.refresh_every > 0 and step % run.cfg.refresh_every == 0)
             run.full() if refresh else run.cached_step(before, slots)
         before = slots
-        if spec is not None:
-            spec.lean(slots)
         slots, left = run.commit(slots, left)
         step += 1
         if spec is not None:  # commit on through the drafts that held

@@ -30,8 +30,6 @@ def check_sampling(cfg: SamplingConfig) -> None:
         raise InvalidRequestError("min_per_step must be >= 1")
     if not 0 <= cfg.draft <= 64:
         raise InvalidRequestError("draft must be in 0..64")
-    if not 0 < cfg.draft_accept <= 1:
-        raise InvalidRequestError("draft_accept must be in (0, 1]")
     if cfg.loop_guard < 0 or cfg.loop_guard == 1:
         raise InvalidRequestError("loop_guard must be 0 (off) or >= 2")
     if not (cfg.lookahead == 0 or 2 <= cfg.lookahead <= 256):

@@ -184,21 +184,11 @@ class Speculator:
         turned out valid, then put back the keys/values of the rows that did not and draft the
         slots ahead. Returns the slots and masks left."""
         while left and self._confirmed(slots) and not self.run.short_of_masks(slots):
-            self.lean(slots)
             slots, left = self.run.commit(slots, left)
         self._settle(slots)
         if left:
             self._draft(slots)
         return slots, left
-
-    def lean(self, slots: list[int]) -> None:
-        """`draft_accept`: hand the commit about to run the token this forward fed at its slot
-        (`_Run.prefer`; none where the slot had no draft)."""
-        run = self.run
-        if self.fed is None or run.cfg.draft_accept >= 1 or run.a.mask_id not in slots:
-            return
-        at = run.pos_host[slots.index(run.a.mask_id)]
-        run.prefer = next((t for p, t in self.fed[1:] if p == at), None)
 
     def _settle(self, slots: list[int]) -> None:
         """Old keys/values back for the rows of the last forward after its valid head."""

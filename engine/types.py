@@ -110,11 +110,6 @@ class SamplingConfig:
             base's own line, decoded from the first token where it disagrees with the fill, is a
             second candidate, and the one under which the base finds the line and the suffix's
             next line likelier is shown (`engine.rerank`). Costs forwards only where the two differ.
-        draft_accept: with `draft`, a drafted token commits where its probability is above this
-            share of the best token's (`p_draft > draft_accept * p_best`, after every rule): 1 = only
-            where it is the best (exactly the one-row decode); below 1 a near tie goes to the draft,
-            whose row the forward already ran, so the decode goes on through it (lossy speculative
-            checking, like Medusa's typical acceptance: Cai et al., 2024, arXiv:2401.10774).
     """
 
     sampler: str = "fast"
@@ -137,7 +132,6 @@ class SamplingConfig:
     lazy_rows: bool = False
     draft: int = 0
     draft_opening: bool = True
-    draft_accept: float = 1.0
     loop_guard: int = 0
     lookahead: int = 0
     end_penalty: float = 0.0
