@@ -134,7 +134,8 @@ def aggregate(outcomes: Iterable[Outcome]) -> dict[str, dict[str, dict[str, floa
     """system -> kind (and "all") -> n, exact_match, edit_similarity, ms_per_task,
     forward_passes_per_token (None when nothing was generated), generated_tokens, repetition
     (mean repeated 4-gram share), looping (share of fills over half repeats) and selective (the
-    scores of the most confident fills at each of `COVERAGES`, None without confidences)."""
+    scores of the most confident fills at each of `COVERAGES`, and of the fills shown and held back
+    at each `minConfidence` of `THRESHOLDS`; None without confidences)."""
     groups: dict[str, dict[str, list[Outcome]]] = defaultdict(lambda: defaultdict(list))
     for o in outcomes:
         groups[o.system][o.kind].append(o)
