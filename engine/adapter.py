@@ -36,21 +36,38 @@ class AdapterConfig:
     # lower layers read every masked slot through it, so it shapes what the suffix's rows carry up
     # to the open layers; every other token's rows, the tied head and the prefix stay the base's
     mask_row: bool = False
+    # one rank per layer from `first_layer` (empty: `rank` for every one of them); the scale is
+    # alpha / rank for all, so a layer's rank only sets its factors' shapes (a lower, causal layer
+    # may carry fewer directions than an upper, bidirectional one)
+    layer_ranks: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.layer_ranks and any(r < 1 for r in self.layer_ranks):
+            raise ValueError(f"layer ranks must be >= 1, got {list(self.layer_ranks)}")
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
 
+    def rank_at(self, layer: int) -> int:
+        """The rank of layer `layer`'s factors (`layer` >= `first_layer`)."""
+        return self.layer_ranks[layer - self.first_layer] if self.layer_ranks else self.rank
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["targets"], d["full"] = list(self.targets), list(self.full)
+        if self.layer_ranks:
+            d["layer_ranks"] = list(self.layer_ranks)
+        else:
+            del d["layer_ranks"]  # older readers know only uniform ranks
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AdapterConfig:
         return cls(first_layer=int(d["first_layer"]), rank=int(d["rank"]), alpha=float(d["alpha"]),
                    targets=tuple(d.get("targets", TARGETS)), full=tuple(d.get("full", ())),
-                   mask_row=bool(d.get("mask_row", False)))
+                   mask_row=bool(d.get("mask_row", False)),
+                   layer_ranks=tuple(int(r) for r in d.get("layer_ranks") or ()))
 
 
 MASK_ROW = "tok_emb.mask_row"  # the shipped name of the trained mask embedding row
@@ -112,13 +129,15 @@ def add_lora(model: Transformer, cfg: AdapterConfig) -> list[nn.Parameter]:
     Returns:
         the trainable parameters.
     """
+    if cfg.layer_ranks and len(cfg.layer_ranks) != model.args.n_layers - cfg.first_layer:
+        raise ValueError(f"{len(cfg.layer_ranks)} layer ranks for layers {cfg.first_layer}-{model.args.n_layers - 1}")
     for p in model.parameters():
         p.requires_grad_(False)
     trainable: list[nn.Parameter] = []
     for i in range(cfg.first_layer, model.args.n_layers):
         block = model.layers[i]
         for name in cfg.targets:
-            lin = LoRALinear(getattr(block, name), cfg.rank, cfg.scale)
+            lin = LoRALinear(getattr(block, name), cfg.rank_at(i), cfg.scale)
             setattr(block, name, lin)
             trainable += [lin.lora_A, lin.lora_B]
     params = dict(model.named_parameters())

@@ -42,13 +42,27 @@ def build(a: argparse.Namespace, run_dir: Path) -> tuple[Transformer, ModelArgs,
     base = read_base()
     model = base.build(causal_layers=a.causal_layers, max_positions=max(a.seq_len, EXPORT_POSITIONS))
     args = model.args
-    acfg = AdapterConfig(first_layer=a.causal_layers, rank=a.lora_rank, alpha=a.lora_alpha,
-                         mask_row=bool(getattr(a, "mask_row", False)))
+    acfg = adapter_config(a, args.n_layers)
     trainable = add_lora(model, acfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     tok_path = run_dir / "tokenizer.json"
     tok_path.write_text(base.tokenizer_json, encoding="utf-8")
     return model, args, acfg, trainable, tok_path
+
+
+def adapter_config(a: argparse.Namespace, n_layers: int) -> AdapterConfig:
+    """The run's adapter: LoRA at `--lora-rank` on the open layers (from `--causal-layers`) and,
+    with `--lora-from` below them, at `--lora-rank-lower` on the causal layers from there (they
+    stay causal, so the prefix's keys/values stay reusable; they stop being the base's)."""
+    first = a.causal_layers if getattr(a, "lora_from", None) is None else a.lora_from
+    if not 0 <= first <= a.causal_layers:
+        raise SystemExit(f"--lora-from must be between 0 and --causal-layers ({a.causal_layers}), got {first}")
+    ranks: tuple[int, ...] = ()
+    if first < a.causal_layers:
+        lower = getattr(a, "lora_rank_lower", None) or a.lora_rank
+        ranks = (lower,) * (a.causal_layers - first) + (a.lora_rank,) * (n_layers - a.causal_layers)
+    return AdapterConfig(first_layer=first, rank=a.lora_rank, alpha=a.lora_alpha,
+                         mask_row=bool(getattr(a, "mask_row", False)), layer_ranks=ranks)
 
 
 def state(model: Transformer, acfg: AdapterConfig) -> dict[str, torch.Tensor]:
@@ -59,17 +73,22 @@ def state(model: Transformer, acfg: AdapterConfig) -> dict[str, torch.Tensor]:
 def warm_start(model: Transformer, acfg: AdapterConfig, path: Path) -> dict[str, Any]:
     """Load a shipped adapter directory's tensors; returns its `dlsp_training` (for totals).
 
-    A run may add the mask row to an adapter without one (it starts as the base's row), and may
-    raise the rank (`grow_rank`: the model starts as the shipped one computes)."""
+    A run may add the mask row to an adapter without one (it starts as the base's row), may
+    raise the rank (`grow_rank`), and may add LoRA to layers below the shipped adapter's first
+    (their factors start with B = 0): in each case the model starts as the shipped one computes."""
     cfg, shipped, tensors = read_adapter(path)
     grows = shipped.rank < acfg.rank
     like = replace(shipped, mask_row=shipped.mask_row or acfg.mask_row)
     if grows:
         like = replace(like, rank=acfg.rank, alpha=acfg.alpha)
+    if acfg.first_layer < shipped.first_layer and not shipped.layer_ranks:
+        kept = [acfg.rank_at(i) for i in range(shipped.first_layer, model.args.n_layers)]
+        if set(kept) == {like.rank}:  # the shipped layers keep their rank: only new ones below them
+            like = replace(like, first_layer=acfg.first_layer, layer_ranks=acfg.layer_ranks)
     if like != acfg:  # checked before growing: other layers or maps get this error, not a KeyError
         raise SystemExit(f"{path}: adapter shape {shipped} differs from this run's {acfg}")
     if grows:
-        tensors = grow_rank(tensors, shipped, acfg, model)
+        tensors = grow_rank(tensors, shipped, replace(shipped, rank=acfg.rank, alpha=acfg.alpha), model)
     load_adapter_tensors(model, acfg, tensors)
     return cfg.get("dlsp_training", {}) or {}
 

@@ -28,8 +28,16 @@ def _adapter_params(a, ad: dict) -> int:
     dims = {"wq": (a.dim, a.n_heads * hd), "wk": (a.dim, a.n_kv_heads * hd), "wv": (a.dim, a.n_kv_heads * hd),
             "wo": (a.n_heads * hd, a.dim), "w_gate": (a.dim, a.intermediate_size),
             "w_up": (a.dim, a.intermediate_size), "w_down": (a.intermediate_size, a.dim)}
-    per_layer = sum(ad["rank"] * (i + o) for t, (i, o) in dims.items() if t in ad.get("targets", dims))
-    return per_layer * (a.n_layers - int(ad["first_layer"]))
+    per_rank = sum(i + o for t, (i, o) in dims.items() if t in ad.get("targets", dims))
+    ranks = ad.get("layer_ranks") or [ad["rank"]] * (a.n_layers - int(ad["first_layer"]))
+    return per_rank * sum(ranks)
+
+
+def _lower_ranks(ad: dict, a) -> str:
+    """", rank r on the causal layers i-j" where the lower layers' factors have their own rank."""
+    ranks, first = ad.get("layer_ranks") or [], int(ad["first_layer"])
+    low = [i for i, r in enumerate(ranks, start=first) if r != ad["rank"]]
+    return f" (rank {ranks[low[0] - first]} on layers {low[0]}-{low[-1]})" if low else ""
 
 
 def render_adapted(ckpt: Path, run: Path, eval_json: Path | None, experiments: str, notes: str = "",
@@ -70,7 +78,7 @@ def render_adapted(ckpt: Path, run: Path, eval_json: Path | None, experiments: s
         f"- Positions used by the engine: up to {a.max_positions}", "",
         "## What was trained", "",
         f"- LoRA (rank {ad['rank']}, alpha {ad['alpha']:g}) on {', '.join(ad.get('targets', []))} of layers "
-        f"{ad['first_layer']}-{a.n_layers - 1}: {trained / 1e6:.2f} M parameters; everything else frozen.",
+        f"{ad['first_layer']}-{a.n_layers - 1}{_lower_ranks(ad, a)}: {trained / 1e6:.2f} M parameters; everything else frozen.",
         "- Objective: masked diffusion on FIM-shaped rows: each 256-token row is cut into "
         f"{tr.get('holes_per_row', 3)} chunks, each",
         "  with a middle (a whole line, 2-8 lines, or a random span) followed by "

@@ -97,6 +97,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--causal-layers", type=int, default=20, help="with --base: lower layers kept causal and frozen")
     p.add_argument("--lora-rank", type=int, default=32)
     p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--lora-from", type=int, default=None,
+                   help="with --base: LoRA from this layer (default: --causal-layers); the causal layers from "
+                        "here on train too, at --lora-rank-lower, and stay causal")
+    p.add_argument("--lora-rank-lower", type=int, default=None,
+                   help="with --lora-from: the rank of the causal layers' factors (default: --lora-rank)")
     p.add_argument("--open-steps", type=int, default=300,
                    help="with --base: steps over which attention ahead of the query opens in the upper layers")
     p.add_argument("--holes-per-row", type=int, default=1, help="FIM rows: independent middles per row")
@@ -329,6 +334,7 @@ class Trainer:
         if self.adapter is not None:
             meta["dlsp_training"].update(base="smollm2", causal_layers=self.a.causal_layers,
                                          lora_rank=self.a.lora_rank, open_steps=self.a.open_steps,
+                                         lora_from=self.adapter.first_layer,
                                          holes_per_row=self.a.holes_per_row, max_pad=self.a.max_pad,
                                          ltr_rate=self.a.ltr_rate, kind_weights=self.a.kind_weights,
                                          frontier_weight=self.a.frontier_weight, base_mix=self.a.base_mix,

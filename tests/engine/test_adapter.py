@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -200,3 +201,36 @@ def test_mask_row_trains_only_the_masked_slots_input_and_merges_exactly():
     with torch.no_grad():
         assert torch.allclose(again(ids), out, atol=1e-5)
         assert torch.allclose(merge_lora(again)(ids)[..., keep], out[..., keep], atol=1e-4)
+
+
+def test_layer_ranks_give_each_layer_its_shape_and_merge_exactly():
+    """`layer_ranks`: a causal layer below the open ones may carry factors of a lower rank; the
+    scale is alpha / rank for every layer, so merging the shipped tensors computes the same
+    function; the model card counts each layer at its own rank."""
+    from engine.training.model_card_adapted import _adapter_params, _lower_ranks
+
+    m = _model()
+    ids = _ids()
+    acfg = AdapterConfig(first_layer=1, rank=4, alpha=4.0, layer_ranks=(2, 4, 4))
+    assert [acfg.rank_at(i) for i in (1, 2, 3)] == [2, 4, 4]
+    assert AdapterConfig.from_dict(acfg.to_dict()) == acfg
+    assert "layer_ranks" not in replace(acfg, layer_ranks=()).to_dict()  # uniform: read by older code
+    add_lora(m, acfg)
+    assert m.layers[1].w_up.lora_A.shape == (2, 32) and m.layers[2].w_up.lora_A.shape == (4, 32)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.1)
+        want = m(ids)
+    base = _model()
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    merge_into(state, acfg, adapter_tensors(m, acfg))
+    base.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.allclose(base(ids), want, atol=1e-5)
+    trained = sum(p.numel() for n, p in m.named_parameters() if "lora_" in n)
+    assert _adapter_params(ARGS, acfg.to_dict()) == trained
+    assert _adapter_params(ARGS, replace(acfg, layer_ranks=()).to_dict()) == trained * 12 // 10
+    assert _lower_ranks(acfg.to_dict(), ARGS) == " (rank 2 on layers 1-1)"
+    with pytest.raises(ValueError, match="layer ranks"):
+        AdapterConfig(first_layer=1, rank=4, layer_ranks=(0, 4, 4))

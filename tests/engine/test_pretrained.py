@@ -3,6 +3,7 @@ reading of the same GGUF, assembly of a shipped adapter, and the missing-package
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.metadata
 import json
@@ -222,6 +223,19 @@ def test_a_trained_mask_row_assembles_into_the_embedding(tmp_path, monkeypatch):
         adapt.warm_start(drops, no_row, out)
 
 
+def _warm_started_as(trained: Transformer, acfg: AdapterConfig, shipped: Path) -> tuple[Transformer, torch.Tensor]:
+    """A base with `acfg`'s LoRA, warm-started from `shipped` (`trained`'s export): checked to
+    compute what `trained` does. Returns the model (eval mode) and the ids it was checked on."""
+    model = read_base().build(causal_layers=28)
+    add_lora(model, acfg)
+    adapt.warm_start(model, acfg, shipped)
+    ids = torch.tensor([[0, 1604, 29856, 24, 104, 727, 472]])
+    trained.eval(), model.eval()
+    with torch.no_grad():
+        assert (model(ids) - trained(ids)).abs().max() < 5e-2  # fp16 on disk
+    return model, ids
+
+
 @needs_base
 @pytest.mark.slow
 def test_a_warm_start_may_raise_the_rank_and_starts_as_the_shipped_adapter(tmp_path):
@@ -230,14 +244,8 @@ def test_a_warm_start_may_raise_the_rank_and_starts_as_the_shipped_adapter(tmp_p
     (their A rows are not zero, so B's new columns get a gradient); a lower rank is refused."""
     out = tmp_path / "adapter"
     trained, old = _export_random_adapter(out)  # rank 4, alpha 8: scale 2
-    grown = read_base().build(causal_layers=28)
     new = AdapterConfig(first_layer=28, rank=12, alpha=6.0)  # scale 0.5
-    add_lora(grown, new)
-    adapt.warm_start(grown, new, out)
-    ids = torch.tensor([[0, 1604, 29856, 24, 104, 727, 472]])
-    trained.eval(), grown.eval()
-    with torch.no_grad():
-        assert (grown(ids) - trained(ids)).abs().max() < 5e-2  # fp16 on disk
+    grown, ids = _warm_started_as(trained, new, out)
     lin = grown.layers[29].wq
     assert lin.lora_A.shape == (12, 576) and lin.lora_B.shape[1] == 12
     assert torch.count_nonzero(lin.lora_B[:, 4:]) == 0 and torch.count_nonzero(lin.lora_A[4:]) > 0
@@ -249,6 +257,51 @@ def test_a_warm_start_may_raise_the_rank_and_starts_as_the_shipped_adapter(tmp_p
     add_lora(shrunk, low)
     with pytest.raises(SystemExit, match="adapter shape"):
         adapt.warm_start(shrunk, low, out)
+
+
+@needs_base
+@pytest.mark.slow
+def test_a_warm_start_may_add_lora_to_causal_layers_below_and_it_assembles(tmp_path, monkeypatch):
+    """`--lora-from` below `--causal-layers`: the causal layers from there get factors of their own
+    rank (`layer_ranks`), start at zero (the model computes the shipped adapter's function) and
+    train; the export ships them, assembly merges them, and the base's reading then reads the
+    base's own layers from the first adapted one (its lower layers are no longer the base's)."""
+    monkeypatch.setenv("DLSP_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "adapter"
+    trained, old = _export_random_adapter(out)  # layers 28-29, rank 4
+    a = argparse.Namespace(causal_layers=28, lora_from=26, lora_rank=4, lora_rank_lower=2,
+                                 lora_alpha=8.0, mask_row=False)
+    new = adapt.adapter_config(a, 30)
+    assert new.first_layer == 26 and new.layer_ranks == (2, 2, 4, 4) and new.rank_at(27) == 2
+    assert AdapterConfig.from_dict(new.to_dict()) == new and "layer_ranks" not in old.to_dict()
+    wider, ids = _warm_started_as(trained, new, out)
+    low = wider.layers[26].w_up
+    assert low.lora_A.shape == (2, 576) and torch.count_nonzero(low.lora_B) == 0
+    wider.train()
+    wider(ids).logsumexp(-1).mean().backward()
+    assert low.lora_B.grad.abs().sum() > 0  # the causal layer's factors train
+    with pytest.raises(ValueError, match="layer ranks"):
+        add_lora(read_base().build(causal_layers=28), replace(new, layer_ranks=(2, 4, 4)))
+    # trained, exported and assembled: the lower layers' factors are merged, causal still
+    with torch.no_grad():
+        wider.layers[27].wq.lora_B.normal_(0.0, 0.05)
+    tok = tmp_path / "tok.json"
+    tok.write_text(read_base().tokenizer_json, encoding="utf-8")
+    shipped = tmp_path / "wider"
+    adapt.export(wider, wider.args, new, shipped, tok, {"dlsp_training": {"step": 2}})
+    model, args = load_model(shipped)
+    assert args.causal_layers == 28
+    wider.eval()
+    with torch.no_grad():
+        assert (model(ids) - wider(ids)).abs().max() < 5e-2
+        assert (model(ids) - trained(ids)).abs().max() > 1e-3  # layer 27's factors count
+    upper = base_layers(shipped)
+    assert sorted({int(k.split(".")[1]) for k in upper}) == list(range(26, 30))
+    engine = Engine.from_pretrained(shipped, int8=False)
+    assert engine.base is not None and engine.base.first == 26
+    req = InfillRequest(prefix="def f(x):\n    return ", suffix="\n\nprint(f(2))\n", max_new_tokens=4,
+                        single_line=True, sampling=replace(engine.default_sampling, block=1, base_weight=1.0))
+    assert engine.infill(req).text.strip()
 
 
 @needs_base
