@@ -94,7 +94,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="warm start: model weights (and their training hours) from another run's last.pt or an exported model directory")
     p.add_argument("--base", default=None, choices=["smollm2"],
                    help="adapt the pinned pretrained base (LoRA on the upper layers) instead of training from scratch")
-    p.add_argument("--causal-layers", type=int, default=20, help="with --base: lower layers kept causal and frozen")
+    p.add_argument("--causal-layers", type=int, default=20, help="with --base: lower layers kept causal (and frozen below --lora-from)")
     p.add_argument("--lora-rank", type=int, default=32)
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--lora-from", type=int, default=None,
