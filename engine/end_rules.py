@@ -1,8 +1,8 @@
 """The logit and commit rules that decide where a fill ends, mixed into `engine.generate`'s run
 (they read its canvas, hole layout and stop sets): which tokens would end a fill at a slot,
 `end_mass`, `nonempty`, `close_brackets`, EOS after an ending commit, and the cuts of a decoded
-head (`loop_guard`'s loops, `min_indent`'s dedent). Works on tensors on the
-model's device."""
+head (`loop_guard`'s loops, `min_indent`'s dedent); and one rule on where a fill may start
+(`avoid`: not by copying a given line). Works on tensors on the model's device."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def _ban_unless_nothing_left(logits: torch.Tensor, ban: torch.Tensor) -> None:
 class EndRules:
     """Methods of `engine.generate._Run` (its attributes: `a`, `cfg`, `device`, `canvas`, `pos`,
     `hole_of`, `hole_host`, `holes`, `ends`, `stop`, `first`, `first_at`, `lead`, `blank`,
-    `blank_stop`, `blank_first_stop`, `segments`, `texts`, `min_indent`)."""
+    `blank_stop`, `blank_first_stop`, `segments`, `texts`, `min_indent`, `avoid`, `blank_set`)."""
 
     def _ending(self, mpos: torch.Tensor, vocab: int) -> torch.Tensor:
         """(M, V) bool: the tokens that would end the fill at each slot: EOS and pad, and the stop
@@ -122,6 +122,23 @@ class EndRules:
         if self.blank_first_stop is not None:
             stops = torch.where((mpos == self.pos[self.first_at])[:, None], self.blank_first_stop[None, :], stops)  # (M, V)
         _ban_unless_nothing_left(logits, empty & stops)
+
+    def _bar_copied_start(self, logits: torch.Tensor, slots: list[int], masked: list[int]) -> None:
+        """`avoid`: rows of a hole that holds only whitespace so far may not take the tokens that
+        would begin the line it must not copy (`InfillRequest.avoid`); dropped on a row it would
+        leave with no allowed token."""
+        content = [False] * len(self.holes.fills)
+        for i, t in enumerate(slots):
+            if t != self.a.mask_id and t not in self.blank_set:
+                content[self.hole_host[i]] = True
+        rows = [(r, self.avoid[self.hole_host[i]]) for r, i in enumerate(masked) if not content[self.hole_host[i]]]
+        rows = [(r, ban) for r, ban in rows if ban is not None]
+        if not rows:
+            return
+        barred = torch.zeros_like(logits, dtype=torch.bool)  # (M, V)
+        for r, ban in rows:
+            barred[r] = ban
+        _ban_unless_nothing_left(logits, barred)
 
     def _hold_open_line(self, logits: torch.Tensor, slots: list[int], masked: list[int]) -> None:
         """`close_brackets`: the frontier row of a hole whose decoded head opened a bracket it has

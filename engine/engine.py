@@ -210,6 +210,8 @@ class Engine:
             raise InvalidRequestError("hole_tokens and max_new_tokens must be >= 0")
         if req.min_indent is not None and not (isinstance(req.min_indent, int) and 0 <= req.min_indent <= 4096):
             raise InvalidRequestError("min_indent must be None or 0..4096 columns")
+        if req.avoid and (len(req.avoid) != req.n_holes or not all(isinstance(t, str) for t in req.avoid)):
+            raise InvalidRequestError(f"avoid must hold one line of text per hole ({req.n_holes}), or nothing")
 
     _check_sampling = staticmethod(check_sampling)
 
@@ -332,7 +334,8 @@ class Engine:
                        banned=self._banned, blank_ids=self._blank_ids(), drafts=self.drafts,
                        texts=self.healer().texts, text_ids=self.healer().id_of,
                        base=self.base if req.single_line or cfg.base_multiline else None,
-                       min_indent=None if req.single_line else req.min_indent)
+                       min_indent=None if req.single_line else req.min_indent,
+                       avoid=[self.healer().starting(line) for line in req.avoid] if any(req.avoid) else None)
         t2 = time.perf_counter()
         if threads is not None and out.forward_passes and not out.cancelled:
             self.threads.record(threads, (out.prefill_ms + out.steps_ms) / out.forward_passes, kind)

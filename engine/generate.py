@@ -71,6 +71,8 @@ class _Run(EndRules):
         self.texts: list[str] | None = None  # token texts (`close_brackets`, loops of lines), set by `generate`
         self.text_ids: dict[str, int] | None = None  # text -> id (the opening's line starts), set by `generate`
         self.min_indent: int | None = None  # `cut_dedent`, set by `generate`
+        self.avoid: list[torch.Tensor | None] | None = None  # `_bar_copied_start`, set by `generate`
+        self.blank_set: set[int] = set()
         self.out = GenOutput(fills=[])
         self.scores = FillScores(len(holes.fills), device)  # what each commit's distribution gave its token
         # `lookahead`: whether the slots leave some hole short of masks (set by `generate`); the
@@ -262,6 +264,8 @@ class _Run(EndRules):
             logits.masked_fill_(barred, float("-inf"))
         if self.blank is not None:
             self._bar_empty_end(logits, slots, masked, mpos)
+        if self.avoid is not None:
+            self._bar_copied_start(logits, slots, masked)
         if self.cfg.close_brackets and self.texts is not None:
             self._hold_open_line(logits, slots, masked)
         if self.cfg.end_penalty:
@@ -317,7 +321,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
              banned: list[int] | None = None, blank_ids: torch.Tensor | None = None,
              drafts: NgramDrafts | None = None, texts: list[str] | None = None,
              text_ids: dict[str, int] | None = None, base: BaseReading | None = None,
-             min_indent: int | None = None) -> GenOutput:
+             min_indent: int | None = None, avoid: list[torch.Tensor | None] | None = None) -> GenOutput:
     """Fill the holes between `segments` (prefix, middles..., suffix).
 
     Args:
@@ -351,6 +355,8 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
             kept in the session like the model's.
         min_indent: multi-line fills (no `stop_ids`, with `texts`): a fill ends before its first
             line after the first that starts left of this many columns (`cut_dedent`).
+        avoid: per hole, (V,) bool or None: tokens the hole may not commit while it holds only
+            whitespace (with `blank_ids`; `InfillRequest.avoid`, `EndRules._bar_copied_start`).
     Returns:
         GenOutput with the fills (special tokens stripped, cut at EOS) and counters.
     """
@@ -363,6 +369,9 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     run = _Run(model, shifted, cfg, holes, segments, next(model.parameters()).device, graphs, stop_ids, first,
                banned, blank_ids)
     run.texts, run.text_ids = texts, text_ids
+    if avoid is not None and blank_ids is not None and any(t is not None for t in avoid):
+        run.avoid = [None if t is None else t.to(run.device) for t in avoid]
+        run.blank_set = set(torch.nonzero(blank_ids).flatten().tolist()) | set(a.special_ids)
     # a block fill ends where it leaves its block (multi-line fills with token texts only)
     run.min_indent = min_indent if (min_indent is not None and stop_ids is None and texts is not None) else None
     if not (cfg.base_weight > 0 and n_holes == 1 and cfg.block == 1 and shifted and not run.naive

@@ -92,6 +92,18 @@ class Healer:
         rest = functools.partial(self._rest, text, partial, single_line) if partial else None
         return text, FirstSlot(allowed, stop, text, tuple(sorted(partial)), rest)
 
+    def starting(self, line: str) -> torch.Tensor | None:
+        """(V,) bool: the tokens that would begin `line`'s code where only whitespace came before
+        (their text, leading whitespace and line breaks aside, is a non-empty head of it; special
+        ids never). None for a blank `line`. (`InfillRequest.avoid`: one scan of the vocabulary.)"""
+        code = line.strip()
+        if not code:
+            return None
+        out = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
+        ids = [i for i, t in enumerate(self.texts) if (w := t.lstrip()) and code.startswith(w) and i not in self.special]
+        out[ids] = True
+        return out
+
     def _rest(self, text: str, partial: dict[int, int], single_line: bool, token: int) -> FirstSlot | None:
         """The constraint on the slot after one that took `token`: the rest of `text` when the
         token was the lead's head (`partial`), else None (the constraint is met)."""

@@ -199,6 +199,10 @@ class InfillRequest:
             indentation the canvas ends in the indentation less one space and the fill's first
             token must start with that space (` return`). The returned text starts after the
             prefix.
+        avoid: per hole (empty, or one entry per hole), a line the fill may not start by copying:
+            while the hole holds only whitespace, no token whose text (leading whitespace aside)
+            begins that line's code can be committed ("" = no such line). A fill action sets it
+            when a first run's fill was nothing but the line after its hole.
         should_stop: polled between denoising steps; True cancels the run.
     """
 
@@ -214,6 +218,7 @@ class InfillRequest:
     single_line: bool = False
     min_indent: int | None = None
     token_healing: bool = True
+    avoid: tuple[str, ...] = ()
     should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     @property

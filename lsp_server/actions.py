@@ -86,6 +86,24 @@ def edits(text: str, plan: EditPlan, fills: Sequence[str], unit: str) -> list[tu
     return out
 
 
+def copied_lines(text: str, plan: EditPlan, fills: Sequence[str], unit: str) -> tuple[str, ...]:
+    """Per hole, the line after it when `edits` drops the hole's fill as nothing but a copy of
+    that line (a TODO filled with the code below it), else "": what a second run avoids
+    (`InfillRequest.avoid`). Own-line holes of block plans only, as `edits` cuts them."""
+    out = []
+    for (s, e), lead, trail, fill in zip(plan.spans, plan.lead, plan.trail, fills):
+        following = trail + text[e:]
+        own_line = lead.startswith("\n") or not text[line_start(text, s):s].strip()
+        fill = _tidy(fill, unit)
+        copied = ""
+        if plan.block and own_line and fill.strip():
+            fill = _within_block(fill, _hole_indent(text, s, lead, unit), unit)
+            if fill.strip() and not cut_repeated_line(fill, following, first_line_counts=True).strip():
+                copied = next((ln.strip() for ln in following.split("\n") if ln.strip()), "")
+        out.append(copied)
+    return tuple(out)
+
+
 def block_floor(text: str, plan: EditPlan, unit: str) -> int | None:
     """The indentation (columns) below which the engine may stop a block plan's fills
     (`InfillRequest.min_indent`): the shallowest of its holes' floors (`edits` cuts each at its

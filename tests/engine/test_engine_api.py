@@ -68,6 +68,20 @@ def test_invalid_settings_raise_clear_errors(engine):
         engine.infill(InfillRequest(prefix="x", sampling=SamplingConfig(min_per_step=0)))
     with pytest.raises(InvalidRequestError, match="factor"):
         engine.infill(InfillRequest(prefix="x", sampling=SamplingConfig(factor=1.0, confidence="neg_entropy")))
+    with pytest.raises(InvalidRequestError, match="avoid"):
+        engine.infill(InfillRequest(prefix="x", middles=("y",), avoid=("return x",)))  # two holes, one line
+
+
+def test_avoid_runs_through_the_engine(engine):
+    """`avoid` per hole: a blank entry bans nothing, so the fill is the plain one; a line is
+    turned into its tokens' ban (`Healer.starting`) and the run still fills the hole."""
+    req = InfillRequest(prefix="def f():\n    ", suffix="\n", hole_tokens=4, max_new_tokens=4)
+    plain = engine.infill(req)
+    assert engine.infill(InfillRequest(**{**req.__dict__, "avoid": ("",)})).texts == plain.texts
+    first = plain.texts[0].strip()
+    assert first  # the tiny model's own start, avoided: the fill no longer starts with its code
+    other = engine.infill(InfillRequest(**{**req.__dict__, "avoid": (first,)})).texts[0].strip()
+    assert not other.startswith(first[:1])
 
 
 def test_several_holes(engine):

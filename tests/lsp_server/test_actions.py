@@ -104,6 +104,11 @@ def test_hole_fills_that_run_into_the_code_below_are_cut_there():
     # a line that merely resembles the next one is kept
     out = apply_edits(text, actions.edits(text, plan, ["if item.quantity < 0: raise ValueError", "pass"], "    "))
     assert "if item.quantity < 0: raise ValueError\n    if item.quantity <= 0:" in out
+    # the holes whose fill was only that copy name the line a second run avoids; the others none
+    copies = actions.copied_lines
+    assert copies(text, plan, ["if item.quantity <= 0:", "del self.items[name]"], "    ") == ("if item.quantity <= 0:", "")
+    assert copies(text, plan, ["item.quantity -= 1\n    if item.quantity <= 0:", "pass"], "    ") == ("", "")
+    assert copies(text, plan, ["if item.quantity < 0: raise ValueError", ""], "    ") == ("", "")
 
 
 def test_hole_fills_are_cut_back_to_complete_lines_and_start_at_the_indentation():

@@ -200,6 +200,36 @@ def test_fill_holes_jointly_in_one_run():
     svc.scheduler.shutdown()
 
 
+TAKE = """def take(item, n):
+    # TODO: take n off
+    if item.quantity <= 0:
+        return None
+    ...
+"""
+
+
+def test_a_hole_filled_with_the_line_below_it_is_filled_again_avoiding_that_line():
+    """The first run copies the `if` line into the TODO (an edit `edits` would drop, leaving the
+    TODO): a second run bars that line's start there; the other hole keeps the first run's fill."""
+    def fill(req):
+        if not req.avoid:
+            return ("if item.quantity <= 0:", "return item")
+        return ("item.quantity -= n", "return something_else")
+
+    engine = FakeEngine(fill=fill)
+    svc = _service(engine)
+    svc.docs.open("file:///t.py", "python", 1, TAKE)
+
+    async def main():
+        return await svc.edit(actions.FILL_HOLES, "file:///t.py", _rng((1, 4), (1, 4)))
+
+    _, _, edits = asyncio.run(main())
+    assert [c.avoid for c in engine.calls] == [(), ("if item.quantity <= 0:", "")]
+    assert apply_edits(TAKE, edits) == TAKE.replace("# TODO: take n off", "item.quantity -= n").replace(
+        "    ...\n", "    return item\n")
+    svc.scheduler.shutdown()
+
+
 def test_regenerate_selection_and_complete_body():
     engine = FakeEngine(fill=lambda req: ("b * 2",))
     svc = _service(engine)
