@@ -72,11 +72,7 @@ def edits(text: str, plan: EditPlan, fills: Sequence[str], unit: str) -> list[tu
     for (s, e), lead, trail, fill in zip(plan.spans, plan.lead, plan.trail, fills):
         fill = _tidy(fill, unit)
         if plan.block:
-            fill = _within_block(fill, _hole_indent(text, s, lead, unit), unit)
-            # a fill that runs into the code after its hole copies it (a TODO filled with the line
-            # below it): cut there; a fill that is nothing but the copy leaves the hole as it was
-            own_line = lead.startswith("\n") or not text[line_start(text, s):s].strip()
-            fill = cut_repeated_line(fill, trail + text[e:], first_line_counts=own_line).rstrip()
+            own_line, _, fill = _block_cut(text, (s, e), lead, trail, fill, unit)
             if own_line:
                 if not lead.startswith("\n"):  # the hole starts after its line's indentation
                     fill = fill.lstrip(" \t")
@@ -92,16 +88,24 @@ def copied_lines(text: str, plan: EditPlan, fills: Sequence[str], unit: str) -> 
     (`InfillRequest.avoid`). Own-line holes of block plans only, as `edits` cuts them."""
     out = []
     for (s, e), lead, trail, fill in zip(plan.spans, plan.lead, plan.trail, fills):
-        following = trail + text[e:]
-        own_line = lead.startswith("\n") or not text[line_start(text, s):s].strip()
-        fill = _tidy(fill, unit)
         copied = ""
-        if plan.block and own_line and fill.strip():
-            fill = _within_block(fill, _hole_indent(text, s, lead, unit), unit)
-            if fill.strip() and not cut_repeated_line(fill, following, first_line_counts=True).strip():
-                copied = next((ln.strip() for ln in following.split("\n") if ln.strip()), "")
+        if plan.block:
+            own_line, whole, cut = _block_cut(text, (s, e), lead, trail, _tidy(fill, unit), unit)
+            if own_line and whole.strip() and not cut.strip():
+                copied = next((ln.strip() for ln in (trail + text[e:]).split("\n") if ln.strip()), "")
         out.append(copied)
     return tuple(out)
+
+
+def _block_cut(text: str, span: tuple[int, int], lead: str, trail: str, fill: str, unit: str) -> tuple[bool, str, str]:
+    """A block plan's fill (tidied) cut where it leaves its block and where it runs into the code
+    after its hole and copies it (a TODO filled with the line below it; a fill that is nothing but
+    the copy leaves the hole as it was). Returns whether the hole starts a line of its own, the
+    fill within its block, and that fill cut before the copy."""
+    s, e = span
+    whole = _within_block(fill, _hole_indent(text, s, lead, unit), unit)
+    own_line = lead.startswith("\n") or not text[line_start(text, s):s].strip()
+    return own_line, whole, cut_repeated_line(whole, trail + text[e:], first_line_counts=own_line).rstrip()
 
 
 def block_floor(text: str, plan: EditPlan, unit: str) -> int | None:
