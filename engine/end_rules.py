@@ -103,15 +103,19 @@ class EndRules:
         logits.masked_fill_(ends & ~stop, float("-inf"))
         logits.masked_fill_(~ends & stop, float("-inf"))
 
+    def _holds_code(self, slots: list[int], blank: set[int]) -> list[bool]:
+        """Per hole: whether it has committed a token outside `blank` (whitespace-only and special ids)."""
+        content = [False] * len(self.holes.fills)
+        for i, t in enumerate(slots):
+            if t != self.a.mask_id and t not in blank:
+                content[self.hole_host[i]] = True
+        return content
+
     def _bar_empty_end(self, logits: torch.Tensor, slots: list[int], masked: list[int],
                        mpos: torch.Tensor) -> None:
         """`nonempty`: rows of holes with no non-whitespace token committed yet may not end the
         fill. The line-break ban is dropped on a row it would leave with no allowed token."""
-        n_holes = len(self.holes.fills)
-        content = [False] * n_holes
-        for i, t in enumerate(slots):
-            if t != self.a.mask_id and t not in self.blank:
-                content[self.hole_host[i]] = True
+        content = self._holds_code(slots, self.blank)
         if all(content):
             return
         empty = torch.tensor([not content[self.hole_host[i]] for i in masked], device=self.device)[:, None]  # (M, 1)
@@ -127,10 +131,7 @@ class EndRules:
         """`avoid`: rows of a hole that holds only whitespace so far may not take the tokens that
         would begin the line it must not copy (`InfillRequest.avoid`); dropped on a row it would
         leave with no allowed token."""
-        content = [False] * len(self.holes.fills)
-        for i, t in enumerate(slots):
-            if t != self.a.mask_id and t not in self.blank_set:
-                content[self.hole_host[i]] = True
+        content = self._holds_code(slots, self.blank_set)
         rows = [(r, self.avoid[self.hole_host[i]]) for r, i in enumerate(masked) if not content[self.hole_host[i]]]
         rows = [(r, ban) for r, ban in rows if ban is not None]
         if not rows:
