@@ -234,3 +234,5 @@ def test_layer_ranks_give_each_layer_its_shape_and_merge_exactly():
     assert _lower_ranks(acfg.to_dict(), ARGS) == " (rank 2 on layers 1-1)"
     with pytest.raises(ValueError, match="layer ranks"):
         AdapterConfig(first_layer=1, rank=4, layer_ranks=(0, 4, 4))
+    with pytest.raises(ValueError, match="layer ranks"):  # one rank per layer from first_layer
+        add_lora(_model(), replace(acfg, layer_ranks=(2, 4)))
