@@ -371,7 +371,7 @@ def generate(model: Transformer, segments: list[list[int]], cfg: SamplingConfig,
     run.texts, run.text_ids = texts, text_ids
     if avoid is not None and blank_ids is not None and any(t is not None for t in avoid):
         run.avoid = [None if t is None else t.to(run.device) for t in avoid]
-        run.blank_set = set(torch.nonzero(blank_ids).flatten().tolist()) | set(a.special_ids)
+        run.blank_set = run.blank or set(torch.nonzero(blank_ids).flatten().tolist()) | set(a.special_ids)
     # a block fill ends where it leaves its block (multi-line fills with token texts only)
     run.min_indent = min_indent if (min_indent is not None and stop_ids is None and texts is not None) else None
     if not (cfg.base_weight > 0 and n_holes == 1 and cfg.block == 1 and shifted and not run.naive

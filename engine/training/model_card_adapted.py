@@ -33,7 +33,7 @@ def _adapter_params(a, ad: dict) -> int:
     return per_rank * sum(ranks)
 
 
-def _lower_ranks(ad: dict, a) -> str:
+def _lower_ranks(ad: dict) -> str:
     """", rank r on the causal layers i-j" where the lower layers' factors have their own rank."""
     ranks, first = ad.get("layer_ranks") or [], int(ad["first_layer"])
     low = [i for i, r in enumerate(ranks, start=first) if r != ad["rank"]]
@@ -78,7 +78,7 @@ def render_adapted(ckpt: Path, run: Path, eval_json: Path | None, experiments: s
         f"- Positions used by the engine: up to {a.max_positions}", "",
         "## What was trained", "",
         f"- LoRA (rank {ad['rank']}, alpha {ad['alpha']:g}) on {', '.join(ad.get('targets', []))} of layers "
-        f"{ad['first_layer']}-{a.n_layers - 1}{_lower_ranks(ad, a)}: {trained / 1e6:.2f} M parameters; everything else frozen.",
+        f"{ad['first_layer']}-{a.n_layers - 1}{_lower_ranks(ad)}: {trained / 1e6:.2f} M parameters; everything else frozen.",
         "- Objective: masked diffusion on FIM-shaped rows: each 256-token row is cut into "
         f"{tr.get('holes_per_row', 3)} chunks, each",
         "  with a middle (a whole line, 2-8 lines, or a random span) followed by "

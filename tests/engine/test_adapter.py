@@ -231,7 +231,7 @@ def test_layer_ranks_give_each_layer_its_shape_and_merge_exactly():
     trained = sum(p.numel() for n, p in m.named_parameters() if "lora_" in n)
     assert _adapter_params(ARGS, acfg.to_dict()) == trained
     assert _adapter_params(ARGS, replace(acfg, layer_ranks=()).to_dict()) == trained * 12 // 10
-    assert _lower_ranks(acfg.to_dict(), ARGS) == " (rank 2 on layers 1-1)"
+    assert _lower_ranks(acfg.to_dict()) == " (rank 2 on layers 1-1)"
     with pytest.raises(ValueError, match="layer ranks"):
         AdapterConfig(first_layer=1, rank=4, layer_ranks=(0, 4, 4))
     with pytest.raises(ValueError, match="layer ranks"):  # one rank per layer from first_layer
